@@ -1,0 +1,1 @@
+"""The Switchboard gateway: WebSocket in, NATS out, replies relayed back in order."""

@@ -1,0 +1,55 @@
+"""``python -m gateway``: uvicorn with an ordered shutdown.
+
+On SIGTERM: stop accepting, let in-flight requests finish (``shutdown_timeout``), close
+every socket with 1001, then uvicorn's own shutdown and the lifespan's NATS drain.
+"""
+
+from __future__ import annotations
+
+import uvicorn
+
+from gateway.app import create_app
+from gateway.hub import Hub
+from gateway.settings import GatewaySettings
+from wire import logs
+from wire.errors import CloseCode
+
+
+class GatewayServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, hub: Hub, grace: float) -> None:
+        super().__init__(config)
+        self.hub = hub
+        self.grace = grace
+
+    async def shutdown(self, sockets=None) -> None:
+        for server in self.servers:
+            server.close()
+        await self.hub.close_all(int(CloseCode.GOING_AWAY), "server shutting down", self.grace)
+        await super().shutdown(sockets)
+
+
+def main() -> None:
+    settings = GatewaySettings()
+    logs.configure(settings.log_level, "gateway")
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ws="websockets-sansio",
+        loop="uvloop",
+        http="httptools",
+        ws_max_size=settings.max_frame_bytes,
+        ws_per_message_deflate=settings.per_message_deflate,
+        ws_ping_interval=settings.ping_interval,
+        ws_ping_timeout=settings.ping_timeout,
+        timeout_graceful_shutdown=settings.shutdown_timeout,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
+    GatewayServer(config, app.state.hub, settings.shutdown_timeout).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""The gateway's ASGI app: the tutorial's endpoints relayed over NATS, its two pages,
+and ``/healthz``, ``/readyz``, ``/metrics``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.routing import WebSocketRoute
+
+from gateway.endpoints import TUTORIAL_ENDPOINTS
+from gateway.hub import Hub
+from gateway.relay import RelayEndpoint
+from gateway.settings import GatewaySettings
+from wire.metrics import GatewayMetrics
+
+STATIC = Path(__file__).parent / "static"
+
+
+def create_app(settings: GatewaySettings, registry: CollectorRegistry | None = None) -> FastAPI:
+    registry = registry or CollectorRegistry()
+    metrics = GatewayMetrics(registry)
+    hub = Hub(settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await hub.start()
+        try:
+            yield
+        finally:
+            await hub.stop()
+
+    app = FastAPI(title="Switchboard gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.hub = hub
+    app.state.settings = settings
+    app.state.registry = registry
+
+    pages = {
+        "/": (STATIC / "chat.html").read_text(),
+        "/echo": (STATIC / "echo.html").read_text(),
+    }
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def chat_page() -> HTMLResponse:
+        return HTMLResponse(pages["/"])
+
+    @app.get("/echo", response_class=HTMLResponse, include_in_schema=False)
+    async def echo_page() -> HTMLResponse:
+        return HTMLResponse(pages["/echo"])
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        connected = hub.nc is not None and hub.nc.is_connected
+        instances = await hub.instances() if connected else {}
+        ready = connected and hub.accepting and all(n > 0 for n in instances.values())
+        body = {
+            "status": "ready" if ready else "not ready",
+            "nats": "connected" if connected else "disconnected",
+            "instances": instances,
+        }
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    for spec in TUTORIAL_ENDPOINTS:
+        app.router.routes.append(
+            WebSocketRoute(spec.path, RelayEndpoint(spec, hub, settings, metrics))
+        )
+    return app

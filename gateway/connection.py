@@ -1,0 +1,105 @@
+"""One WebSocket connection's outgoing side: replies put back in request order.
+
+Requests of a connection are numbered (``seq``). Replies may come back out of order
+(several worker replicas); :meth:`Connection.complete` parks early ones and releases
+them in order into ``out``, which the connection's sender task writes to the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.endpoints import EndpointSpec
+
+Message = dict[str, Any]
+
+
+@dataclass(slots=True)
+class Pending:
+    deadline: float  # loop time
+    started: float  # perf_counter
+    service: str
+
+
+class Connection:
+    __slots__ = (
+        "capacity",
+        "closing",
+        "id",
+        "max_in_flight",
+        "next_out",
+        "next_seq",
+        "out",
+        "parked",
+        "pending",
+        "room",
+        "spec",
+        "user",
+        "wake",
+    )
+
+    def __init__(
+        self,
+        cid: int,
+        spec: EndpointSpec,
+        max_in_flight: int,
+        user: str | None = None,
+        room: str | None = None,
+    ) -> None:
+        self.id = cid
+        self.spec = spec
+        self.user = user
+        self.room = room
+        self.max_in_flight = max_in_flight
+        self.out: deque[Message] = deque()
+        self.wake = asyncio.Event()
+        self.capacity = asyncio.Event()
+        self.capacity.set()
+        self.pending: dict[int, Pending] = {}
+        self.parked: dict[int, list[Message]] = {}
+        self.next_seq = 0
+        self.next_out = 0
+        self.closing = False
+
+    def allocate(self, pending: Pending | None) -> int:
+        """Number the next request; ``pending=None`` for one answered locally."""
+        seq = self.next_seq
+        self.next_seq = seq + 1
+        if pending is not None:
+            self.pending[seq] = pending
+            if len(self.pending) >= self.max_in_flight:
+                self.capacity.clear()
+        return seq
+
+    def complete(self, seq: int, messages: list[Message]) -> None:
+        """Deliver the reply to request ``seq`` once every earlier reply is out."""
+        if seq != self.next_out:
+            self.parked[seq] = messages
+            return
+        out = self.out
+        out.extend(messages)
+        nxt = seq + 1
+        parked = self.parked
+        while parked:
+            later = parked.pop(nxt, None)
+            if later is None:
+                break
+            out.extend(later)
+            nxt += 1
+        self.next_out = nxt
+        if not self.capacity.is_set() and len(self.pending) < self.max_in_flight:
+            self.capacity.set()
+        self.wake.set()
+
+    def push(self, message: Message) -> None:
+        """Send outside the request order (room events, close)."""
+        self.out.append(message)
+        self.wake.set()
+
+    def close(self, code: int, reason: str) -> None:
+        if not self.closing:
+            self.closing = True
+            self.push({"type": "websocket.close", "code": code, "reason": reason[:120]})

@@ -1,0 +1,79 @@
+"""The tutorial's endpoints: which worker operation serves each frame type, and the
+shape an error takes on each endpoint (the gateway maps error codes; it never computes a
+successful reply itself)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from wire.errors import ErrorCode, WireError
+from wire.subjects import Op, Service, service_subject
+
+Message = dict[str, Any]  # an ASGI "websocket.send" message
+
+
+def _text_error(description: str) -> Message:
+    return {"type": "websocket.send", "text": f"Error: {description}"}
+
+
+def _status_error(description: str) -> Message:
+    payload = {"status": "error", "message": description}
+    return {"type": "websocket.send", "text": json.dumps(payload, separators=(",", ":"))}
+
+
+def _chat_error(description: str) -> Message:
+    payload = {"message": description, "sender": "Server", "type": "error"}
+    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    return {"type": "websocket.send", "text": text}
+
+
+_DESCRIPTIONS = {
+    ErrorCode.UNAVAILABLE: "service unavailable",
+    ErrorCode.TIMEOUT: "service unavailable",
+    ErrorCode.INTERNAL: "internal error",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    service: Service
+    op: Op
+    subject: str
+
+
+def _route(service: Service, op: Op) -> Route:
+    return Route(service, op, service_subject(service, op))
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSpec:
+    path: str
+    text: Route | None
+    binary: Route | None
+    error_shape: Callable[[str], Message]
+    chat: bool = False
+
+    def error_message(self, error: WireError) -> Message:
+        return self.error_shape(_DESCRIPTIONS.get(error.code, error.description))
+
+    def wrong_frame(self, got: str) -> WireError:
+        want = "binary" if got == "text" else "text"
+        return WireError(ErrorCode.UNSUPPORTED, f"expected a {want} frame")
+
+
+ECHO = EndpointSpec("/ws", _route(Service.CODEC, Op.ECHO), None, _text_error)
+JSON = EndpointSpec("/ws/json", _route(Service.CODEC, Op.JSON), None, _text_error)
+BINARY = EndpointSpec("/ws/binary", None, _route(Service.BINARY, Op.INSPECT), _text_error)
+MIXED = EndpointSpec(
+    "/ws/mixed", _route(Service.BINARY, Op.MIXED), _route(Service.BINARY, Op.MIXED), _text_error
+)
+CHAT = EndpointSpec("/ws/chat", _route(Service.CHAT, Op.SEND), None, _chat_error, chat=True)
+COMPRESSED = EndpointSpec("/ws/compressed", None, _route(Service.CODEC, Op.INFLATE), _status_error)
+
+TUTORIAL_ENDPOINTS = (ECHO, JSON, BINARY, MIXED, CHAT, COMPRESSED)
+
+CHAT_JOIN = _route(Service.CHAT, Op.JOIN)
+CHAT_LEAVE = _route(Service.CHAT, Op.LEAVE)

@@ -1,0 +1,309 @@
+"""The gateway's NATS side, shared by all its sockets.
+
+- One wildcard subscription (``sb.gw.<id>.>``) receives every reply for this gateway;
+  the subject says which connection and which request it answers, so no Python future
+  is spent per frame.
+- One subscription per room that has local members receives that room's events once,
+  whatever the number of local sockets in it.
+- A sweeper answers requests that outlive the timeout with an error.
+- ``$SRV.PING`` discovery counts worker instances for ``/readyz``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from typing import Any
+
+import orjson
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from gateway.connection import Connection, Message, Pending
+from gateway.endpoints import Route
+from gateway.settings import GatewaySettings
+from wire import errors, natsconn
+from wire.errors import ErrorCode, WireError
+from wire.frames import FrameDecodeError, decode_frames
+from wire.metrics import GatewayMetrics, Status
+from wire.subjects import (
+    Service,
+    discovery_subject,
+    parse_reply_subject,
+    reply_prefix,
+    reply_subject,
+    reply_wildcard,
+    room_subject,
+)
+
+log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL = 0.05
+
+
+def frames_to_messages(payload: bytes) -> list[Message]:
+    out: list[Message] = []
+    for frame in decode_frames(payload):
+        if frame.kind == "text":
+            out.append({"type": "websocket.send", "text": frame.data})
+        else:
+            out.append({"type": "websocket.send", "bytes": frame.data})
+    return out
+
+
+class Hub:
+    def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.nc: Client | None = None
+        self.connections: dict[int, Connection] = {}
+        self.rooms: dict[str, set[Connection]] = {}
+        self._room_subs: dict[str, Subscription] = {}
+        self._ids = itertools.count(1)
+        self._prefix = reply_prefix(settings.id)
+        self._sweeper: asyncio.Task[None] | None = None
+        self._discovery: tuple[float, dict[str, int]] | None = None
+        self.accepting = True
+        self._rtt = {
+            (svc, st): metrics.request_seconds.labels(svc, st) for svc in Service for st in Status
+        }
+
+    # -- lifecycle -----------------------------------------------------------------
+    async def start(self) -> None:
+        self.nc = await natsconn.connect(
+            self.settings.nats_url,
+            f"gateway-{self.settings.id}",
+            user=self.settings.nats_user,
+            password=self.settings.nats_password,
+            on_state=lambda up: self.metrics.nats_connected.set(1 if up else 0),
+        )
+        await self.nc.subscribe(reply_wildcard(self.settings.id), cb=self._on_reply)
+        self._sweeper = asyncio.create_task(self._sweep())
+
+    async def stop(self) -> None:
+        if self._sweeper:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        if self.nc and not self.nc.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.nc.drain(), self.settings.shutdown_timeout)
+            if not self.nc.is_closed:
+                await self.nc.close()
+
+    async def close_all(self, code: int, reason: str, grace: float) -> None:
+        """Stop accepting, let in-flight requests finish, then close every socket."""
+        self.accepting = False
+        deadline = time.monotonic() + grace
+        while any(c.pending for c in self.connections.values()):
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.02)
+        for conn in list(self.connections.values()):
+            conn.close(code, reason)
+
+    # -- connections ---------------------------------------------------------------
+    def new_id(self) -> int:
+        return next(self._ids)
+
+    def register(self, conn: Connection) -> None:
+        self.connections[conn.id] = conn
+
+    def unregister(self, conn: Connection) -> None:
+        self.connections.pop(conn.id, None)
+
+    # -- requests ------------------------------------------------------------------
+    async def request(
+        self, conn: Connection, route: Route, data: bytes, headers: dict[str, str]
+    ) -> None:
+        """Publish one frame to its worker; the reply arrives through ``_on_reply``."""
+        loop_now = asyncio.get_running_loop().time()
+        seq = conn.allocate(
+            Pending(loop_now + self.settings.request_timeout, time.perf_counter(), route.service)
+        )
+        assert self.nc is not None
+        try:
+            await self.nc.publish(
+                route.subject,
+                data,
+                reply=reply_subject(self._prefix, conn.id, seq),
+                headers=headers,
+            )
+        except Exception as exc:  # connection closed or reconnecting with a full buffer
+            log.warning("publish failed: %s", exc)
+            self._fail(conn, seq, WireError(ErrorCode.UNAVAILABLE, "service unavailable"))
+
+    async def request_future(
+        self, conn: Connection, route: Route, data: bytes, headers: dict[str, str]
+    ) -> None:
+        """``reply_mode=request``: one ``nc.request()`` (a future) per frame, in order."""
+        seq = conn.allocate(None)
+        started = time.perf_counter()
+        assert self.nc is not None
+        try:
+            msg = await self.nc.request(
+                route.subject, data, timeout=self.settings.request_timeout, headers=headers
+            )
+        except NoRespondersError:
+            error = WireError(ErrorCode.UNAVAILABLE, "service unavailable")
+        except NatsTimeout:
+            error = WireError(ErrorCode.TIMEOUT, "service timed out")
+        else:
+            self._deliver(conn, seq, msg, route.service, started)
+            return
+        self._rtt[(route.service, _status(error))].observe(time.perf_counter() - started)
+        self._fail(conn, seq, error)
+
+    def answer_locally(self, conn: Connection, error: WireError) -> None:
+        """An error the gateway itself detects (wrong frame type), kept in order."""
+        self._fail(conn, conn.allocate(None), error)
+
+    def _fail(self, conn: Connection, seq: int, error: WireError) -> None:
+        conn.pending.pop(seq, None)
+        self.metrics.errors.labels(error.code).inc()
+        conn.complete(seq, [conn.spec.error_message(error)])
+
+    async def _on_reply(self, msg: Msg) -> None:
+        try:
+            cid, seq = parse_reply_subject(msg.subject)
+        except ValueError:
+            return
+        conn = self.connections.get(cid)
+        if conn is None:
+            return
+        pending = conn.pending.pop(seq, None)
+        if pending is None:
+            self.metrics.late_replies.inc()
+            return
+        self._deliver(conn, seq, msg, pending.service, pending.started)
+
+    def _deliver(self, conn: Connection, seq: int, msg: Msg, service: str, started: float) -> None:
+        error = errors.from_headers(msg.headers) if msg.headers else None
+        if error is None:
+            try:
+                messages = frames_to_messages(msg.data)
+            except FrameDecodeError as exc:
+                error = WireError(ErrorCode.INTERNAL, f"bad reply: {exc}")
+        self._rtt[(service, _status(error))].observe(time.perf_counter() - started)
+        if error is not None:
+            self.metrics.errors.labels(error.code).inc()
+            # seq 0 of a chat connection is its join: a refused join closes the socket.
+            if conn.spec.chat and seq == 0 and error.code in _FATAL_ON_JOIN:
+                conn.complete(seq, [])
+                conn.close(int(errors.close_code(error.code)), error.description)
+                return
+            messages = [conn.spec.error_message(error)]
+        conn.complete(seq, messages)
+
+    async def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        timeout = WireError(ErrorCode.TIMEOUT, "service timed out")
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            now = loop.time()
+            for conn in list(self.connections.values()):
+                if not conn.pending:
+                    continue
+                for seq, pending in list(conn.pending.items()):
+                    if pending.deadline > now:
+                        break
+                    self._rtt[(pending.service, Status.TIMEOUT)].observe(
+                        time.perf_counter() - pending.started
+                    )
+                    self._fail(conn, seq, timeout)
+
+    # -- rooms ---------------------------------------------------------------------
+    async def join_room(self, conn: Connection, room: str) -> None:
+        members = self.rooms.get(room)
+        if members is None:
+            members = self.rooms[room] = set()
+            assert self.nc is not None
+            self._room_subs[room] = await self.nc.subscribe(
+                room_subject(room), cb=self._on_room_event
+            )
+        members.add(conn)
+
+    async def leave_room(self, conn: Connection, room: str) -> None:
+        members = self.rooms.get(room)
+        if members is None:
+            return
+        members.discard(conn)
+        if not members:
+            del self.rooms[room]
+            sub = self._room_subs.pop(room, None)
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+    async def _on_room_event(self, msg: Msg) -> None:
+        room = msg.subject.rsplit(".", 1)[1]
+        members = self.rooms.get(room)
+        self.metrics.room_events.inc()
+        if not members:
+            return
+        try:
+            messages = frames_to_messages(msg.data)
+        except FrameDecodeError:
+            log.error("malformed room event", extra={"subject": msg.subject})
+            return
+        for conn in members:
+            for message in messages:
+                conn.push(message)
+
+    async def notify(self, route: Route, headers: dict[str, str]) -> None:
+        """Fire-and-forget request (chat leave): no reply is awaited."""
+        if self.nc is None or self.nc.is_closed:
+            return
+        with contextlib.suppress(Exception):
+            await self.nc.publish(route.subject, b"", headers=headers)
+
+    # -- discovery -----------------------------------------------------------------
+    async def instances(self) -> dict[str, int]:
+        """Worker instances answering ``$SRV.PING`` per service (cached for 1 s)."""
+        loop = asyncio.get_running_loop()
+        if self._discovery and loop.time() - self._discovery[0] < 1.0:
+            return self._discovery[1]
+        counts = {str(s): 0 for s in Service}
+        nc = self.nc
+        if nc is None or not nc.is_connected:
+            return counts
+        inbox = nc.new_inbox()
+        seen: set[str] = set()
+        replies: asyncio.Queue[Msg] = asyncio.Queue()
+        sub = await nc.subscribe(inbox, cb=replies.put)
+        try:
+            for service in Service:
+                await nc.publish(discovery_subject("PING", service), b"", reply=inbox)
+            end = loop.time() + self.settings.discovery_timeout
+            while (left := end - loop.time()) > 0:
+                try:
+                    msg = await asyncio.wait_for(replies.get(), left)
+                except TimeoutError:
+                    break
+                info: dict[str, Any] = orjson.loads(msg.data)
+                if info.get("id") not in seen and info.get("name") in counts:
+                    seen.add(info["id"])
+                    counts[info["name"]] += 1
+        finally:
+            await sub.unsubscribe()
+        self._discovery = (loop.time(), counts)
+        return counts
+
+
+_FATAL_ON_JOIN = {ErrorCode.FORBIDDEN, ErrorCode.UNAUTHORIZED, ErrorCode.BAD_REQUEST}
+
+
+def _status(error: WireError | None) -> Status:
+    if error is None:
+        return Status.OK
+    if error.code == ErrorCode.TIMEOUT:
+        return Status.TIMEOUT
+    if error.code == ErrorCode.UNAVAILABLE:
+        return Status.UNAVAILABLE
+    return Status.ERROR

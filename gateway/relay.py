@@ -1,0 +1,147 @@
+"""One WebSocket, relayed: a receiver (socket -> NATS) and a sender (replies -> socket),
+two tasks in one task group, cancelled together when either side ends.
+
+Each endpoint is a raw ASGI app (no per-frame wrapper objects): the receiver reads ASGI
+``websocket.receive`` messages and publishes the frame bytes as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import parse_qsl
+
+import anyio
+
+from gateway.connection import Connection
+from gateway.endpoints import CHAT_JOIN, CHAT_LEAVE, EndpointSpec
+from gateway.hub import Hub
+from gateway.settings import GatewaySettings
+from wire.errors import CloseCode
+from wire.frames import request_headers
+from wire.metrics import GatewayMetrics
+
+log = logging.getLogger(__name__)
+
+CHAT_ROOM = "general"
+
+
+class RelayEndpoint:
+    """ASGI app for one endpoint path."""
+
+    def __init__(
+        self, spec: EndpointSpec, hub: Hub, settings: GatewaySettings, metrics: GatewayMetrics
+    ) -> None:
+        self.spec = spec
+        self.hub = hub
+        self.settings = settings
+        self.open = metrics.connections.labels(spec.path)
+        self.accepted = metrics.connections_total.labels(spec.path)
+        self.in_text = metrics.frames.labels(spec.path, "in", "text")
+        self.in_binary = metrics.frames.labels(spec.path, "in", "binary")
+        self.in_text_bytes = metrics.bytes.labels(spec.path, "in", "text")
+        self.in_binary_bytes = metrics.bytes.labels(spec.path, "in", "binary")
+        self.out_text = metrics.frames.labels(spec.path, "out", "text")
+        self.out_binary = metrics.frames.labels(spec.path, "out", "binary")
+        self.out_text_bytes = metrics.bytes.labels(spec.path, "out", "text")
+        self.out_binary_bytes = metrics.bytes.labels(spec.path, "out", "binary")
+
+    async def __call__(self, scope, receive, send) -> None:  # ASGI
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        hub = self.hub
+        if not hub.accepting or hub.nc is None:
+            await send({"type": "websocket.close", "code": int(CloseCode.TRY_AGAIN_LATER)})
+            return
+        user = None
+        if self.spec.chat:
+            query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), True))
+            user = query.get("username", "Anonymous")
+        await send({"type": "websocket.accept"})
+        conn = Connection(
+            hub.new_id(),
+            self.spec,
+            self.settings.max_in_flight,
+            user=user,
+            room=CHAT_ROOM if self.spec.chat else None,
+        )
+        hub.register(conn)
+        self.open.inc()
+        self.accepted.inc()
+        try:
+            if self.spec.chat:
+                await hub.join_room(conn, CHAT_ROOM)
+                await hub.request(
+                    conn, CHAT_JOIN, b"", request_headers("text", user=user, room=CHAT_ROOM)
+                )
+            async with anyio.create_task_group() as tg:
+
+                async def receiver() -> None:
+                    await self._receive(conn, receive)
+                    tg.cancel_scope.cancel()
+
+                async def sender() -> None:
+                    await self._send(conn, send)
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(receiver)
+                tg.start_soon(sender)
+        finally:
+            hub.unregister(conn)
+            self.open.dec()
+            if self.spec.chat:
+                await hub.leave_room(conn, CHAT_ROOM)
+                await hub.notify(CHAT_LEAVE, request_headers("text", user=user, room=CHAT_ROOM))
+
+    async def _receive(self, conn: Connection, receive) -> None:
+        spec = self.spec
+        hub = self.hub
+        request = hub.request if self.settings.reply_mode == "subscription" else hub.request_future
+        user, room = conn.user, conn.room
+        capacity = conn.capacity
+        while True:
+            if not capacity.is_set():
+                await capacity.wait()
+            message = await receive()
+            if message["type"] != "websocket.receive":
+                return  # websocket.disconnect
+            text = message.get("text")
+            if text is not None:
+                data = text.encode()
+                self.in_text.inc()
+                self.in_text_bytes.inc(len(data))
+                route = spec.text
+                frame = "text"
+            else:
+                data = message.get("bytes") or b""
+                self.in_binary.inc()
+                self.in_binary_bytes.inc(len(data))
+                route = spec.binary
+                frame = "binary"
+            if route is None:
+                hub.answer_locally(conn, spec.wrong_frame(frame))
+                continue
+            await request(conn, route, data, request_headers(frame, user=user, room=room))
+
+    async def _send(self, conn: Connection, send) -> None:
+        out = conn.out
+        wake = conn.wake
+        while True:
+            if not out:
+                wake.clear()
+                await wake.wait()
+                continue
+            message = out.popleft()
+            text = message.get("text")
+            if text is not None:
+                self.out_text.inc()
+                self.out_text_bytes.inc(len(text))
+            elif message["type"] == "websocket.send":
+                self.out_binary.inc()
+                self.out_binary_bytes.inc(len(message["bytes"]))
+            try:
+                await send(message)
+            except Exception:  # the peer is gone; the receiver sees the disconnect
+                return
+            if message["type"] == "websocket.close":
+                return

@@ -1,0 +1,1 @@
+"""Switchboard workers: each a nats.micro service started with ``python -m services.<name>``."""

@@ -1,0 +1,13 @@
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.settings import ServiceSettings
+
+
+class CodecSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="SB_CODEC_", extra="ignore")
+
+    metrics_port: int = Field(9103, ge=0, le=65535)
+    inflate_cap_bytes: int = Field(16 * 1024 * 1024, gt=0, description="max inflated size")

@@ -1,0 +1,142 @@
+"""Typed messages between gateway and workers, and their byte layout.
+
+Request (gateway -> worker): the NATS payload is the WebSocket frame's bytes, unchanged
+(UTF-8 for a text frame). Metadata is in headers (:mod:`wire.headers`) and becomes a
+:class:`Request`.
+
+Reply (worker -> gateway): zero or more WebSocket frames to send, in order, back to the
+connection that asked. The payload is the frames concatenated::
+
+    reply := frame*
+    frame := kind:u8  length:u32 (big-endian)  data:length bytes
+    kind  := 0x74 't' text frame, data is UTF-8
+           | 0x62 'b' binary frame, data is raw bytes
+
+An empty payload means "nothing to send". Binary data is never base64'd or wrapped.
+
+Room events (chat -> every gateway, ``sb.room.<room>``) carry the same layout.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from wire import headers as h
+
+_HEADER = struct.Struct(">cI")
+_TEXT = b"t"
+_BINARY = b"b"
+
+
+@dataclass(frozen=True, slots=True)
+class TextFrame:
+    data: str
+    kind: Literal["text"] = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class BinaryFrame:
+    data: bytes
+    kind: Literal["binary"] = "binary"
+
+
+Frame = TextFrame | BinaryFrame
+
+
+class FrameDecodeError(ValueError):
+    """A reply payload that does not follow the layout above."""
+
+
+def encode_frames(frames: Iterable[Frame]) -> bytes:
+    parts: list[bytes] = []
+    for frame in frames:
+        if frame.kind == "text":
+            data = frame.data.encode()
+            parts.append(_HEADER.pack(_TEXT, len(data)))
+        else:
+            data = frame.data
+            parts.append(_HEADER.pack(_BINARY, len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def encode_text(text: str) -> bytes:
+    """One text frame: the common reply, without building a list."""
+    data = text.encode()
+    return _HEADER.pack(_TEXT, len(data)) + data
+
+
+def decode_frames(payload: bytes) -> list[Frame]:
+    frames: list[Frame] = []
+    view = memoryview(payload)
+    pos, end = 0, len(payload)
+    while pos < end:
+        if end - pos < 5:
+            raise FrameDecodeError(f"truncated frame header at byte {pos}")
+        kind, length = _HEADER.unpack_from(view, pos)
+        pos += 5
+        if end - pos < length:
+            raise FrameDecodeError(f"frame at byte {pos - 5} claims {length} bytes")
+        data = bytes(view[pos : pos + length])
+        pos += length
+        if kind == _TEXT:
+            try:
+                frames.append(TextFrame(data.decode()))
+            except UnicodeDecodeError as exc:
+                raise FrameDecodeError("text frame is not UTF-8") from exc
+        elif kind == _BINARY:
+            frames.append(BinaryFrame(data))
+        else:
+            raise FrameDecodeError(f"unknown frame kind {kind!r}")
+    return frames
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One frame as a worker sees it."""
+
+    data: bytes
+    frame: Literal["text", "binary"]
+    user: str | None = None
+    room: str | None = None
+    traceparent: str | None = None
+    sent_at: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The frame as text; raises UnicodeDecodeError for bytes that are not UTF-8."""
+        return self.data.decode()
+
+
+def request_headers(
+    frame: Literal["text", "binary"],
+    *,
+    user: str | None = None,
+    room: str | None = None,
+    traceparent: str | None = None,
+) -> dict[str, str]:
+    hdrs = {
+        h.SENT_AT: h.now_ns(),
+        h.FRAME: h.FRAME_TEXT if frame == "text" else h.FRAME_BINARY,
+        h.TRACEPARENT: traceparent or h.new_traceparent(),
+    }
+    if user is not None:
+        hdrs[h.USER] = user
+    if room is not None:
+        hdrs[h.ROOM] = room
+    return hdrs
+
+
+def decode_request(data: bytes, headers: Mapping[str, str] | None) -> Request:
+    hdrs = headers or {}
+    return Request(
+        data=data,
+        frame="binary" if hdrs.get(h.FRAME) == h.FRAME_BINARY else "text",
+        user=hdrs.get(h.USER),
+        room=hdrs.get(h.ROOM),
+        traceparent=hdrs.get(h.TRACEPARENT),
+        sent_at=hdrs.get(h.SENT_AT),
+    )

@@ -1,0 +1,59 @@
+"""NATS header names. Frame bytes are the payload; everything else travels here.
+
+Request (gateway -> worker):
+    Sb-Sent-At     wall clock at gateway publish, integer nanoseconds since the epoch
+    Sb-Frame       ``t`` (text) or ``b`` (binary): the WebSocket frame type received
+    Sb-User        the connection's user name (chat)
+    Sb-Room        the room (chat)
+    traceparent    W3C trace context, one trace id per frame
+
+Reply (worker -> gateway): payload as laid out in :mod:`wire.frames`;
+errors as nats.micro sends them (``Nats-Service-Error``, ``Nats-Service-Error-Code``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+SENT_AT = "Sb-Sent-At"
+FRAME = "Sb-Frame"
+USER = "Sb-User"
+ROOM = "Sb-Room"
+HANDLED_AT = "Sb-Handled-At"
+TRACEPARENT = "traceparent"
+
+ERROR = "Nats-Service-Error"
+ERROR_CODE = "Nats-Service-Error-Code"
+STATUS = "Status"  # set by the NATS server itself, e.g. 503 no responders
+
+FRAME_TEXT = "t"
+FRAME_BINARY = "b"
+
+
+def new_traceparent() -> str:
+    """A fresh W3C ``traceparent``: version 00, random trace and span ids, sampled."""
+    raw = os.urandom(24).hex()
+    return f"00-{raw[:32]}-{raw[32:]}-01"
+
+
+def trace_id(traceparent: str | None) -> str | None:
+    """The 32-hex-digit trace id inside a ``traceparent``, or None if malformed."""
+    if not traceparent or len(traceparent) != 55 or traceparent[2] != "-":
+        return None
+    return traceparent[3:35]
+
+
+def now_ns() -> str:
+    return str(time.time_ns())
+
+
+def age_seconds(stamp: str | None, now: int | None = None) -> float | None:
+    """Seconds since a ``Sb-Sent-At`` stamp, or None when absent or malformed."""
+    if not stamp:
+        return None
+    try:
+        sent = int(stamp)
+    except ValueError:
+        return None
+    return max(0.0, ((now or time.time_ns()) - sent) / 1e9)

@@ -1,0 +1,115 @@
+"""Metric definitions for every process, each on an explicit ``CollectorRegistry``.
+
+Names are ``switchboard_<component>_<what>_<unit>``; counters end in ``_total``,
+durations are histograms in seconds. Labels are bounded: endpoint paths, service and
+operation names, frame types and the :class:`Status` values; never users, rooms or
+connection ids. ``docs/metrics.md`` lists them.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# 50 µs .. 10 s: the hot path is sub-millisecond, timeouts are seconds.
+LATENCY_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+class Status(StrEnum):
+    OK = "ok"
+    ERROR = "error"  # the worker answered with an error
+    TIMEOUT = "timeout"
+    UNAVAILABLE = "unavailable"  # no worker instance
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.connections = Gauge(
+            "switchboard_gateway_connections_open",
+            "Open WebSocket connections",
+            ["endpoint"],
+            registry=registry,
+        )
+        self.connections_total = Counter(
+            "switchboard_gateway_connections_accepted_total",
+            "WebSocket connections accepted",
+            ["endpoint"],
+            registry=registry,
+        )
+        self.frames = Counter(
+            "switchboard_gateway_frames_total",
+            "WebSocket frames received (in) and sent (out)",
+            ["endpoint", "direction", "frame_type"],
+            registry=registry,
+        )
+        self.bytes = Counter(
+            "switchboard_gateway_bytes_total",
+            "WebSocket payload bytes received (in) and sent (out)",
+            ["endpoint", "direction", "frame_type"],
+            registry=registry,
+        )
+        self.request_seconds = Histogram(
+            "switchboard_gateway_request_duration_seconds",
+            "Round trip gateway -> worker -> gateway per frame",
+            ["service", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.errors = Counter(
+            "switchboard_gateway_errors_total",
+            "Errors reported to clients, by wire error code",
+            ["code"],
+            registry=registry,
+        )
+        self.late_replies = Counter(
+            "switchboard_gateway_late_replies_total",
+            "Replies that arrived after their request had timed out (dropped)",
+            registry=registry,
+        )
+        self.room_events = Counter(
+            "switchboard_gateway_room_events_total",
+            "Room events received from NATS (one per gateway, not per socket)",
+            registry=registry,
+        )
+        self.nats_connected = Gauge(
+            "switchboard_gateway_nats_connected",
+            "1 while the gateway is connected to NATS",
+            registry=registry,
+        )
+
+
+class ServiceMetrics:
+    def __init__(self, registry: CollectorRegistry, service: str) -> None:
+        self.registry = registry
+        self.service = service
+        self.requests = Counter(
+            "switchboard_service_requests_total",
+            "Requests handled, by operation and outcome",
+            ["service", "operation", "status"],
+            registry=registry,
+        )
+        self.handling_seconds = Histogram(
+            "switchboard_service_handling_duration_seconds",
+            "Time inside the handler",
+            ["service", "operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.transit_seconds = Histogram(
+            "switchboard_service_transit_duration_seconds",
+            "NATS transit from gateway publish to worker receipt (Sb-Sent-At header)",
+            ["service", "operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "switchboard_service_in_flight_requests",
+            "Requests being handled right now",
+            ["service"],
+            registry=registry,
+        )
