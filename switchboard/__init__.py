@@ -1,0 +1,1 @@
+"""Switchboard tooling that is not a running service: the local stack runner."""
