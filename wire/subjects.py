@@ -16,7 +16,7 @@ from enum import StrEnum
 
 PREFIX = "sb"
 
-_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class Service(StrEnum):
@@ -48,7 +48,7 @@ SERVICE_OPS: dict[Service, tuple[Op, ...]] = {
 
 def is_token(value: str) -> bool:
     """True if ``value`` can stand as one subject token (1-64 of ``[A-Za-z0-9_-]``)."""
-    return _TOKEN.match(value) is not None
+    return _TOKEN.fullmatch(value) is not None
 
 
 def _token(value: str, what: str) -> str:

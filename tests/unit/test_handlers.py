@@ -1,0 +1,150 @@
+import json
+import zlib
+
+import pytest
+
+from services.binary.handlers import inspect, mixed
+from services.chat.handlers import check_username
+from services.chat.handlers import handlers as chat_handlers
+from services.codec.handlers import echo, inflated_size, inspect_json, make_inflate
+from wire.errors import ErrorCode, WireError
+from wire.frames import BinaryFrame, Request, TextFrame, decode_frames
+
+
+def text(data: str | bytes, **kw) -> Request:
+    return Request(data.encode() if isinstance(data, str) else data, "text", **kw)
+
+
+def binary(data: bytes) -> Request:
+    return Request(data, "binary")
+
+
+def only_text(payload: bytes) -> str:
+    (frame,) = decode_frames(payload)
+    assert isinstance(frame, TextFrame)
+    return frame.data
+
+
+async def test_echo() -> None:
+    assert only_text(await echo(text("héllo"))) == "Echo: héllo"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ('{"a": 1, "b": [1, 2]}', '{"original_message":{"a":1,"b":[1,2]},"response":'
+         '"Server received your JSON with 2 fields"}'),
+        ('[1,2,3]', '{"original_message":[1,2,3],"response":"Server received your JSON with 3 fields"}'),
+        ('"abc"', '{"original_message":"abc","response":"Server received your JSON with 3 fields"}'),
+        ('{"é": 1.5e300}', '{"original_message":{"é":1.5e+300},"response":'
+         '"Server received your JSON with 1 fields"}'),
+        ("{bad", "Error: Invalid JSON format"),
+        ("", "Error: Invalid JSON format"),
+        ("5", "Error: JSON must be an object, an array or a string"),
+        ("null", "Error: JSON must be an object, an array or a string"),
+        ("[" * 100_000 + "]" * 100_000, "Error: JSON nested too deeply"),
+    ],
+)  # fmt: skip
+async def test_json_inspection(raw: str, expected: str) -> None:
+    assert only_text(await inspect_json(text(raw))) == expected
+
+
+async def test_inflate_reports_ratio() -> None:
+    data = zlib.compress(b"a" * 1000)
+    reply = json.loads(only_text(await make_inflate(1 << 20)(binary(data))))
+    assert reply == {
+        "status": "success",
+        "message": f"Received and decompressed {len(data)} bytes into 1000 bytes",
+        "compression_ratio": f"{len(data) / 1000:.2f}",
+    }
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"not zlib", zlib.compress(b"x" * 100)[:-3]], ids=["empty", "junk", "truncated"]
+)
+async def test_inflate_failures(data: bytes) -> None:
+    reply = json.loads(only_text(await make_inflate(1 << 20)(binary(data))))
+    assert reply == {"status": "error", "message": "Failed to decompress data"}
+
+
+async def test_inflate_cap_refuses_bombs() -> None:
+    bomb = zlib.compress(b"\0" * (8 * 1024 * 1024), 9)
+    assert len(bomb) < 16 * 1024
+    reply = json.loads(only_text(await make_inflate(1024 * 1024)(binary(bomb))))
+    assert reply["status"] == "error" and "exceeds" in reply["message"]
+
+
+def test_inflated_size_streams_and_ignores_trailing_bytes() -> None:
+    data = zlib.compress(b"abc" * 100_000)
+    assert inflated_size(data + b"trailing", 1 << 30) == 300_000
+    with pytest.raises(OverflowError):
+        inflated_size(data, 100_000)
+
+
+async def test_binary_inspect_and_echo() -> None:
+    data = bytes(range(256)) * 3
+    frames = decode_frames(await inspect(binary(data)))
+    import base64
+
+    expected = base64.b64encode(data).decode()[:20]
+    assert frames == [
+        TextFrame(
+            f"Received binary data of size {len(data)} bytes. First 20 bytes in base64: {expected}..."
+        ),
+        BinaryFrame(data),
+    ]
+    short = decode_frames(await inspect(binary(b"ab")))
+    assert short[0] == TextFrame(
+        "Received binary data of size 2 bytes. First 20 bytes in base64: YWI=..."
+    )
+
+
+async def test_mixed() -> None:
+    assert only_text(await mixed(text("hey"))) == "You sent a text message: hey"
+    assert only_text(await mixed(binary(b"123"))) == "You sent a binary message of size 3 bytes"
+
+
+@pytest.mark.parametrize("name", ["", "x" * 65, "a\x00b", "tab\there", "bell\x07", None])
+def test_bad_usernames_refused(name: str | None) -> None:
+    with pytest.raises(WireError) as exc:
+        check_username(name)
+    assert exc.value.code == ErrorCode.FORBIDDEN
+
+
+def test_good_usernames() -> None:
+    for name in ("alice", "Anonymous", "x" * 64, "Zoë 🚀", "a b"):
+        assert check_username(name) == name
+
+
+async def test_chat_publishes_tutorial_frames() -> None:
+    published: list[tuple[str, bytes]] = []
+
+    async def publish(subject: str, payload: bytes) -> None:
+        published.append((subject, payload))
+
+    ops = chat_handlers(publish)
+    from wire.subjects import Op
+
+    assert await ops[Op.JOIN](text("", user="alice")) == b""
+    await ops[Op.SEND](text('{"message": "hi"}', user="alice"))
+    await ops[Op.SEND](text('{"message": [1, true, null]}', user="alice"))
+    await ops[Op.LEAVE](text("", user="alice"))
+    assert [s for s, _ in published] == ["sb.room.general"] * 4
+    assert [only_text(p) for _, p in published] == [
+        '{"message":"alice has joined the chat","sender":"Server","type":"system"}',
+        '{"message":"alice: hi","sender":"alice","type":"message"}',
+        '{"message":"alice: [1, True, None]","sender":"alice","type":"message"}',
+        '{"message":"alice has left the chat","sender":"Server","type":"system"}',
+    ]
+
+
+@pytest.mark.parametrize("raw", ["nope", "[1]", '{"msg": 1}', "5"])
+async def test_chat_bad_frames_are_errors(raw: str) -> None:
+    async def publish(subject: str, payload: bytes) -> None:
+        raise AssertionError("must not publish")
+
+    from wire.subjects import Op
+
+    with pytest.raises(WireError) as exc:
+        await chat_handlers(publish)[Op.SEND](text(raw, user="alice"))
+    assert exc.value.code == ErrorCode.BAD_REQUEST

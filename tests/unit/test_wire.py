@@ -1,0 +1,95 @@
+import pytest
+
+from wire import headers as h
+from wire.errors import CloseCode, ErrorCode, WireError, close_code, from_headers
+from wire.frames import (
+    BinaryFrame,
+    FrameDecodeError,
+    TextFrame,
+    decode_frames,
+    decode_request,
+    encode_frames,
+    encode_text,
+    request_headers,
+)
+from wire.subjects import (
+    Op,
+    Service,
+    is_token,
+    parse_reply_subject,
+    reply_prefix,
+    reply_subject,
+    reply_wildcard,
+    room_subject,
+    service_subject,
+)
+
+
+def test_service_subjects() -> None:
+    assert service_subject(Service.CODEC, Op.ECHO) == "sb.svc.codec.echo"
+    assert room_subject("general") == "sb.room.general"
+
+
+def test_reply_subject_round_trip() -> None:
+    prefix = reply_prefix("gw1")
+    subject = reply_subject(prefix, 42, 7)
+    assert subject == "sb.gw.gw1.42.7"
+    assert parse_reply_subject(subject) == (42, 7)
+    assert reply_wildcard("gw1") == "sb.gw.gw1.>"
+
+
+@pytest.mark.parametrize("bad", ["", "a.b", "*", ">", "a b", "x" * 65, "é", "a\n"])
+def test_room_names_cannot_inject_subject_tokens(bad: str) -> None:
+    assert not is_token(bad)
+    with pytest.raises(ValueError):
+        room_subject(bad)
+
+
+def test_frames_round_trip() -> None:
+    frames = [TextFrame("héllo"), BinaryFrame(b"\x00\xff" * 3), TextFrame(""), BinaryFrame(b"")]
+    assert decode_frames(encode_frames(frames)) == frames
+    assert decode_frames(b"") == []
+    assert decode_frames(encode_text("x")) == [TextFrame("x")]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"t\x00\x00", b"t\x00\x00\x00\x05ab", b"x\x00\x00\x00\x00", b"t\x00\x00\x00\x01\xff"],
+)
+def test_malformed_frames_raise(payload: bytes) -> None:
+    with pytest.raises(FrameDecodeError):
+        decode_frames(payload)
+
+
+def test_request_headers_and_decode() -> None:
+    hdrs = request_headers("binary", user="alice", room="general")
+    req = decode_request(b"\x01", hdrs)
+    assert req.frame == "binary" and req.user == "alice" and req.room == "general"
+    assert h.trace_id(req.traceparent) is not None
+    assert h.age_seconds(req.sent_at) is not None
+    assert decode_request(b"x", None).frame == "text"
+
+
+def test_traceparent_format() -> None:
+    tp = h.new_traceparent()
+    version, trace, span, flags = tp.split("-")
+    assert (version, flags) == ("00", "01")
+    assert len(trace) == 32 and len(span) == 16
+    assert h.trace_id(tp) == trace
+    assert h.trace_id("garbage") is None
+
+
+def test_errors_from_headers() -> None:
+    err = WireError(ErrorCode.FORBIDDEN, "nope")
+    assert from_headers(err.headers()) == err
+    assert from_headers({"Status": "503"}).code == ErrorCode.UNAVAILABLE
+    assert from_headers({h.ERROR_CODE: "999", h.ERROR: "x"}).code == ErrorCode.INTERNAL
+    assert from_headers({h.HANDLED_AT: "1"}) is None
+    assert from_headers(None) is None
+
+
+def test_close_codes() -> None:
+    assert close_code(ErrorCode.FORBIDDEN) == CloseCode.POLICY_VIOLATION == 1008
+    assert close_code(ErrorCode.TOO_LARGE) == 1009
+    assert close_code(ErrorCode.UNAVAILABLE) == 1013
+    assert all(close_code(code) for code in ErrorCode)
