@@ -1,6 +1,7 @@
 """The tutorial's code, verbatim in behaviour, as one app: the reference that the
 compatibility tests compare Switchboard against byte for byte, and baseline (a) of the
 benchmarks. Run: ``uvicorn bench.tutorial_app:app``. Not part of Switchboard."""
+
 # ruff: noqa
 import base64
 import json
@@ -141,7 +142,9 @@ async def websocket_compressed(websocket: WebSocket):
                     }
                 )
             except zlib.error:
-                await websocket.send_json({"status": "error", "message": "Failed to decompress data"})
+                await websocket.send_json(
+                    {"status": "error", "message": "Failed to decompress data"}
+                )
     except WebSocketDisconnect:
         print("Client disconnected")
     except Exception as e:

@@ -22,7 +22,7 @@ import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import NoRespondersError
+from nats.errors import MaxPayloadError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from gateway.connection import Connection, Message, Pending
@@ -83,6 +83,13 @@ class Hub:
             password=self.settings.nats_password,
             on_state=lambda up: self.metrics.nats_connected.set(1 if up else 0),
         )
+        if self.nc.max_payload < self.settings.max_frame_bytes + 4096:
+            log.error(
+                "NATS max_payload %d is smaller than max_frame_bytes %d plus headers: "
+                "large frames will be refused",
+                self.nc.max_payload,
+                self.settings.max_frame_bytes,
+            )
         await self.nc.subscribe(reply_wildcard(self.settings.id), cb=self._on_reply)
         self._sweeper = asyncio.create_task(self._sweep())
 
@@ -135,6 +142,8 @@ class Hub:
                 reply=reply_subject(self._prefix, conn.id, seq),
                 headers=headers,
             )
+        except MaxPayloadError:
+            self._fail(conn, seq, WireError(ErrorCode.TOO_LARGE, "frame too large"))
         except Exception as exc:  # connection closed or reconnecting with a full buffer
             log.warning("publish failed: %s", exc)
             self._fail(conn, seq, WireError(ErrorCode.UNAVAILABLE, "service unavailable"))

@@ -145,6 +145,7 @@ class LocalStack:
         store.mkdir(parents=True, exist_ok=True)
         argv = [
             nats_server_binary(),
+            "-c", str(ROOT / "infra" / "nats" / "local.conf"),
             "-a", "127.0.0.1",
             "-p", str(self.nats_port),
             "-m", str(self.nats_monitor_port),

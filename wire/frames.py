@@ -23,6 +23,7 @@ import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import quote, unquote
 
 from wire import headers as h
 
@@ -123,11 +124,17 @@ def request_headers(
         h.FRAME: h.FRAME_TEXT if frame == "text" else h.FRAME_BINARY,
         h.TRACEPARENT: traceparent or h.new_traceparent(),
     }
+    # Client-chosen values are percent-encoded: a header value cannot then carry CR/LF
+    # (header injection) or lose leading/trailing white space to header parsing.
     if user is not None:
-        hdrs[h.USER] = user
+        hdrs[h.USER] = quote(user, safe="")
     if room is not None:
-        hdrs[h.ROOM] = room
+        hdrs[h.ROOM] = quote(room, safe="")
     return hdrs
+
+
+def _unquote(value: str | None) -> str | None:
+    return None if value is None else unquote(value, errors="strict")
 
 
 def decode_request(data: bytes, headers: Mapping[str, str] | None) -> Request:
@@ -135,8 +142,8 @@ def decode_request(data: bytes, headers: Mapping[str, str] | None) -> Request:
     return Request(
         data=data,
         frame="binary" if hdrs.get(h.FRAME) == h.FRAME_BINARY else "text",
-        user=hdrs.get(h.USER),
-        room=hdrs.get(h.ROOM),
+        user=_unquote(hdrs.get(h.USER)),
+        room=_unquote(hdrs.get(h.ROOM)),
         traceparent=hdrs.get(h.TRACEPARENT),
         sent_at=hdrs.get(h.SENT_AT),
     )

@@ -3,8 +3,8 @@
 Request (gateway -> worker):
     Sb-Sent-At     wall clock at gateway publish, integer nanoseconds since the epoch
     Sb-Frame       ``t`` (text) or ``b`` (binary): the WebSocket frame type received
-    Sb-User        the connection's user name (chat)
-    Sb-Room        the room (chat)
+    Sb-User        the connection's user name (chat), percent-encoded UTF-8
+    Sb-Room        the room (chat), percent-encoded UTF-8
     traceparent    W3C trace context, one trace id per frame
 
 Reply (worker -> gateway): payload as laid out in :mod:`wire.frames`;

@@ -93,3 +93,10 @@ def test_close_codes() -> None:
     assert close_code(ErrorCode.TOO_LARGE) == 1009
     assert close_code(ErrorCode.UNAVAILABLE) == 1013
     assert all(close_code(code) for code in ErrorCode)
+
+
+@pytest.mark.parametrize("user", [" padded ", "tab\t", "a\r\nSb-Room: other", "Zoë 🚀", "%41"])
+def test_user_header_survives_any_characters(user: str) -> None:
+    hdrs = request_headers("text", user=user, room="general")
+    assert all("\r" not in v and "\n" not in v for v in hdrs.values())
+    assert decode_request(b"", hdrs).user == user

@@ -1,0 +1,79 @@
+"""The pages, health, readiness and metrics endpoints."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+from tests.integration.client import connect, recv, sample, scrape
+from tests.integration.conftest import http_base, ws_base
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_tutorial_pages_served(stack) -> None:
+    status, chat = get(http_base(stack) + "/")
+    assert status == 200 and "<title>FastAPI Chat</title>" in chat
+    assert "ws://localhost:8000/ws/chat?username=" in chat
+    status, echo = get(http_base(stack) + "/echo")
+    assert status == 200 and 'new WebSocket("ws://localhost:8000/ws")' in echo
+
+
+def test_healthz_and_readyz(stack) -> None:
+    assert get(http_base(stack) + "/healthz") == (200, '{"status":"ok"}')
+    status, body = get(http_base(stack) + "/readyz")
+    assert status == 200
+    assert json.loads(body) == {
+        "status": "ready",
+        "nats": "connected",
+        "instances": {"chat": 1, "binary": 1, "codec": 1},
+    }
+
+
+async def test_metrics_count_frames(stack) -> None:
+    port = stack.gateways[0].port
+    before = scrape(port)
+    async with connect(ws_base(stack) + "/ws/mixed") as ws:
+        for _ in range(3):
+            await ws.send("abc")
+            await recv(ws)
+        await ws.send(b"12345")
+        await recv(ws)
+    after = scrape(port)
+
+    def delta(name: str, **labels: str) -> float:
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    labels = {"endpoint": "/ws/mixed"}
+    assert (
+        delta("switchboard_gateway_frames_total", direction="in", frame_type="text", **labels) == 3
+    )
+    assert (
+        delta("switchboard_gateway_frames_total", direction="in", frame_type="binary", **labels)
+        == 1
+    )
+    assert (
+        delta("switchboard_gateway_bytes_total", direction="in", frame_type="binary", **labels) == 5
+    )
+    assert (
+        delta("switchboard_gateway_frames_total", direction="out", frame_type="text", **labels) == 4
+    )
+    assert delta("switchboard_gateway_connections_accepted_total", **labels) == 1
+    assert (
+        delta("switchboard_gateway_request_duration_seconds_count", service="binary", status="ok")
+        == 4
+    )
+
+    service = stack.replicas("binary")[0]
+    text = scrape(service.metrics_port)
+    assert sample(text, "switchboard_service_requests_total", operation="mixed", status="ok") >= 4
+    assert (
+        sample(text, "switchboard_service_transit_duration_seconds_count", operation="mixed") >= 4
+    )
