@@ -85,14 +85,14 @@ async def test_chat_bad_frames_get_error_frames(stack, frame, message) -> None:
             "type": "system",
         }
         await ws.send(frame)
-        assert await recv_for(ws, "carol") == {
+        assert await recv_for(ws, name) == {
             "message": message,
             "sender": "Server",
             "type": "error",
         }
         await ws.send(json.dumps({"message": "still here"}))
-        assert await recv_for(ws, "carol") == {
-            "message": "carol: still here",
+        assert await recv_for(ws, name) == {
+            "message": f"{name}: still here",
             "sender": name,
             "type": "message",
         }
