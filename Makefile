@@ -23,6 +23,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 	touch $(STAMP)
 
 setup: $(STAMP)
+	@bash scripts/ensure-tools.sh
 
 run: setup
 	$(PY) -m switchboard.localstack
