@@ -1,15 +1,45 @@
-"""Structured JSON logs, configured once per process (python-json-logger)."""
+"""Structured JSON logs, configured once per process (python-json-logger).
+
+Every log line about one frame carries its ``trace_id`` (the 32 hex digits of the
+frame's W3C ``traceparent``), in every process:
+
+- workers: the service wrapper (``services/runner.py``) sets :data:`TRACE_ID` (a
+  ``contextvars.ContextVar``) around each handler call, and the filter installed here
+  copies it onto every record emitted meanwhile, so a handler's own log lines carry it
+  without passing it around;
+- the gateway handles replies in shared NATS callbacks and a per-socket sender, not in a
+  task per frame, so its per-frame lines pass ``extra={"trace_id": ...}`` explicitly
+  (``wire.headers.trace_id(traceparent)``).
+
+Per-frame lines are DEBUG (INFO would cost throughput); errors and timeouts of a frame are
+WARNING or ERROR, with the trace id. Levels come from ``SB_LOG_LEVEL``.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+from contextvars import ContextVar
 
 from pythonjsonlogger.json import JsonFormatter
+
+TRACE_ID: ContextVar[str | None] = ContextVar("sb_trace_id", default=None)
+
+
+class TraceFilter(logging.Filter):
+    """Adds ``trace_id`` from :data:`TRACE_ID` to records that do not carry one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "trace_id" not in record.__dict__:
+            trace = TRACE_ID.get()
+            if trace is not None:
+                record.trace_id = trace
+        return True
 
 
 def configure(level: str, component: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(TraceFilter())
     handler.setFormatter(
         JsonFormatter(
             "%(asctime)s %(levelname)s %(name)s %(message)s",
