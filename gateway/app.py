@@ -12,10 +12,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.routing import WebSocketRoute
 
-from gateway.endpoints import TUTORIAL_ENDPOINTS
+from gateway import api, dashboard
+from gateway.auth import Authenticator
+from gateway.endpoints import TUTORIAL_ENDPOINTS, V2
 from gateway.hub import Hub
 from gateway.relay import RelayEndpoint
 from gateway.settings import GatewaySettings
+from gateway.stats import LiveStats
+from gateway.v2 import V2Endpoint
 from wire.metrics import GatewayMetrics
 
 STATIC = Path(__file__).parent / "static"
@@ -25,23 +29,30 @@ def create_app(settings: GatewaySettings, registry: CollectorRegistry | None = N
     registry = registry or CollectorRegistry()
     metrics = GatewayMetrics(registry)
     hub = Hub(settings, metrics)
+    live = LiveStats(settings.id, registry, metrics)  # live figures over NATS (gateway/stats.py)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await hub.start()
+        assert hub.nc is not None
+        await live.start(hub.nc)
         try:
             yield
         finally:
+            await live.stop()
             await hub.stop()
 
     app = FastAPI(title="Switchboard gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.hub = hub
     app.state.settings = settings
     app.state.registry = registry
+    app.state.live = live
+    dashboard.mount(app, live)  # GET /dashboard, /ws/dashboard
 
     pages = {
         "/": (STATIC / "chat.html").read_text(),
         "/echo": (STATIC / "echo.html").read_text(),
+        "/rooms": (STATIC / "rooms.html").read_text(),
     }
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -51,6 +62,10 @@ def create_app(settings: GatewaySettings, registry: CollectorRegistry | None = N
     @app.get("/echo", response_class=HTMLResponse, include_in_schema=False)
     async def echo_page() -> HTMLResponse:
         return HTMLResponse(pages["/echo"])
+
+    @app.get("/rooms", response_class=HTMLResponse, include_in_schema=False)
+    async def rooms_page() -> HTMLResponse:
+        return HTMLResponse(pages["/rooms"])
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -76,4 +91,7 @@ def create_app(settings: GatewaySettings, registry: CollectorRegistry | None = N
         app.router.routes.append(
             WebSocketRoute(spec.path, RelayEndpoint(spec, hub, settings, metrics))
         )
+    v2 = V2Endpoint(hub, hub.live, Authenticator(settings), settings, metrics)
+    app.router.routes.append(WebSocketRoute(V2.path, v2))
+    app.include_router(api.router(hub, settings))
     return app

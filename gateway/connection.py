@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.endpoints import EndpointSpec
 
 Message = dict[str, Any]
+Release = Callable[[], None]
 
 
 @dataclass(slots=True)
@@ -22,6 +24,11 @@ class Pending:
     deadline: float  # loop time
     started: float  # perf_counter
     service: str
+    tag: str | None = None  # the client's request id (v2), for error frames
+    hook: Callable[..., None] | None = None  # see Hub.request
+    trace: str | None = None  # the frame's traceparent, for its log lines (gateway.hops)
+    arrived: float = 0.0  # perf_counter when the reply reached the gateway
+    status: str = "ok"  # the reply's outcome (wire.metrics.Status)
 
 
 class Connection:
@@ -36,6 +43,7 @@ class Connection:
         "parked",
         "pending",
         "room",
+        "rooms",
         "spec",
         "user",
         "wake",
@@ -59,10 +67,11 @@ class Connection:
         self.capacity = asyncio.Event()
         self.capacity.set()
         self.pending: dict[int, Pending] = {}
-        self.parked: dict[int, list[Message]] = {}
+        self.parked: dict[int, list[Message] | Release] = {}
         self.next_seq = 0
         self.next_out = 0
         self.closing = False
+        self.rooms: dict[str, Any] = {}  # v2 room memberships (gateway.rooms.Member)
 
     def allocate(self, pending: Pending | None) -> int:
         """Number the next request; ``pending=None`` for one answered locally."""
@@ -74,20 +83,30 @@ class Connection:
                 self.capacity.clear()
         return seq
 
-    def complete(self, seq: int, messages: list[Message]) -> None:
-        """Deliver the reply to request ``seq`` once every earlier reply is out."""
+    def complete(self, seq: int, messages: list[Message] | Release) -> None:
+        """Deliver the reply to request ``seq`` once every earlier reply is out.
+
+        ``messages`` is either the frames to send or a callable that, when the reply's
+        turn comes, puts into ``out`` whatever it decides (room joins use it to merge
+        replayed history with live events at exactly that point)."""
         if seq != self.next_out:
             self.parked[seq] = messages
             return
         out = self.out
-        out.extend(messages)
+        if isinstance(messages, list):
+            out.extend(messages)
+        else:
+            messages()
         nxt = seq + 1
         parked = self.parked
         while parked:
             later = parked.pop(nxt, None)
             if later is None:
                 break
-            out.extend(later)
+            if isinstance(later, list):
+                out.extend(later)
+            else:
+                later()
             nxt += 1
         self.next_out = nxt
         if not self.capacity.is_set() and len(self.pending) < self.max_in_flight:

@@ -9,25 +9,33 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from wire import envelope
 from wire.errors import ErrorCode, WireError
 from wire.subjects import Op, Service, service_subject
 
 Message = dict[str, Any]  # an ASGI "websocket.send" message
 
 
-def _text_error(description: str) -> Message:
+ErrorShape = Callable[[WireError, str, str | None], Message]
+
+
+def _text_error(error: WireError, description: str, tag: str | None) -> Message:
     return {"type": "websocket.send", "text": f"Error: {description}"}
 
 
-def _status_error(description: str) -> Message:
+def _status_error(error: WireError, description: str, tag: str | None) -> Message:
     payload = {"status": "error", "message": description}
     return {"type": "websocket.send", "text": json.dumps(payload, separators=(",", ":"))}
 
 
-def _chat_error(description: str) -> Message:
+def _chat_error(error: WireError, description: str, tag: str | None) -> Message:
     payload = {"message": description, "sender": "Server", "type": "error"}
     text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
     return {"type": "websocket.send", "text": text}
+
+
+def _v2_error(error: WireError, description: str, tag: str | None) -> Message:
+    return {"type": "websocket.send", "text": envelope.error(tag, str(error.code), description)}
 
 
 _DESCRIPTIONS = {
@@ -53,11 +61,11 @@ class EndpointSpec:
     path: str
     text: Route | None
     binary: Route | None
-    error_shape: Callable[[str], Message]
+    error_shape: ErrorShape
     chat: bool = False
 
-    def error_message(self, error: WireError) -> Message:
-        return self.error_shape(_DESCRIPTIONS.get(error.code, error.description))
+    def error_message(self, error: WireError, tag: str | None = None) -> Message:
+        return self.error_shape(error, _DESCRIPTIONS.get(error.code, error.description), tag)
 
     def wrong_frame(self, got: str) -> WireError:
         want = "binary" if got == "text" else "text"
@@ -75,5 +83,13 @@ COMPRESSED = EndpointSpec("/ws/compressed", None, _route(Service.CODEC, Op.INFLA
 
 TUTORIAL_ENDPOINTS = (ECHO, JSON, BINARY, MIXED, CHAT, COMPRESSED)
 
+# /ws/v2 decodes its envelopes itself (gateway/v2.py) and picks a route per type.
+V2 = EndpointSpec("/ws/v2", None, None, _v2_error)
+
 CHAT_JOIN = _route(Service.CHAT, Op.JOIN)
 CHAT_LEAVE = _route(Service.CHAT, Op.LEAVE)
+ROOM_JOIN = _route(Service.CHAT, Op.ROOM_JOIN)
+ROOM_LEAVE = _route(Service.CHAT, Op.ROOM_LEAVE)
+PUBLISH = _route(Service.CHAT, Op.PUBLISH)
+HISTORY = _route(Service.CHAT, Op.HISTORY)
+PRESENCE = _route(Service.CHAT, Op.PRESENCE)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -41,3 +42,29 @@ class GatewaySettings(BaseSettings):
     ping_timeout: float = Field(20.0, gt=0)
     shutdown_timeout: float = Field(5.0, gt=0, description="grace for in-flight requests")
     discovery_timeout: float = Field(0.25, gt=0, description="wait for $SRV.PING answers")
+
+    # identity (rooms)
+    allow_anonymous: bool = Field(True, description="connections without a token allowed")
+    jwt_secret: SecretStr | None = Field(None, description="HS256 key")
+    jwt_public_key: str | None = Field(None, description="RS256 public key: PEM, or @path")
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    api_key: SecretStr | None = Field(None, description="key for POST /api/rooms/*/messages")
+    system_sender: str = Field("system", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    presence_interval: float = Field(5.0, gt=0, description="presence heartbeat period")
+    max_rooms: int = Field(100, ge=1, description="rooms one connection may join")
+
+    @model_validator(mode="after")
+    def _check_identity(self) -> GatewaySettings:
+        if self.jwt_public_key and self.jwt_public_key.startswith("@"):
+            self.jwt_public_key = Path(self.jwt_public_key[1:]).read_text()
+        if self.jwt_public_key and "BEGIN PUBLIC KEY" not in self.jwt_public_key:
+            raise ValueError("SB_GATEWAY_JWT_PUBLIC_KEY must be a PEM public key or @path")
+        if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value()) < 32:
+            raise ValueError("SB_GATEWAY_JWT_SECRET must be at least 32 characters")
+        if not self.allow_anonymous and not (self.jwt_secret or self.jwt_public_key):
+            raise ValueError(
+                "SB_GATEWAY_ALLOW_ANONYMOUS=false needs SB_GATEWAY_JWT_SECRET "
+                "or SB_GATEWAY_JWT_PUBLIC_KEY"
+            )
+        return self

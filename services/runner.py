@@ -13,6 +13,7 @@ the running handler; draining answers them.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
 import time
@@ -26,53 +27,86 @@ from prometheus_client import CollectorRegistry, start_http_server
 from services.settings import ServiceSettings
 from wire import headers as h
 from wire import logs, natsconn
+from wire import stats as live
 from wire.errors import ErrorCode, WireError
-from wire.frames import Request, decode_request
+from wire.frames import Reply, Request, decode_request
 from wire.metrics import ServiceMetrics, Status
-from wire.subjects import Op, Service, service_subject
+from wire.subjects import Op, Service, service_subject, stats_subject
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Request], Awaitable[bytes]]
-HandlerFactory = Callable[[Client], Mapping[Op, Handler]]
+Handler = Callable[[Request], Awaitable[bytes | Reply]]
+HandlerFactory = Callable[[Client], Mapping[Op, Handler] | Awaitable[Mapping[Op, Handler]]]
 
 VERSION = "0.1.0"
 
 
+def _stamp(req: Request) -> dict[str, str]:
+    """Reply headers for the hop back: when the worker answered, and the frame's trace."""
+    stamp = {h.HANDLED_AT: h.now_ns()}
+    if req.traceparent:
+        stamp[h.TRACEPARENT] = req.traceparent
+    return stamp
+
+
 def wrap(service: Service, op: Op, handler: Handler, metrics: ServiceMetrics):
-    """The one place a handler's result or WireError becomes a NATS reply."""
+    """The one place a handler's result or WireError becomes a NATS reply.
+
+    Also the worker's share of observability: the transit and handling hops of each
+    frame, labelled by outcome (children resolved once, here); the frame's trace id in
+    ``wire.logs.TRACE_ID`` while it is handled, so every log line about it carries it;
+    DEBUG lines per frame.
+    """
     ok = metrics.requests.labels(service, op, Status.OK)
     failed = metrics.requests.labels(service, op, Status.ERROR)
-    handling = metrics.handling_seconds.labels(service, op)
-    transit = metrics.transit_seconds.labels(service, op)
+    outcomes = (Status.OK, Status.ERROR)
+    handling = {st: metrics.handling_seconds.labels(service, op, st) for st in outcomes}
+    transit = {st: metrics.transit_seconds.labels(service, op, st) for st in outcomes}
     in_flight = metrics.in_flight.labels(service)
+    fields = {"service": str(service), "op": str(op)}
 
     async def endpoint(msg: MicroRequest) -> None:
         received = time.time_ns()
         start = time.perf_counter()
         req = decode_request(msg.data, msg.headers)
         age = h.age_seconds(req.sent_at, received)
-        if age is not None:
-            transit.observe(age)
+        token = logs.TRACE_ID.set(h.trace_id(req.traceparent))
+        debug = log.isEnabledFor(logging.DEBUG)
+        if debug:
+            log.debug("request received", extra={**fields, "hop": "transit", "seconds": age})
         in_flight.inc()
+        status = Status.OK
         try:
             payload = await handler(req)
         except WireError as exc:
+            status = Status.ERROR
             failed.inc()
-            await msg.respond_error(str(exc.code), exc.description)
+            if debug:
+                log.debug("request refused", extra={**fields, "code": str(exc.code)})
+            await msg.respond_error(str(exc.code), exc.description, headers=_stamp(req))
         except Exception:
+            status = Status.ERROR
             failed.inc()
-            log.exception(
-                "handler failed",
-                extra={"service": str(service), "op": str(op), "traceparent": req.traceparent},
-            )
-            await msg.respond_error(str(ErrorCode.INTERNAL), "internal error")
+            log.exception("handler failed", extra=fields)  # trace_id from TRACE_ID
+            await msg.respond_error(str(ErrorCode.INTERNAL), "internal error", headers=_stamp(req))
         else:
             ok.inc()
-            await msg.respond(payload, headers={h.HANDLED_AT: h.now_ns()})
+            if isinstance(payload, Reply):
+                await msg.respond(payload.payload, headers={**_stamp(req), **payload.headers})
+            else:
+                await msg.respond(payload, headers=_stamp(req))
         finally:
             in_flight.dec()
-            handling.observe(time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            handling[status].observe(elapsed)
+            if age is not None:
+                transit[status].observe(age)
+            if debug:
+                log.debug(
+                    "request handled",
+                    extra={**fields, "hop": "handling", "status": str(status), "seconds": elapsed},
+                )
+            logs.TRACE_ID.reset(token)
 
     return endpoint
 
@@ -99,6 +133,8 @@ async def serve(
     )
     try:
         handlers = factory(nc)
+        if inspect.isawaitable(handlers):
+            handlers = await handlers
         svc = await add_service(
             nc,
             name=str(service),
@@ -113,8 +149,17 @@ async def serve(
                 subject=service_subject(service, op),
                 handler=wrap(service, op, handler, metrics),
             )
+        # Live figures for the gateways' dashboard page, once a second (wire.stats).
+        publisher = asyncio.create_task(
+            live.publish_forever(
+                nc,
+                stats_subject(service, svc.id),
+                lambda: live.service_snapshot(registry, str(service), svc.id),
+            )
+        )
         log.info("service ready", extra={"service": str(service), "id": svc.id})
         await stop.wait()
+        publisher.cancel()
         log.info("draining", extra={"service": str(service)})
         try:
             await asyncio.wait_for(nc.drain(), settings.shutdown_timeout)

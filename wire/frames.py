@@ -96,6 +96,14 @@ def decode_frames(payload: bytes) -> list[Frame]:
 
 
 @dataclass(frozen=True, slots=True)
+class Reply:
+    """A handler's answer when it needs headers besides the payload (room sequences)."""
+
+    payload: bytes
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
 class Request:
     """One frame as a worker sees it."""
 
@@ -105,6 +113,15 @@ class Request:
     room: str | None = None
     traceparent: str | None = None
     sent_at: str | None = None
+    headers: Mapping[str, str] | None = None
+
+    def header(self, name: str) -> str | None:
+        """A header the gateway percent-encoded (client-chosen values), decoded."""
+        return _unquote((self.headers or {}).get(name))
+
+    def int_header(self, name: str) -> int | None:
+        raw = (self.headers or {}).get(name)
+        return int(raw) if raw is not None and raw.isdigit() else None
 
     @property
     def text(self) -> str:
@@ -118,6 +135,7 @@ def request_headers(
     user: str | None = None,
     room: str | None = None,
     traceparent: str | None = None,
+    extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     hdrs = {
         h.SENT_AT: h.now_ns(),
@@ -130,7 +148,14 @@ def request_headers(
         hdrs[h.USER] = quote(user, safe="")
     if room is not None:
         hdrs[h.ROOM] = quote(room, safe="")
+    if extra:
+        hdrs.update(extra)
     return hdrs
+
+
+def quoted(value: str) -> str:
+    """Percent-encode a client-chosen header value (see :func:`request_headers`)."""
+    return quote(value, safe="")
 
 
 def _unquote(value: str | None) -> str | None:
@@ -146,4 +171,5 @@ def decode_request(data: bytes, headers: Mapping[str, str] | None) -> Request:
         room=_unquote(hdrs.get(h.ROOM)),
         traceparent=hdrs.get(h.TRACEPARENT),
         sent_at=hdrs.get(h.SENT_AT),
+        headers=hdrs,
     )

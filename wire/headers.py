@@ -6,6 +6,7 @@ Request (gateway -> worker):
     Sb-User        the connection's user name (chat), percent-encoded UTF-8
     Sb-Room        the room (chat), percent-encoded UTF-8
     traceparent    W3C trace context, one trace id per frame
+    Sb-Gateway, Sb-Conn, Sb-Request-Id, Sb-Since, Sb-Before, Sb-Limit   rooms (see below)
 
 Reply (worker -> gateway): payload as laid out in :mod:`wire.frames`;
 errors as nats.micro sends them (``Nats-Service-Error``, ``Nats-Service-Error-Code``).
@@ -21,6 +22,14 @@ FRAME = "Sb-Frame"
 USER = "Sb-User"
 ROOM = "Sb-Room"
 HANDLED_AT = "Sb-Handled-At"
+GATEWAY = "Sb-Gateway"  # the gateway id of the connection (rooms, presence)
+CONN = "Sb-Conn"  # the connection id within its gateway
+REQUEST_ID = "Sb-Request-Id"  # the client's request id (v2 "id"), percent-encoded
+SEQ = "Sb-Seq"  # a room event's sequence number; on a join/history reply: the last one
+FIRST_SEQ = "Sb-First-Seq"  # on a reply carrying room events: the seq of the first
+SINCE = "Sb-Since"  # join: the last seq the client saw
+BEFORE = "Sb-Before"  # history: only events before this seq
+LIMIT = "Sb-Limit"  # history: at most this many events
 TRACEPARENT = "traceparent"
 
 ERROR = "Nats-Service-Error"

@@ -2,7 +2,12 @@
 
     sb.svc.<service>.<op>              request to a worker (queue group = service name)
     sb.gw.<gateway>.<conn>.<seq>       reply to request <seq> of connection <conn>
-    sb.room.<room>                     fan-out of a room's events to every gateway
+    sb.room.<room>                     the tutorial chat's frames, to every gateway (core)
+    sb.hist.<room>                     a room's events, stored in the JetStream stream ROOMS
+    sb.live.<room>                     a room's stored events, republished by JetStream once
+                                       committed, in stream order (core; gateways subscribe)
+    sb.presence.<gateway>              a gateway's member list heartbeat (every chat replica)
+    sb.stats.<component>.<instance>    an instance's live figures, every second (wire.stats)
     $SRV.PING.<service>                nats.micro discovery (built by nats.micro itself)
 
 Tokens are validated so that no client input can smuggle ``.``, ``*`` or ``>`` into a
@@ -33,16 +38,31 @@ class Op(StrEnum):
     # binary
     INSPECT = "inspect"
     MIXED = "mixed"
-    # chat
+    # chat: the tutorial's /ws/chat
     JOIN = "join"
     LEAVE = "leave"
     SEND = "send"
+    # chat: rooms (/ws/v2, server-side publish)
+    ROOM_JOIN = "room_join"
+    ROOM_LEAVE = "room_leave"
+    PUBLISH = "publish"
+    HISTORY = "history"
+    PRESENCE = "presence"
 
 
 SERVICE_OPS: dict[Service, tuple[Op, ...]] = {
     Service.CODEC: (Op.ECHO, Op.JSON, Op.INFLATE),
     Service.BINARY: (Op.INSPECT, Op.MIXED),
-    Service.CHAT: (Op.JOIN, Op.LEAVE, Op.SEND),
+    Service.CHAT: (
+        Op.JOIN,
+        Op.LEAVE,
+        Op.SEND,
+        Op.ROOM_JOIN,
+        Op.ROOM_LEAVE,
+        Op.PUBLISH,
+        Op.HISTORY,
+        Op.PRESENCE,
+    ),
 }
 
 
@@ -90,6 +110,47 @@ def room_subject(room: str) -> str:
 
 def room_wildcard() -> str:
     return f"{PREFIX}.room.>"
+
+
+ROOMS_STREAM = "ROOMS"
+
+
+def history_subject(room: str) -> str:
+    return f"{PREFIX}.hist.{_token(room, 'room name')}"
+
+
+def history_wildcard() -> str:
+    return f"{PREFIX}.hist.>"
+
+
+def live_subject(room: str) -> str:
+    return f"{PREFIX}.live.{_token(room, 'room name')}"
+
+
+def live_wildcard() -> str:
+    return f"{PREFIX}.live.>"
+
+
+def room_of(subject: str) -> str:
+    """The room token of a ``sb.room|hist|live.<room>`` subject."""
+    return subject.rsplit(".", 1)[1]
+
+
+def presence_subject(gateway: str) -> str:
+    return f"{PREFIX}.presence.{_token(gateway, 'gateway id')}"
+
+
+def presence_wildcard() -> str:
+    return f"{PREFIX}.presence.*"
+
+
+def stats_subject(component: str, instance: str) -> str:
+    """Where one gateway or worker instance publishes its live figures (wire.stats)."""
+    return f"{PREFIX}.stats.{_token(component, 'component')}.{_token(instance, 'instance id')}"
+
+
+def stats_wildcard() -> str:
+    return f"{PREFIX}.stats.>"
 
 
 def discovery_subject(verb: str, service: Service) -> str:

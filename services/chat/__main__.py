@@ -1,6 +1,7 @@
-from services.chat.handlers import handlers
+from services.chat.service import build
 from services.chat.settings import ChatSettings
 from services.runner import run
 from wire.subjects import Service
 
-run(Service.CHAT, ChatSettings(), lambda nc: handlers(nc.publish))
+settings = ChatSettings()
+run(Service.CHAT, settings, lambda nc: build(nc, settings))

@@ -1,44 +1,47 @@
-"""chat: join, leave and send for the tutorial's chat room, fanned out over NATS.
+"""chat: the tutorial's chat room and ``/ws/v2`` rooms, one history for both.
 
-Each event is published once to the room's subject; every gateway with members in the
-room receives it once and delivers it to its own sockets. The payload is the exact frame
-the tutorial's ``ConnectionManager.broadcast`` sends.
+Every room event (message, join, leave) is appended to the room's history in JetStream
+(services/chat/rooms.py), which republishes it to the gateways. The tutorial's
+``/ws/chat`` is the room ``general``: its frames (exactly what the tutorial's
+``ConnectionManager.broadcast`` sends) are published once to ``sb.room.general``, and
+events of ``general`` from ``/ws/v2`` users are also sent there in the tutorial's shape,
+so users of both endpoints see each other.
 """
 
 from __future__ import annotations
 
 import json
-import unicodedata
+import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import orjson
+
+from services.chat.presence import Member, PresenceBook
+from services.chat.rooms import RoomStore
 from services.runner import Handler
+from wire import envelope
+from wire import headers as h
 from wire.errors import ErrorCode, WireError
-from wire.frames import Request, encode_text
+from wire.frames import Reply, Request, TextFrame, encode_frames, encode_text, quoted
+from wire.names import check_username
 from wire.subjects import Op, is_token, room_subject
 
+log = logging.getLogger(__name__)
+
 DEFAULT_ROOM = "general"
-MAX_USERNAME = 64
 
 Publish = Callable[[str, bytes], Awaitable[None]]
 
 
-def _frame(message: str, sender: str, type_: str) -> bytes:
+def tutorial_frame(message: str, sender: str, type_: str) -> bytes:
     # Key order and separators as Starlette's send_json writes the tutorial's payload.
     payload = {"message": message, "sender": sender, "type": type_}
-    return encode_text(json.dumps(payload, separators=(",", ":"), ensure_ascii=False))
-
-
-def check_username(name: str | None) -> str:
-    if name is None:
-        raise WireError(ErrorCode.FORBIDDEN, "missing user name")
-    if not name:
-        raise WireError(ErrorCode.FORBIDDEN, "user name is empty")
-    if len(name) > MAX_USERNAME:
-        raise WireError(ErrorCode.FORBIDDEN, f"user name is longer than {MAX_USERNAME} characters")
-    if any(unicodedata.category(c) in ("Cc", "Cf", "Cs") for c in name):
-        raise WireError(ErrorCode.FORBIDDEN, "user name contains control characters")
-    return name
+    try:
+        return encode_text(json.dumps(payload, separators=(",", ":"), ensure_ascii=False))
+    except UnicodeEncodeError:
+        raise WireError(ErrorCode.BAD_REQUEST, "message is not valid Unicode") from None
 
 
 def _room(req: Request) -> str:
@@ -48,22 +51,75 @@ def _room(req: Request) -> str:
     return room
 
 
-def handlers(publish: Publish) -> Mapping[Op, Handler]:
-    async def join(req: Request) -> bytes:
+def _request_id(req: Request) -> str:
+    rid = req.header(h.REQUEST_ID)
+    if rid is None:
+        raise WireError(ErrorCode.BAD_REQUEST, "missing request id")
+    return rid
+
+
+def _member_key(kind: str, req: Request, room: str) -> str | None:
+    """Dedupe id of a join/leave event: one per connection and room, whichever replica
+    (or expiry sweep) writes it."""
+    hdrs = req.headers or {}
+    gw, conn = hdrs.get(h.GATEWAY), hdrs.get(h.CONN)
+    return f"{kind}:{gw}:{conn}:{room}" if gw and conn else None
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _tutorial_text(payload: dict[str, Any]) -> str:
+    text = payload.get("text")
+    return text if isinstance(text, str) else orjson.dumps(payload).decode()
+
+
+class ChatHandlers:
+    def __init__(
+        self, publish: Publish, store: RoomStore, book: PresenceBook, recover_newest: int
+    ) -> None:
+        self.publish = publish
+        self.store = store
+        self.book = book
+        self.recover_newest = recover_newest
+
+    async def _tutorial(self, room: str, frame: bytes) -> None:
+        if room == DEFAULT_ROOM:
+            await self.publish(room_subject(room), frame)
+
+    async def _append_quietly(
+        self, room: str, kind: envelope.EventType, payload: dict[str, Any], msg_id: str | None
+    ) -> None:
+        """History for the tutorial endpoint, which has no acks: a store outage must not
+        stop the chat itself."""
+        try:
+            await self.store.append(room, kind, payload, msg_id)
+        except Exception as exc:
+            log.warning("history append failed: %s", exc, extra={"room": room})
+
+    # -- the tutorial's /ws/chat ---------------------------------------------------
+    async def join(self, req: Request) -> bytes:
         user = check_username(req.user)
-        await publish(
-            room_subject(_room(req)), _frame(f"{user} has joined the chat", "Server", "system")
+        room = _room(req)
+        await self.publish(
+            room_subject(room), tutorial_frame(f"{user} has joined the chat", "Server", "system")
         )
+        event = {"user": user, "ts": _now_ms()}
+        await self._append_quietly(room, "join", event, _member_key("join", req, room))
         return b""
 
-    async def leave(req: Request) -> bytes:
+    async def leave(self, req: Request) -> bytes:
         user = check_username(req.user)
-        await publish(
-            room_subject(_room(req)), _frame(f"{user} has left the chat", "Server", "system")
+        room = _room(req)
+        await self.publish(
+            room_subject(room), tutorial_frame(f"{user} has left the chat", "Server", "system")
         )
+        event = {"user": user, "ts": _now_ms()}
+        await self._append_quietly(room, "leave", event, _member_key("leave", req, room))
         return b""
 
-    async def send(req: Request) -> bytes:
+    async def send(self, req: Request) -> bytes:
         user = check_username(req.user)
         room = _room(req)
         try:
@@ -73,7 +129,121 @@ def handlers(publish: Publish) -> Mapping[Op, Handler]:
         if not isinstance(data, dict) or "message" not in data:
             raise WireError(ErrorCode.BAD_REQUEST, 'Expected a JSON object with a "message" field')
         # f-string formatting of the parsed value, exactly as the tutorial does.
-        await publish(room_subject(room), _frame(f"{user}: {data['message']}", user, "message"))
+        text = f"{data['message']}"
+        frame = tutorial_frame(f"{user}: {text}", user, "message")
+        await self.publish(room_subject(room), frame)
+        event = {"text": text, "sender": user, "ts": _now_ms()}
+        await self._append_quietly(room, "message", event, None)
         return b""
 
-    return {Op.JOIN: join, Op.LEAVE: leave, Op.SEND: send}
+    # -- rooms (/ws/v2) ------------------------------------------------------------
+    async def room_join(self, req: Request) -> Reply:
+        user = check_username(req.user)
+        room = _room(req)
+        rid = _request_id(req)
+        since = req.int_header(h.SINCE)
+        joined = await self.store.append(
+            room, "join", {"user": user, "ts": _now_ms()}, _member_key("join", req, room)
+        )
+        if not joined.duplicate:
+            await self._tutorial(
+                room, tutorial_frame(f"{user} has joined the chat", "Server", "system")
+            )
+        if since is None:
+            ack = envelope.ack(rid, room, seq=joined.seq)
+            return Reply(encode_text(ack), {h.SEQ: str(joined.seq)})
+        recovery = await self.store.recover(room, since, self.recover_newest)
+        frames = [TextFrame(e.frame.decode()) for e in recovery.events]
+        frames.append(
+            TextFrame(envelope.ack(rid, room, seq=recovery.head, recovered=recovery.recovered))
+        )
+        hdrs = {h.SEQ: str(recovery.head)}
+        if recovery.events:
+            hdrs[h.FIRST_SEQ] = str(recovery.events[0].seq)
+        return Reply(encode_frames(frames), hdrs)
+
+    async def room_leave(self, req: Request) -> bytes:
+        user = check_username(req.user)
+        room = _room(req)
+        rid = req.header(h.REQUEST_ID)
+        left = await self.store.append(
+            room, "leave", {"user": user, "ts": _now_ms()}, _member_key("leave", req, room)
+        )
+        if not left.duplicate:
+            await self._tutorial(
+                room, tutorial_frame(f"{user} has left the chat", "Server", "system")
+            )
+        return encode_text(envelope.ack(rid, room, seq=left.seq)) if rid else b""
+
+    async def publish_message(self, req: Request) -> bytes:
+        user = check_username(req.user)
+        room = _room(req)
+        rid = _request_id(req)
+        try:
+            payload = orjson.loads(req.data)
+        except orjson.JSONDecodeError:
+            raise WireError(ErrorCode.BAD_REQUEST, "payload must be a JSON object") from None
+        if not isinstance(payload, dict):
+            raise WireError(ErrorCode.BAD_REQUEST, "payload must be a JSON object")
+        # The server stamps the sender: whatever the client wrote there is replaced.
+        payload["sender"] = user
+        payload["ts"] = _now_ms()
+        appended = await self.store.append(room, "message", payload, f"msg:{quoted(user)}:{rid}")
+        if not appended.duplicate:
+            frame = tutorial_frame(f"{user}: {_tutorial_text(payload)}", user, "message")
+            await self._tutorial(room, frame)
+        ack = envelope.ack(rid, room, seq=appended.seq, duplicate=appended.duplicate)
+        return encode_text(ack)
+
+    async def history(self, req: Request) -> bytes | Reply:
+        room = _room(req)
+        since = req.int_header(h.SINCE)
+        if since is not None:  # a gateway filling a gap: the events themselves, in order
+            events = await self.store.read(room, after=since)
+            hdrs = {h.FIRST_SEQ: str(events[0].seq)} if events else {}
+            return Reply(encode_frames([TextFrame(e.frame.decode()) for e in events]), hdrs)
+        rid = _request_id(req)
+        limit = min(req.int_header(h.LIMIT) or 50, envelope.MAX_HISTORY)
+        events = await self.store.read(room, before=req.int_header(h.BEFORE), limit=limit)
+        body = b",".join(e.frame for e in events)
+        frame = (
+            b'{"type":"history","id":' + orjson.dumps(rid) + b',"room":' + orjson.dumps(room)
+            + b',"payload":{"events":[' + body + b"]}}"
+        )  # fmt: skip
+        return encode_text(frame.decode())
+
+    async def presence(self, req: Request) -> bytes:
+        room = _room(req)
+        rid = _request_id(req)
+        return encode_text(
+            envelope.reply("presence", rid, room, {"members": self.book.users(room)})
+        )
+
+    async def expire(self, gone: list[Member]) -> None:
+        """Write leave events for members of gateways that stopped heartbeating. Every
+        replica may do this; the dedupe id makes it happen once."""
+        for m in gone:
+            msg_id = f"leave:{m.gateway}:{m.conn}:{m.room}"
+            try:
+                left = await self.store.append(
+                    m.room, "leave", {"user": m.user, "ts": _now_ms(), "expired": True}, msg_id
+                )
+            except Exception as exc:
+                log.warning("expiry leave failed: %s", exc, extra={"room": m.room})
+                continue
+            if not left.duplicate:
+                await self._tutorial(
+                    m.room, tutorial_frame(f"{m.user} has left the chat", "Server", "system")
+                )
+
+    def ops(self) -> Mapping[Op, Handler]:
+        return {
+            Op.JOIN: self.join,
+            Op.LEAVE: self.leave,
+            Op.SEND: self.send,
+            Op.ROOM_JOIN: self.room_join,
+            Op.ROOM_LEAVE: self.room_leave,
+            Op.PUBLISH: self.publish_message,
+            Op.HISTORY: self.history,
+            Op.PRESENCE: self.presence,
+        }

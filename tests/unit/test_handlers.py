@@ -4,9 +4,11 @@ import zlib
 import pytest
 
 from services.binary.handlers import inspect, mixed
-from services.chat.handlers import check_username
-from services.chat.handlers import handlers as chat_handlers
+from services.chat.handlers import ChatHandlers, check_username
+from services.chat.presence import PresenceBook
+from services.chat.rooms import Appended, StoredEvent
 from services.codec.handlers import echo, inflated_size, inspect_json, make_inflate
+from wire import envelope
 from wire.errors import ErrorCode, WireError
 from wire.frames import BinaryFrame, Request, TextFrame, decode_frames
 
@@ -116,13 +118,49 @@ def test_good_usernames() -> None:
         assert check_username(name) == name
 
 
-async def test_chat_publishes_tutorial_frames() -> None:
-    published: list[tuple[str, bytes]] = []
+class MemoryStore:
+    """In-memory stand-in for RoomStore (the real one is tested against JetStream)."""
 
+    def __init__(self) -> None:
+        self.events: dict[str, list[StoredEvent]] = {}
+        self.ids: dict[str, Appended] = {}
+
+    async def append(self, room, kind, payload, msg_id):
+        if msg_id in self.ids:
+            first = self.ids[msg_id]
+            return Appended(first.seq, first.frame, True)
+        events = self.events.setdefault(room, [])
+        seq = len(events) + 1
+        frame = envelope.event(kind, room, seq, payload).encode()
+        events.append(StoredEvent(seq, frame))
+        result = Appended(seq, frame, False)
+        if msg_id is not None:
+            self.ids[msg_id] = result
+        return result
+
+    async def read(self, room, *, after=0, before=None, limit=None):
+        events = [
+            e
+            for e in self.events.get(room, [])
+            if e.seq > after and (before is None or e.seq < before)
+        ]
+        return events[-limit:] if limit else events
+
+
+def chat(published: list[tuple[str, bytes]] | None = None) -> tuple[ChatHandlers, MemoryStore]:
     async def publish(subject: str, payload: bytes) -> None:
+        if published is None:
+            raise AssertionError("must not publish")
         published.append((subject, payload))
 
-    ops = chat_handlers(publish)
+    store = MemoryStore()
+    return ChatHandlers(publish, store, PresenceBook(), 50), store
+
+
+async def test_chat_publishes_tutorial_frames() -> None:
+    published: list[tuple[str, bytes]] = []
+    handlers, store = chat(published)
+    ops = handlers.ops()
     from wire.subjects import Op
 
     assert await ops[Op.JOIN](text("", user="alice")) == b""
@@ -136,15 +174,40 @@ async def test_chat_publishes_tutorial_frames() -> None:
         '{"message":"alice: [1, True, None]","sender":"alice","type":"message"}',
         '{"message":"alice has left the chat","sender":"Server","type":"system"}',
     ]
+    # the same events are in the room's history, sequenced
+    kinds = [json.loads(e.frame)["type"] for e in store.events["general"]]
+    assert kinds == ["join", "message", "message", "leave"]
 
 
 @pytest.mark.parametrize("raw", ["nope", "[1]", '{"msg": 1}', "5"])
 async def test_chat_bad_frames_are_errors(raw: str) -> None:
-    async def publish(subject: str, payload: bytes) -> None:
-        raise AssertionError("must not publish")
-
     from wire.subjects import Op
 
+    handlers, _ = chat()
     with pytest.raises(WireError) as exc:
-        await chat_handlers(publish)[Op.SEND](text(raw, user="alice"))
+        await handlers.ops()[Op.SEND](text(raw, user="alice"))
     assert exc.value.code == ErrorCode.BAD_REQUEST
+
+
+async def test_v2_publish_stamps_sender_and_dedupes() -> None:
+    from wire import headers as h
+    from wire.subjects import Op
+
+    handlers, store = chat([])
+    hdrs = {h.REQUEST_ID: "r1"}
+    req = Request(
+        b'{"text": "hi", "sender": "mallory"}', "text", user="bob", room="lobby", headers=hdrs
+    )
+    first = json.loads(only_text(await handlers.ops()[Op.PUBLISH](req)))
+    again = json.loads(only_text(await handlers.ops()[Op.PUBLISH](req)))
+    assert first == {
+        "type": "ack",
+        "id": "r1",
+        "room": "lobby",
+        "payload": {"seq": 1, "duplicate": False},
+    }
+    assert again["payload"] == {"seq": 1, "duplicate": True}
+    (stored,) = store.events["lobby"]
+    event = json.loads(stored.frame)
+    assert event["payload"]["sender"] == "bob"  # the client's "mallory" was replaced
+    assert event["seq"] == 1 and event["type"] == "message"

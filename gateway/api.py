@@ -1,0 +1,80 @@
+"""Server-side publish: ``POST /api/rooms/{room}/messages`` puts a message into a room as
+the configured system sender, so a backend can push to rooms without a socket.
+
+Auth: ``Authorization: Bearer <SB_GATEWAY_API_KEY>``. Body: a JSON object (the message
+payload, as a ``/ws/v2`` ``publish`` would send). ``Idempotency-Key`` (optional, 1-64
+printable characters) makes a retried request return the first one's seq.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Header, HTTPException, Request
+from fastapi.responses import JSONResponse
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from gateway.endpoints import PUBLISH
+from gateway.hub import Hub
+from gateway.settings import GatewaySettings
+from wire import envelope, errors
+from wire import headers as h
+from wire.frames import FrameDecodeError, decode_frames, quoted, request_headers
+from wire.subjects import is_token
+
+
+def router(hub: Hub, settings: GatewaySettings) -> APIRouter:
+    api = APIRouter(prefix="/api")
+
+    @api.post("/rooms/{room}/messages")
+    async def publish(
+        room: str,
+        request: Request,
+        authorization: str | None = Header(None),
+        idempotency_key: str | None = Header(None),
+    ) -> JSONResponse:
+        if settings.api_key is None:
+            raise HTTPException(404, "server-side publish is not enabled (SB_GATEWAY_API_KEY)")
+        expected = f"Bearer {settings.api_key.get_secret_value()}"
+        if authorization is None or not hmac.compare_digest(authorization, expected):
+            raise HTTPException(401, "missing or wrong API key")
+        if not is_token(room):
+            raise HTTPException(422, "room must be 1-64 characters of [A-Za-z0-9_-]")
+        rid = idempotency_key or f"api-{secrets.token_hex(8)}"
+        if envelope.request_id({"id": rid}) is None:
+            raise HTTPException(422, "Idempotency-Key must be 1-64 printable characters")
+        try:
+            payload: Any = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            raise HTTPException(422, "body must be a JSON object") from None
+        if not isinstance(payload, dict):
+            raise HTTPException(422, "body must be a JSON object")
+        body = orjson.dumps(payload)
+        if len(body) > envelope.MAX_PAYLOAD_BYTES:
+            raise HTTPException(413, f"payload over {envelope.MAX_PAYLOAD_BYTES} bytes")
+        headers = request_headers(
+            "text", user=settings.system_sender, room=room, extra={h.REQUEST_ID: quoted(rid)}
+        )
+        if hub.nc is None or not hub.nc.is_connected:
+            raise HTTPException(503, "not connected to NATS")
+        try:
+            reply = await hub.nc.request(
+                PUBLISH.subject, body, timeout=settings.request_timeout, headers=headers
+            )
+        except (NoRespondersError, NatsTimeout):
+            raise HTTPException(503, "chat service unavailable") from None
+        error = errors.from_headers(reply.headers)
+        if error is not None:
+            raise HTTPException(502 if error.code == "500" else 400, error.description)
+        try:
+            (frame,) = decode_frames(reply.data)
+            ack = orjson.loads(frame.data)
+        except (FrameDecodeError, ValueError):
+            raise HTTPException(502, "bad reply from chat") from None
+        return JSONResponse({"room": room, **ack["payload"]}, status_code=201)
+
+    return api

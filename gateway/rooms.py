@@ -1,0 +1,192 @@
+"""Room membership on one gateway: live events merged with history, and presence.
+
+Every room with local ``/ws/v2`` members has one subscription to ``sb.live.<room>``
+(events republished by JetStream once stored, in order), whatever the number of local
+sockets. Each member tracks the last sequence number it was sent:
+
+- while it syncs (its join, or a gap fill, is in flight) live events are buffered;
+- when the join's reply comes (in the connection's request order) the replayed events
+  are sent, then the buffered live ones after them, skipping any seq already sent;
+- a live event that skips a number (a lost core message) triggers a fill from history.
+
+So a member sees each room's seqs strictly increasing, with no gap and no duplicate.
+
+Presence: this gateway heartbeats its member list (tutorial chat sockets included) to
+every chat replica: a full snapshot every ``presence_interval`` and a delta on each join
+and leave. If the gateway dies, its heartbeats stop and chat expires its members.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from gateway.connection import Connection, Message
+from wire import headers as h
+from wire.presence import Heartbeat
+from wire.subjects import live_subject, presence_subject, room_of
+
+log = logging.getLogger(__name__)
+
+
+class Member:
+    __slots__ = ("buffer", "conn", "fill", "last", "room", "syncing")
+
+    def __init__(self, conn: Connection, room: str, fill: Callable[[Member], None]) -> None:
+        self.conn = conn
+        self.room = room
+        self.fill = fill  # asks history for everything after self.last
+        self.last = 0
+        self.syncing = True
+        self.buffer: list[tuple[int, Message]] = []
+
+    def on_event(self, seq: int, message: Message) -> None:
+        if self.syncing:
+            self.buffer.append((seq, message))
+            return
+        if seq <= self.last:
+            return
+        if seq == self.last + 1:
+            self.last = seq
+            self.conn.push(message)
+            return
+        self.buffer.append((seq, message))
+        self.syncing = True
+        self.fill(self)
+
+    def synced(
+        self,
+        replay: list[Message],
+        first: int | None,
+        head: int | None,
+        after: list[Message],
+        *,
+        accept_gaps: bool,
+    ) -> None:
+        """Called at the reply's turn: send the replay (numbered from ``first``), then
+        ``after`` (the join's ack), then the buffered live events."""
+        out = self.conn.out
+        if first is not None:
+            for i, message in enumerate(replay):
+                if first + i > self.last:
+                    out.append(message)
+                    self.last = first + i
+        out.extend(after)
+        if head is not None and head > self.last:
+            self.last = head
+        self.syncing = False
+        buffered, self.buffer = sorted(self.buffer, key=lambda e: e[0]), []
+        for i, (seq, message) in enumerate(buffered):
+            if seq <= self.last:
+                continue
+            if seq != self.last + 1 and not accept_gaps:
+                self.buffer = buffered[i:]
+                self.syncing = True
+                self.fill(self)
+                break
+            out.append(message)
+            self.last = seq
+        self.conn.wake.set()
+
+    def abandon(self, error_message: Message | None) -> None:
+        """The join failed: nothing buffered is sent."""
+        self.syncing = False
+        self.buffer = []
+        if error_message is not None:
+            self.conn.out.append(error_message)
+            self.conn.wake.set()
+
+
+def seq_header(headers: object, name: str) -> int | None:
+    raw = headers.get(name) if isinstance(headers, dict) else None
+    return int(raw) if raw is not None and raw.isdigit() else None
+
+
+class Rooms:
+    def __init__(self, gateway: str, interval: float) -> None:
+        self.gateway = gateway
+        self.interval = interval
+        self.nc: Client | None = None
+        self.members: dict[str, dict[int, Member]] = {}
+        self._subs: dict[str, Subscription] = {}
+        self._tutorial: dict[int, tuple[str, str]] = {}  # conn id -> (room, user)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, nc: Client) -> None:
+        self.nc = nc
+        self._task = asyncio.create_task(self._heartbeat())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    # -- membership ----------------------------------------------------------------
+    async def add(self, member: Member) -> None:
+        members = self.members.get(member.room)
+        if members is None:
+            members = self.members[member.room] = {}
+            assert self.nc is not None
+            self._subs[member.room] = await self.nc.subscribe(
+                live_subject(member.room), cb=self._on_event
+            )
+        members[member.conn.id] = member
+        await self._delta(Heartbeat(self.gateway, False, joined=[self._entry(member)]))
+
+    async def remove(self, member: Member) -> None:
+        members = self.members.get(member.room)
+        if members is None or members.pop(member.conn.id, None) is None:
+            return
+        if not members:
+            del self.members[member.room]
+            sub = self._subs.pop(member.room, None)
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+        await self._delta(Heartbeat(self.gateway, False, left=[(member.conn.id, member.room)]))
+
+    async def track(self, conn: Connection, room: str, user: str) -> None:
+        """A tutorial /ws/chat socket, for presence only."""
+        self._tutorial[conn.id] = (room, user)
+        await self._delta(Heartbeat(self.gateway, False, joined=[(conn.id, room, user)]))
+
+    async def untrack(self, conn: Connection) -> None:
+        entry = self._tutorial.pop(conn.id, None)
+        if entry is not None:
+            await self._delta(Heartbeat(self.gateway, False, left=[(conn.id, entry[0])]))
+
+    def _entry(self, member: Member) -> tuple[int, str, str]:
+        return (member.conn.id, member.room, member.conn.user or "")
+
+    # -- NATS ----------------------------------------------------------------------
+    async def _on_event(self, msg: Msg) -> None:
+        members = self.members.get(room_of(msg.subject))
+        seq = seq_header(msg.headers, h.SEQ)
+        if not members or seq is None:
+            return
+        message = {"type": "websocket.send", "text": msg.data.decode()}
+        for member in list(members.values()):
+            member.on_event(seq, message)
+
+    def snapshot(self) -> Heartbeat:
+        joined = [self._entry(m) for ms in self.members.values() for m in ms.values()]
+        joined += [(cid, room, user) for cid, (room, user) in self._tutorial.items()]
+        return Heartbeat(self.gateway, True, joined=joined)
+
+    async def _delta(self, beat: Heartbeat) -> None:
+        nc = self.nc
+        if nc is not None and nc.is_connected:
+            with contextlib.suppress(Exception):
+                await nc.publish(presence_subject(self.gateway), beat.encode())
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await self._delta(self.snapshot())
+            await asyncio.sleep(self.interval)

@@ -1,0 +1,239 @@
+"""``/ws/v2``: the rooms protocol (wire/envelope.py), relayed to the chat service.
+
+The gateway decodes each envelope to route it and to enforce the connection's identity
+and permissions; replies and events are the chat service's frames. ``ping`` is answered
+here (it is transport keepalive, not data).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import Mapping
+from urllib.parse import parse_qsl
+
+import anyio
+import orjson
+
+from gateway.auth import SUBPROTOCOL, Authenticator, Identity, token_from
+from gateway.connection import Connection, Message
+from gateway.endpoints import HISTORY, PRESENCE, PUBLISH, ROOM_JOIN, ROOM_LEAVE, V2, Route
+from gateway.hub import Hub
+from gateway.relay import RelayEndpoint
+from gateway.rooms import Member, Rooms, seq_header
+from gateway.settings import GatewaySettings
+from wire import envelope
+from wire import headers as h
+from wire.errors import CloseCode, ErrorCode, WireError
+from wire.frames import quoted, request_headers
+from wire.metrics import GatewayMetrics
+from wire.names import check_username
+
+log = logging.getLogger(__name__)
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _spawn(coro) -> None:
+    task = asyncio.get_running_loop().create_task(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+class V2Endpoint(RelayEndpoint):
+    def __init__(
+        self,
+        hub: Hub,
+        rooms: Rooms,
+        auth: Authenticator,
+        settings: GatewaySettings,
+        metrics: GatewayMetrics,
+    ) -> None:
+        super().__init__(V2, hub, settings, metrics)
+        self.rooms = rooms
+        self.auth = auth
+
+    async def __call__(self, scope, receive, send) -> None:  # ASGI
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        hub = self.hub
+        if not hub.accepting or hub.nc is None:
+            await send({"type": "websocket.close", "code": int(CloseCode.TRY_AGAIN_LATER)})
+            return
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), True))
+        offered = scope.get("subprotocols") or []
+        accept: dict[str, object] = {"type": "websocket.accept"}
+        if SUBPROTOCOL in offered:
+            accept["subprotocol"] = SUBPROTOCOL
+        try:
+            username = query.get("username")
+            if username is not None:
+                check_username(username)
+            identity = self.auth.identify(token_from(query, offered), username)
+        except WireError as exc:
+            await send(accept)
+            code = int(CloseCode.POLICY_VIOLATION)
+            await send({"type": "websocket.close", "code": code, "reason": exc.description})
+            return
+        await send(accept)
+        conn = Connection(hub.new_id(), V2, self.settings.max_in_flight, user=identity.user)
+        hub.register(conn)
+        self.open.inc()
+        self.accepted.inc()
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def receiver() -> None:
+                    await self._receive_v2(conn, identity, receive)
+                    tg.cancel_scope.cancel()
+
+                async def sender() -> None:
+                    await self._send(conn, send)
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(receiver)
+                tg.start_soon(sender)
+        finally:
+            hub.unregister(conn)
+            self.open.dec()
+            for member in list(conn.rooms.values()):
+                await self.rooms.remove(member)
+                await hub.notify(ROOM_LEAVE, self._headers(conn, member.room))
+
+    def _headers(
+        self, conn: Connection, room: str, rid: str | None = None, **extra: str
+    ) -> dict[str, str]:
+        hdrs = {h.GATEWAY: self.settings.id, h.CONN: str(conn.id), **extra}
+        if rid is not None:
+            hdrs[h.REQUEST_ID] = quoted(rid)
+        return request_headers("text", user=conn.user, room=room, extra=hdrs)
+
+    async def _receive_v2(self, conn: Connection, identity: Identity, receive) -> None:
+        hub = self.hub
+        while True:
+            if not conn.capacity.is_set():
+                await conn.capacity.wait()
+            message = await receive()
+            if message["type"] != "websocket.receive":
+                return
+            text = message.get("text")
+            if text is None:
+                self.in_binary.inc()
+                hub.answer_locally(conn, WireError(ErrorCode.UNSUPPORTED, "expected a text frame"))
+                continue
+            self.in_text.inc()
+            self.in_text_bytes.inc(len(text))
+            try:
+                req = envelope.decode_client(text)
+                await self._dispatch(conn, identity, req)
+            except WireError as exc:
+                tag = None
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    tag = envelope.request_id(orjson.loads(text))
+                hub.answer_locally(conn, exc, tag)
+
+    async def _dispatch(self, conn: Connection, identity: Identity, req: envelope.ClientMessage):
+        hub = self.hub
+        match req:
+            case envelope.Ping(id=rid):
+                hub.answer_locally(conn, None, text=envelope.pong(rid))
+            case envelope.Join(id=rid, room=room, since=since):
+                if not identity.may_join(room):
+                    raise WireError(ErrorCode.FORBIDDEN, f"not permitted to join {room}")
+                if room in conn.rooms:
+                    raise WireError(ErrorCode.BAD_REQUEST, f"already joined {room}")
+                if len(conn.rooms) >= self.settings.max_rooms:
+                    raise WireError(
+                        ErrorCode.FORBIDDEN,
+                        f"at most {self.settings.max_rooms} rooms per connection",
+                    )
+                member = Member(conn, room, self._fill)
+                conn.rooms[room] = member
+                await self.rooms.add(member)
+                extra = {} if since is None else {h.SINCE: str(since)}
+                await hub.request(
+                    conn,
+                    ROOM_JOIN,
+                    b"",
+                    self._headers(conn, room, rid, **extra),
+                    tag=rid,
+                    hook=functools.partial(self._joined, member, rid),
+                )
+            case envelope.Leave(id=rid, room=room):
+                member = conn.rooms.pop(room, None)
+                if member is None:
+                    raise WireError(ErrorCode.BAD_REQUEST, f"not in {room}")
+                await self.rooms.remove(member)
+                await self._forward(conn, ROOM_LEAVE, b"", room, rid)
+            case envelope.Publish(id=rid, room=room, payload=payload):
+                if not identity.may_publish(room):
+                    raise WireError(ErrorCode.FORBIDDEN, f"not permitted to publish to {room}")
+                await self._forward(conn, PUBLISH, payload, room, rid)
+            case envelope.History(id=rid, room=room, before=before, limit=limit):
+                if not identity.may_join(room):
+                    raise WireError(ErrorCode.FORBIDDEN, f"not permitted to read {room}")
+                extra = {h.LIMIT: str(limit)}
+                if before is not None:
+                    extra[h.BEFORE] = str(before)
+                await self._forward(conn, HISTORY, b"", room, rid, extra)
+            case envelope.Presence(id=rid, room=room):
+                if not identity.may_join(room):
+                    raise WireError(ErrorCode.FORBIDDEN, f"not permitted to see {room}")
+                await self._forward(conn, PRESENCE, b"", room, rid)
+
+    async def _forward(
+        self,
+        conn: Connection,
+        route: Route,
+        payload: bytes,
+        room: str,
+        rid: str,
+        extra: Mapping[str, str] | None = None,
+    ) -> None:
+        await self.hub.request(
+            conn, route, payload, self._headers(conn, room, rid, **(extra or {})), tag=rid
+        )
+
+    # -- history merging -----------------------------------------------------------
+    def _joined(
+        self,
+        member: Member,
+        rid: str,
+        messages: list[Message],
+        headers: Mapping[str, str] | None,
+        error: WireError | None,
+    ) -> None:
+        conn = member.conn
+        if error is not None:
+            if conn.rooms.get(member.room) is member:
+                del conn.rooms[member.room]
+                _spawn(self.rooms.remove(member))
+            member.abandon(conn.spec.error_message(error, rid))
+            return
+        first = seq_header(headers, h.FIRST_SEQ)
+        head = seq_header(headers, h.SEQ)
+        member.synced(messages[:-1], first, head, messages[-1:], accept_gaps=False)
+
+    def _fill(self, member: Member) -> None:
+        conn = member.conn
+        headers = self._headers(conn, member.room, None, **{h.SINCE: str(member.last)})
+        _spawn(
+            self.hub.request(
+                conn, HISTORY, b"", headers, hook=functools.partial(self._filled, member)
+            )
+        )
+
+    def _filled(
+        self,
+        member: Member,
+        messages: list[Message],
+        headers: Mapping[str, str] | None,
+        error: WireError | None,
+    ) -> None:
+        if error is not None:
+            log.warning("history fill failed: %s", error, extra={"room": member.room})
+        first = None if error else seq_header(headers, h.FIRST_SEQ)
+        member.synced(messages, first, None, [], accept_gaps=True)

@@ -1,0 +1,187 @@
+"""Room history in JetStream: one stream, one subject per room, a gap-free sequence per
+room.
+
+- Stream ``ROOMS`` stores ``sb.hist.<room>``; each message is the exact ``/ws/v2`` event
+  frame, with its room sequence number in the ``Sb-Seq`` header.
+- Room sequence numbers are assigned with optimistic concurrency: the next event of a
+  room is published with ``Nats-Expected-Last-Subject-Sequence`` set to the stream
+  sequence of the room's last event, so two chat replicas can never give out the same
+  number; the loser re-reads the head and retries.
+- ``Nats-Msg-Id`` (the sender and the client's request id) makes a re-sent publish a
+  duplicate within the stream's dedupe window: it returns the original's sequence.
+- The stream republishes each committed event to ``sb.live.<room>``, in stream order:
+  that is the live fan-out the gateways subscribe to.
+- Retention: at most ``max_msgs`` events per room (oldest dropped); ``max_age`` is
+  applied when reading (older events are not returned), so a room's last event is never
+  removed and its sequence never restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext, api
+from nats.js.errors import APIError, NotFoundError
+
+from wire import envelope
+from wire import headers as h
+from wire.errors import ErrorCode, WireError
+from wire.subjects import ROOMS_STREAM, history_subject, history_wildcard, live_wildcard
+
+WRONG_LAST_SEQUENCE = 10071
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    seq: int
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    seq: int
+    frame: bytes
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    events: list[StoredEvent]
+    recovered: bool
+    head: int
+
+
+class RoomStore:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        *,
+        max_msgs: int,
+        max_age: float,
+        dedupe_window: float,
+        replicas: int = 1,
+    ) -> None:
+        self.js = js
+        self.max_msgs = max_msgs
+        self.max_age = max_age
+        self.dedupe_window = dedupe_window
+        self.replicas = replicas
+        self._heads: dict[str, tuple[int, int]] = {}  # room -> (room seq, stream seq)
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def ensure(self) -> None:
+        config = api.StreamConfig(
+            name=ROOMS_STREAM,
+            subjects=[history_wildcard()],
+            storage=api.StorageType.FILE,
+            retention=api.RetentionPolicy.LIMITS,
+            discard=api.DiscardPolicy.OLD,
+            max_msgs_per_subject=self.max_msgs,
+            duplicate_window=self.dedupe_window,
+            num_replicas=self.replicas,
+            allow_direct=True,
+            republish=api.RePublish(src=history_wildcard(), dest=live_wildcard()),
+        )
+        try:
+            await self.js.add_stream(config)
+        except APIError as exc:
+            if exc.err_code != 10058:  # stream name already in use: update it
+                raise
+            await self.js.update_stream(config)
+
+    async def _head(self, room: str) -> tuple[int, int]:
+        cached = self._heads.get(room)
+        if cached is not None:
+            return cached
+        try:
+            msg = await self.js.get_last_msg(ROOMS_STREAM, history_subject(room))
+        except NotFoundError:
+            return (0, 0)
+        head = (int((msg.headers or {}).get(h.SEQ, 0)), msg.seq or 0)
+        self._heads[room] = head
+        return head
+
+    async def head(self, room: str) -> int:
+        self._heads.pop(room, None)  # always fresh: other replicas append too
+        return (await self._head(room))[0]
+
+    async def append(
+        self, room: str, kind: envelope.EventType, payload: dict[str, Any], msg_id: str | None
+    ) -> Appended:
+        lock = self._locks.setdefault(room, asyncio.Lock())
+        async with lock:
+            for _ in range(16):
+                room_seq, stream_seq = await self._head(room)
+                seq = room_seq + 1
+                frame = envelope.event(kind, room, seq, payload).encode()
+                hdrs = {h.SEQ: str(seq), "Nats-Expected-Last-Subject-Sequence": str(stream_seq)}
+                if msg_id is not None:
+                    hdrs["Nats-Msg-Id"] = msg_id
+                try:
+                    ack = await self.js.publish(history_subject(room), frame, headers=hdrs)
+                except APIError as exc:
+                    if exc.err_code == WRONG_LAST_SEQUENCE:
+                        self._heads.pop(room, None)  # another replica appended: re-read
+                        continue
+                    raise
+                except NatsTimeout:
+                    raise WireError(ErrorCode.UNAVAILABLE, "history store unavailable") from None
+                if ack.duplicate:
+                    original = await self.js.get_msg(ROOMS_STREAM, ack.seq)
+                    return Appended(int((original.headers or {})[h.SEQ]), original.data, True)
+                self._heads[room] = (seq, ack.seq)
+                return Appended(seq, frame, False)
+        raise WireError(ErrorCode.UNAVAILABLE, "room too contended, try again")
+
+    async def read(
+        self, room: str, *, after: int = 0, before: int | None = None, limit: int | None = None
+    ) -> list[StoredEvent]:
+        """Events with ``after < seq < before`` not older than max_age: the oldest first
+        when ``limit`` is None, else the newest ``limit`` of them."""
+        head = await self.head(room)
+        if head <= after:
+            return []
+        keep: deque[StoredEvent] = deque(maxlen=limit)
+        oldest_allowed = time.time() - self.max_age
+        sub = await self.js.subscribe(
+            history_subject(room),
+            ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.ALL,
+            stream=ROOMS_STREAM,
+        )
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=2.0)
+                seq = int((msg.headers or {}).get(h.SEQ, 0))
+                meta = msg.metadata
+                if (
+                    seq > after
+                    and (before is None or seq < before)
+                    and meta.timestamp.timestamp() >= oldest_allowed
+                ):
+                    keep.append(StoredEvent(seq, msg.data))
+                if meta.num_pending == 0 or seq >= head:
+                    break
+        except NatsTimeout:
+            raise WireError(ErrorCode.UNAVAILABLE, "history store unavailable") from None
+        finally:
+            await sub.unsubscribe()
+        return list(keep)
+
+    async def recover(self, room: str, since: int, newest: int) -> Recovery:
+        """What a client that last saw ``since`` missed: everything after it if still
+        retained (``recovered``), else the newest ``newest`` events."""
+        head = await self.head(room)
+        if since == head:
+            return Recovery([], True, head)
+        if since < head:
+            events = await self.read(room, after=since)
+            if events and events[0].seq == since + 1:
+                return Recovery(events, True, head)
+        # Gap older than retention (or a since from the future): newest events instead.
+        return Recovery(await self.read(room, limit=newest), False, head)

@@ -1,0 +1,63 @@
+"""Wiring of the chat worker: history store, presence heartbeats, expiry sweep."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from services.chat.handlers import ChatHandlers
+from services.chat.presence import PresenceBook
+from services.chat.rooms import RoomStore
+from services.chat.settings import ChatSettings
+from services.runner import Handler
+from wire.presence import Heartbeat
+from wire.subjects import Op, presence_wildcard
+
+log = logging.getLogger(__name__)
+
+
+async def build(nc: Client, settings: ChatSettings) -> Mapping[Op, Handler]:
+    store = RoomStore(
+        nc.jetstream(timeout=2.0),
+        max_msgs=settings.history_max_messages,
+        max_age=settings.history_max_age,
+        dedupe_window=settings.dedupe_window,
+        replicas=settings.stream_replicas,
+    )
+    for attempt in range(50):  # JetStream may still be starting up
+        try:
+            await store.ensure()
+            break
+        except Exception as exc:
+            if attempt == 49:
+                raise
+            log.warning("waiting for JetStream: %s", exc)
+            await asyncio.sleep(0.2)
+    book = PresenceBook()
+    handlers = ChatHandlers(nc.publish, store, book, settings.recover_newest)
+    loop = asyncio.get_running_loop()
+
+    async def on_heartbeat(msg: Msg) -> None:
+        try:
+            book.apply(Heartbeat.decode(msg.data), loop.time())
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("bad presence heartbeat: %s", exc)
+
+    await nc.subscribe(presence_wildcard(), cb=on_heartbeat)
+
+    async def sweep() -> None:
+        interval = min(1.0, settings.presence_ttl / 3)
+        while True:
+            await asyncio.sleep(interval)
+            gone = book.expire(loop.time(), settings.presence_ttl)
+            if gone:
+                log.info("presence expired", extra={"members": len(gone)})
+                await handlers.expire(gone)
+
+    sweeper = asyncio.create_task(sweep())
+    sweeper.add_done_callback(lambda t: t.cancelled() or t.exception())
+    return handlers.ops()
