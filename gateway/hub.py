@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -27,10 +29,13 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from gateway.connection import Connection, Message, Pending
 from gateway.endpoints import Route
+from gateway.hops import HopTable
+from gateway.rooms import Rooms
 from gateway.settings import GatewaySettings
 from wire import errors, natsconn
 from wire.errors import ErrorCode, WireError
 from wire.frames import FrameDecodeError, decode_frames
+from wire.headers import TRACEPARENT
 from wire.metrics import GatewayMetrics, Status
 from wire.subjects import (
     Service,
@@ -45,6 +50,9 @@ from wire.subjects import (
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL = 0.05
+
+# hook(messages, reply headers, error): see Hub.request
+Hook = Callable[[list[Message], Mapping[str, str] | None, WireError | None], None]
 
 
 def frames_to_messages(payload: bytes) -> list[Message]:
@@ -70,9 +78,11 @@ class Hub:
         self._sweeper: asyncio.Task[None] | None = None
         self._discovery: tuple[float, dict[str, int]] | None = None
         self.accepting = True
+        self.live = Rooms(settings.id, settings.presence_interval)  # rooms and presence
         self._rtt = {
             (svc, st): metrics.request_seconds.labels(svc, st) for svc in Service for st in Status
         }
+        self.hops = HopTable(metrics)  # per-hop latency and per-frame logs (gateway.hops)
 
     # -- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
@@ -92,8 +102,10 @@ class Hub:
             )
         await self.nc.subscribe(reply_wildcard(self.settings.id), cb=self._on_reply)
         self._sweeper = asyncio.create_task(self._sweep())
+        self.live.start(self.nc)
 
     async def stop(self) -> None:
+        await self.live.stop()
         if self._sweeper:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -127,13 +139,32 @@ class Hub:
 
     # -- requests ------------------------------------------------------------------
     async def request(
-        self, conn: Connection, route: Route, data: bytes, headers: dict[str, str]
+        self,
+        conn: Connection,
+        route: Route,
+        data: bytes,
+        headers: dict[str, str],
+        *,
+        tag: str | None = None,
+        hook: Hook | None = None,
+        received: float | None = None,
     ) -> None:
-        """Publish one frame to its worker; the reply arrives through ``_on_reply``."""
+        """Publish one frame to its worker; the reply arrives through ``_on_reply``.
+
+        ``tag`` (the client's request id) goes into error frames. ``hook``, if given, is
+        called as ``hook(messages, headers, error)`` when the reply's turn comes in the
+        connection's order, instead of sending the reply's frames. ``received``: when
+        the relay read the frame (``perf_counter``), where its hop timings start."""
         loop_now = asyncio.get_running_loop().time()
-        seq = conn.allocate(
-            Pending(loop_now + self.settings.request_timeout, time.perf_counter(), route.service)
+        pending = Pending(
+            loop_now + self.settings.request_timeout,
+            time.perf_counter() if received is None else received,
+            route.service,
+            tag,
+            hook,
+            headers.get(TRACEPARENT),
         )
+        seq = conn.allocate(pending)
         assert self.nc is not None
         try:
             await self.nc.publish(
@@ -147,13 +178,22 @@ class Hub:
         except Exception as exc:  # connection closed or reconnecting with a full buffer
             log.warning("publish failed: %s", exc)
             self._fail(conn, seq, WireError(ErrorCode.UNAVAILABLE, "service unavailable"))
+        else:
+            self.hops[conn.spec.path].published(pending, conn.id, seq)
 
     async def request_future(
-        self, conn: Connection, route: Route, data: bytes, headers: dict[str, str]
+        self,
+        conn: Connection,
+        route: Route,
+        data: bytes,
+        headers: dict[str, str],
+        *,
+        received: float | None = None,
     ) -> None:
-        """``reply_mode=request``: one ``nc.request()`` (a future) per frame, in order."""
+        """``reply_mode=request``: one ``nc.request()`` (a future) per frame, in order.
+        (The benchmark's baseline: no per-hop histograms in this mode.)"""
         seq = conn.allocate(None)
-        started = time.perf_counter()
+        started = time.perf_counter() if received is None else received
         assert self.nc is not None
         try:
             msg = await self.nc.request(
@@ -169,14 +209,35 @@ class Hub:
         self._rtt[(route.service, _status(error))].observe(time.perf_counter() - started)
         self._fail(conn, seq, error)
 
-    def answer_locally(self, conn: Connection, error: WireError) -> None:
-        """An error the gateway itself detects (wrong frame type), kept in order."""
-        self._fail(conn, conn.allocate(None), error)
+    def answer_locally(
+        self, conn: Connection, error: WireError | None, tag: str | None = None, text: str = ""
+    ) -> None:
+        """An answer the gateway itself gives (a wrong frame type, a v2 pong), in order."""
+        seq = conn.allocate(None)
+        if error is None:
+            conn.complete(seq, [{"type": "websocket.send", "text": text}])
+        else:
+            self._fail(conn, seq, error, tag)
 
-    def _fail(self, conn: Connection, seq: int, error: WireError) -> None:
-        conn.pending.pop(seq, None)
+    def _fail(
+        self,
+        conn: Connection,
+        seq: int,
+        error: WireError,
+        tag: str | None = None,
+        hook: Hook | None = None,
+    ) -> None:
+        pending = conn.pending.pop(seq, None)
+        if pending is not None:
+            tag, hook = pending.tag, pending.hook
         self.metrics.errors.labels(error.code).inc()
-        conn.complete(seq, [conn.spec.error_message(error)])
+        if hook is not None:
+            conn.complete(seq, functools.partial(hook, [], None, error))
+        else:
+            message = conn.spec.error_message(error, tag)
+            if pending is not None:
+                self.hops[conn.spec.path].failed(pending, conn.id, seq, _status(error), message)
+            conn.complete(seq, [message])
 
     async def _on_reply(self, msg: Msg) -> None:
         try:
@@ -185,14 +246,28 @@ class Hub:
             return
         conn = self.connections.get(cid)
         if conn is None:
+            if cid:  # connection 0 is the sink of fire-and-forget requests
+                self.metrics.late_replies.inc()  # its socket closed before the reply came
             return
         pending = conn.pending.pop(seq, None)
         if pending is None:
             self.metrics.late_replies.inc()
             return
-        self._deliver(conn, seq, msg, pending.service, pending.started)
+        self._deliver(
+            conn, seq, msg, pending.service, pending.started, pending.tag, pending.hook, pending
+        )
 
-    def _deliver(self, conn: Connection, seq: int, msg: Msg, service: str, started: float) -> None:
+    def _deliver(
+        self,
+        conn: Connection,
+        seq: int,
+        msg: Msg,
+        service: str,
+        started: float,
+        tag: str | None = None,
+        hook: Hook | None = None,
+        pending: Pending | None = None,
+    ) -> None:
         error = errors.from_headers(msg.headers) if msg.headers else None
         if error is None:
             try:
@@ -200,6 +275,16 @@ class Hub:
             except FrameDecodeError as exc:
                 error = WireError(ErrorCode.INTERNAL, f"bad reply: {exc}")
         self._rtt[(service, _status(error))].observe(time.perf_counter() - started)
+        if hook is not None:
+            if error is not None:
+                self.metrics.errors.labels(error.code).inc()
+                messages = []
+            if pending is not None:
+                self.hops[conn.spec.path].replied(
+                    pending, conn.id, seq, msg.headers, _status(error), []
+                )
+            conn.complete(seq, functools.partial(hook, messages, msg.headers, error))
+            return
         if error is not None:
             self.metrics.errors.labels(error.code).inc()
             # seq 0 of a chat connection is its join: a refused join closes the socket.
@@ -207,7 +292,11 @@ class Hub:
                 conn.complete(seq, [])
                 conn.close(int(errors.close_code(error.code)), error.description)
                 return
-            messages = [conn.spec.error_message(error)]
+            messages = [conn.spec.error_message(error, tag)]
+        if pending is not None:
+            self.hops[conn.spec.path].replied(
+                pending, conn.id, seq, msg.headers, _status(error), messages
+            )
         conn.complete(seq, messages)
 
     async def _sweep(self) -> None:
@@ -269,8 +358,10 @@ class Hub:
         """Fire-and-forget request (chat leave): no reply is awaited."""
         if self.nc is None or self.nc.is_closed:
             return
+        # Connection 0 never exists: the worker's reply is dropped on arrival.
+        sink = reply_subject(self._prefix, 0, 0)
         with contextlib.suppress(Exception):
-            await self.nc.publish(route.subject, b"", headers=headers)
+            await self.nc.publish(route.subject, b"", reply=sink, headers=headers)
 
     # -- discovery -----------------------------------------------------------------
     async def instances(self) -> dict[str, int]:

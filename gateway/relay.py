@@ -8,14 +8,17 @@ Each endpoint is a raw ASGI app (no per-frame wrapper objects): the receiver rea
 from __future__ import annotations
 
 import logging
+import time
 from urllib.parse import parse_qsl
 
 import anyio
 
 from gateway.connection import Connection
 from gateway.endpoints import CHAT_JOIN, CHAT_LEAVE, EndpointSpec
+from gateway.hops import HOP_KEY
 from gateway.hub import Hub
 from gateway.settings import GatewaySettings
+from wire import headers as h
 from wire.errors import CloseCode
 from wire.frames import request_headers
 from wire.metrics import GatewayMetrics
@@ -44,6 +47,7 @@ class RelayEndpoint:
         self.out_binary = metrics.frames.labels(spec.path, "out", "binary")
         self.out_text_bytes = metrics.bytes.labels(spec.path, "out", "text")
         self.out_binary_bytes = metrics.bytes.labels(spec.path, "out", "binary")
+        self.hops = hub.hops[spec.path]
 
     async def __call__(self, scope, receive, send) -> None:  # ASGI
         message = await receive()
@@ -71,9 +75,8 @@ class RelayEndpoint:
         try:
             if self.spec.chat:
                 await hub.join_room(conn, CHAT_ROOM)
-                await hub.request(
-                    conn, CHAT_JOIN, b"", request_headers("text", user=user, room=CHAT_ROOM)
-                )
+                await hub.request(conn, CHAT_JOIN, b"", self._member_headers(conn))
+                await hub.live.track(conn, CHAT_ROOM, user or "")
             async with anyio.create_task_group() as tg:
 
                 async def receiver() -> None:
@@ -91,7 +94,12 @@ class RelayEndpoint:
             self.open.dec()
             if self.spec.chat:
                 await hub.leave_room(conn, CHAT_ROOM)
-                await hub.notify(CHAT_LEAVE, request_headers("text", user=user, room=CHAT_ROOM))
+                await hub.live.untrack(conn)
+                await hub.notify(CHAT_LEAVE, self._member_headers(conn))
+
+    def _member_headers(self, conn: Connection) -> dict[str, str]:
+        extra = {h.GATEWAY: self.settings.id, h.CONN: str(conn.id)}
+        return request_headers("text", user=conn.user, room=CHAT_ROOM, extra=extra)
 
     async def _receive(self, conn: Connection, receive) -> None:
         spec = self.spec
@@ -105,6 +113,7 @@ class RelayEndpoint:
             message = await receive()
             if message["type"] != "websocket.receive":
                 return  # websocket.disconnect
+            received = time.perf_counter()
             text = message.get("text")
             if text is not None:
                 data = text.encode()
@@ -121,7 +130,9 @@ class RelayEndpoint:
             if route is None:
                 hub.answer_locally(conn, spec.wrong_frame(frame))
                 continue
-            await request(conn, route, data, request_headers(frame, user=user, room=room))
+            await request(
+                conn, route, data, request_headers(frame, user=user, room=room), received=received
+            )
 
     async def _send(self, conn: Connection, send) -> None:
         out = conn.out
@@ -132,6 +143,7 @@ class RelayEndpoint:
                 await wake.wait()
                 continue
             message = out.popleft()
+            pending = message.pop(HOP_KEY, None)  # on the last message of a reply
             text = message.get("text")
             if text is not None:
                 self.out_text.inc()
@@ -143,5 +155,7 @@ class RelayEndpoint:
                 await send(message)
             except Exception:  # the peer is gone; the receiver sees the disconnect
                 return
+            if pending is not None:
+                self.hops.sent(pending)
             if message["type"] == "websocket.close":
                 return

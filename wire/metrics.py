@@ -12,6 +12,8 @@ from enum import StrEnum
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from wire.errors import ErrorCode
+
 # 50 µs .. 10 s: the hot path is sub-millisecond, timeouts are seconds.
 LATENCY_BUCKETS = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
@@ -24,6 +26,22 @@ class Status(StrEnum):
     ERROR = "error"  # the worker answered with an error
     TIMEOUT = "timeout"
     UNAVAILABLE = "unavailable"  # no worker instance
+
+
+class Hop(StrEnum):
+    """The legs of one frame's trip, in order (``hop`` label values)."""
+
+    RECEIVE = "receive"  # gateway: frame read from the socket -> published to NATS
+    TRANSIT = "transit"  # NATS: gateway publish -> worker receipt (Sb-Sent-At)
+    HANDLING = "handling"  # worker: receipt -> reply published
+    RETURN = "return"  # NATS: worker reply -> gateway receipt (Sb-Handled-At)
+    SEND = "send"  # gateway: reply received -> last frame written to the socket
+
+
+class DropReason(StrEnum):
+    """Why the gateway dropped an outgoing message instead of sending it."""
+
+    SLOW_CONSUMER = "slow_consumer"  # the client does not read fast enough
 
 
 class GatewayMetrics:
@@ -66,9 +84,41 @@ class GatewayMetrics:
             ["code"],
             registry=registry,
         )
+        self.hop_seconds = Histogram(
+            "switchboard_gateway_hop_duration_seconds",
+            "Time a frame spends in one gateway hop (receive, return, send), by outcome",
+            ["endpoint", "hop", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.frame_seconds = Histogram(
+            "switchboard_gateway_frame_duration_seconds",
+            "End to end per frame: read from the socket -> reply written to it",
+            ["endpoint", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.dropped = Counter(
+            "switchboard_gateway_dropped_messages_total",
+            "Outgoing messages dropped instead of sent, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.service_instances = Gauge(
+            "switchboard_gateway_service_instances",
+            "Worker instances whose live stats arrived in the last 3 s, per service",
+            ["service"],
+            registry=registry,
+        )
+        # Every bounded label value exists from the start (at 0), so that rates and
+        # alerts see a series before the first error / drop happens.
+        for code in ErrorCode:
+            self.errors.labels(code)
+        for reason in DropReason:
+            self.dropped.labels(reason)
         self.late_replies = Counter(
             "switchboard_gateway_late_replies_total",
-            "Replies that arrived after their request had timed out (dropped)",
+            "Replies that arrived after their request timed out or its socket closed (dropped)",
             registry=registry,
         )
         self.room_events = Counter(
@@ -95,15 +145,16 @@ class ServiceMetrics:
         )
         self.handling_seconds = Histogram(
             "switchboard_service_handling_duration_seconds",
-            "Time inside the handler",
-            ["service", "operation"],
+            "Time inside the handler, reply included, by outcome",
+            ["service", "operation", "status"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.transit_seconds = Histogram(
             "switchboard_service_transit_duration_seconds",
-            "NATS transit from gateway publish to worker receipt (Sb-Sent-At header)",
-            ["service", "operation"],
+            "NATS transit from gateway publish to worker receipt (Sb-Sent-At header), "
+            "by the frame's outcome",
+            ["service", "operation", "status"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
