@@ -1,0 +1,60 @@
+"""The per-member merge of live room events with replayed history (gateway/rooms.py)."""
+
+from gateway.connection import Connection
+from gateway.endpoints import V2
+from gateway.rooms import Member
+
+
+def ev(seq: int) -> dict:
+    return {"type": "websocket.send", "text": f"e{seq}"}
+
+
+def sent(conn: Connection) -> list[str]:
+    return [m["text"] for m in conn.out]
+
+
+def member() -> tuple[Member, list[Member]]:
+    fills: list[Member] = []
+    m = Member(Connection(1, V2, 8), "r", fills.append)
+    return m, fills
+
+
+def test_live_events_buffered_until_join_reply_then_merged_without_duplicates() -> None:
+    m, fills = member()
+    for seq in (5, 6, 7):  # live events arrive while the join is in flight
+        m.on_event(seq, ev(seq))
+    assert sent(m.conn) == []
+    ack = {"type": "websocket.send", "text": "ack"}
+    # the join replays 4..6 (since=3) with head 6
+    m.synced([ev(4), ev(5), ev(6)], 4, 6, [ack], accept_gaps=False)
+    assert sent(m.conn) == ["e4", "e5", "e6", "ack", "e7"]
+    m.on_event(7, ev(7))  # a duplicate is dropped
+    m.on_event(8, ev(8))
+    assert sent(m.conn)[-1] == "e8" and m.last == 8 and fills == []
+
+
+def test_a_gap_in_live_events_asks_for_a_fill() -> None:
+    m, fills = member()
+    m.synced([], None, 10, [], accept_gaps=False)
+    m.on_event(11, ev(11))
+    m.on_event(13, ev(13))  # 12 lost
+    assert fills == [m] and m.syncing
+    m.on_event(14, ev(14))
+    m.synced([ev(12), ev(13)], 12, None, [], accept_gaps=True)
+    assert sent(m.conn) == ["e11", "e12", "e13", "e14"]
+    assert not m.syncing
+
+
+def test_a_fill_that_cannot_close_the_gap_moves_on() -> None:
+    m, _ = member()
+    m.synced([], None, 1, [], accept_gaps=False)
+    m.on_event(5, ev(5))
+    m.synced([], None, None, [], accept_gaps=True)  # history had nothing (aged out)
+    assert sent(m.conn) == ["e5"] and m.last == 5
+
+
+def test_abandon_sends_only_the_error() -> None:
+    m, _ = member()
+    m.on_event(3, ev(3))
+    m.abandon({"type": "websocket.send", "text": "err"})
+    assert sent(m.conn) == ["err"]
