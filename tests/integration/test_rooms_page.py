@@ -1,0 +1,109 @@
+"""The rooms page in headless Chromium (Debian's chromium, driven by Playwright): join,
+send, see presence and history, drop the connection, and see the missed messages
+recovered exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from switchboard.localstack import LocalStack, running
+from tests.integration.v2client import V2
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    with running(tmp_path_factory.mktemp("page")) as s:
+        yield s
+
+
+@pytest.fixture
+async def page(tmp_path) -> AsyncIterator[object]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield await browser.new_page()
+        finally:
+            await browser.close()
+
+
+async def texts(page, room: str) -> list[str]:
+    return await page.locator(f'.room[data-room="{room}"] .log li').all_inner_texts()
+
+
+async def wait_for_text(page, room: str, text: str, timeout: float = 10) -> list[str]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        lines = await texts(page, room)
+        if any(text in line for line in lines):
+            return lines
+        assert asyncio.get_running_loop().time() < deadline, lines
+        await asyncio.sleep(0.1)
+
+
+async def test_rooms_page_join_send_presence_and_recover(stack, page) -> None:
+    base = f"http://127.0.0.1:{stack.gateways[0].port}"
+    ws_url = f"ws://127.0.0.1:{stack.gateways[0].port}/ws/v2?username=bot"
+    bot = await V2.open(ws_url)
+    try:
+        await bot.request("join", "lobby")
+        await bot.request("publish", "lobby", text="before the page came")
+
+        await page.goto(base + "/rooms")
+        await page.fill("#username", "pageuser")
+        await page.click("#connect")
+        await page.wait_for_selector("#status.open")
+        await page.fill("#room", "lobby")
+        await page.click("#join")
+        await page.wait_for_selector('.room[data-room="lobby"]')
+        await wait_for_text(page, "lobby", "bot: before the page came")  # history on join
+
+        room = page.locator('.room[data-room="lobby"]')
+        await room.locator(".text").fill("hello from the page")
+        await room.locator("button", has_text="Send").click()
+        await wait_for_text(page, "lobby", "pageuser: hello from the page")
+        assert await bot.until_seq("lobby", max(bot.seqs("lobby") or [0]) + 1)
+        await page.wait_for_function(
+            "document.querySelector('.room[data-room=\"lobby\"] .presence').textContent.includes('bot')"
+        )
+
+        # Drop the connection for 2 s; meanwhile the bot publishes.
+        await page.fill("#dropSeconds", "2")
+        await page.click("#drop")
+        await page.wait_for_selector("#status.closed")
+        for i in range(3):
+            await bot.request("publish", "lobby", text=f"while away {i}")
+        lines = await wait_for_text(page, "lobby", "bot: while away 2", timeout=15)
+        await page.wait_for_selector("#status.open")
+        assert "recovered=true" in await page.inner_text("#recovery")
+        away = [line for line in lines if "while away" in line]
+        assert away == [f"bot: while away {i}" for i in range(3)]  # once each, in order
+        recovered = await page.locator('.room[data-room="lobby"] li.recovered').all_inner_texts()
+        assert [f"bot: while away {i}" for i in range(3)] == [
+            t for t in recovered if "while away" in t
+        ]
+        seqs = await page.eval_on_selector_all(
+            '.room[data-room="lobby"] .log li', "els => els.map(e => +e.dataset.seq)"
+        )
+        assert seqs == sorted(set(seqs)), "duplicate or out-of-order events on the page"
+    finally:
+        await bot.close()
