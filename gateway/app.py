@@ -29,7 +29,12 @@ def create_app(settings: GatewaySettings, registry: CollectorRegistry | None = N
     registry = registry or CollectorRegistry()
     metrics = GatewayMetrics(registry)
     hub = Hub(settings, metrics)
-    live = LiveStats(settings.id, registry, metrics)  # live figures over NATS (gateway/stats.py)
+    live = LiveStats(  # live figures over NATS (gateway/stats.py)
+        settings.id,
+        registry,
+        metrics,
+        serving=lambda: hub.accepting and hub.nc is not None and hub.nc.is_connected,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

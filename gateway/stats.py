@@ -7,8 +7,8 @@ second the system-wide figures out to every dashboard socket.
 - every second computes the figures (:meth:`Aggregator.figures`) — frames/s per
   endpoint, answered frames/s by outcome, p50/p99 per hop and end to end, connections
   per endpoint, instances per component, requests/s per service — sets the
-  ``switchboard_gateway_service_instances`` gauge, and offers the figures to every
-  dashboard socket.
+  ``switchboard_gateway_service_instances`` and ``switchboard_gateway_ready`` gauges, and
+  offers the figures to every dashboard socket.
 
 A dashboard socket only ever gets the newest figures: each has a one-slot mailbox
 (:class:`Watcher`); a slow reader skips figures, it never queues them.
@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -144,8 +144,10 @@ class LiveStats:
         registry: CollectorRegistry,
         metrics: GatewayMetrics,
         interval: float = live.INTERVAL,
+        serving: Callable[[], bool] = lambda: True,
     ) -> None:
         self.gateway_id = gateway_id
+        self.serving = serving  # connected to NATS and accepting sockets
         self.registry = registry
         self.metrics = metrics
         self.interval = interval
@@ -194,8 +196,12 @@ class LiveStats:
         await asyncio.sleep(self.interval / 2)
         while True:
             figures = self.aggregator.figures(loop.time())
+            instances = figures["instances"]
             for service, gauge in self._instances.items():
-                gauge.set(figures["instances"].get(service, 0))
+                gauge.set(instances.get(service, 0))
+            ready = self.serving() and all(instances.get(s, 0) > 0 for s in self._instances)
+            self.metrics.ready.set(1 if ready else 0)
+            figures["ready"] = ready
             self.latest = orjson.dumps(figures)
             for watcher in self.watchers:
                 watcher.offer(self.latest)

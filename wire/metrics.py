@@ -110,6 +110,11 @@ class GatewayMetrics:
             ["service"],
             registry=registry,
         )
+        self.ready = Gauge(
+            "switchboard_gateway_ready",
+            "1 while connected to NATS, accepting, and every service has an instance",
+            registry=registry,
+        )
         # Every bounded label value exists from the start (at 0), so that rates and
         # alerts see a series before the first error / drop happens.
         for code in ErrorCode:
