@@ -29,6 +29,10 @@ class Pending:
     trace: str | None = None  # the frame's traceparent, for its log lines (gateway.hops)
     arrived: float = 0.0  # perf_counter when the reply reached the gateway
     status: str = "ok"  # the reply's outcome (wire.metrics.Status)
+    # Idempotent requests: re-published once to another replica if no reply came by
+    # retry_at (a replica killed with the request in flight never answers).
+    retry_at: float = float("inf")
+    retry: tuple[str, bytes, dict[str, str]] | None = None
 
 
 class Connection:

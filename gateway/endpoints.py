@@ -50,10 +50,14 @@ class Route:
     service: Service
     op: Op
     subject: str
+    idempotent: bool = False  # safe to send twice: retried once if a replica dies
+
+
+_IDEMPOTENT = {Op.ECHO, Op.JSON, Op.INFLATE, Op.INSPECT, Op.MIXED, Op.HISTORY, Op.PRESENCE}
 
 
 def _route(service: Service, op: Op) -> Route:
-    return Route(service, op, service_subject(service, op))
+    return Route(service, op, service_subject(service, op), op in _IDEMPOTENT)
 
 
 @dataclass(frozen=True, slots=True)

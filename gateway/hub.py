@@ -16,6 +16,7 @@ import contextlib
 import functools
 import itertools
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -32,7 +33,7 @@ from gateway.endpoints import Route
 from gateway.hops import HopTable
 from gateway.rooms import Rooms
 from gateway.settings import GatewaySettings
-from wire import errors, natsconn
+from wire import envelope, errors, natsconn
 from wire.errors import ErrorCode, WireError
 from wire.frames import FrameDecodeError, decode_frames
 from wire.headers import TRACEPARENT
@@ -50,6 +51,7 @@ from wire.subjects import (
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL = 0.05
+RETRY_AFTER = 0.5  # of the request timeout: when an idempotent request is sent again
 
 # hook(messages, reply headers, error): see Hub.request
 Hook = Callable[[list[Message], Mapping[str, str] | None, WireError | None], None]
@@ -125,6 +127,10 @@ class Hub:
                 break
             await asyncio.sleep(0.02)
         for conn in list(self.connections.values()):
+            if conn.rooms is not None and conn.spec.path == "/ws/v2":
+                # v2 clients are told to come back (to another gateway) and recover.
+                after_ms = random.randint(100, 1000)
+                conn.push({"type": "websocket.send", "text": envelope.reconnect(reason, after_ms)})
             conn.close(code, reason)
 
     # -- connections ---------------------------------------------------------------
@@ -165,9 +171,16 @@ class Hub:
             headers.get(TRACEPARENT),
         )
         seq = conn.allocate(pending)
-        assert self.nc is not None
+        nc = self.nc
+        assert nc is not None
+        if not nc.is_connected:  # NATS is down: say so now rather than at the timeout
+            self._fail(conn, seq, WireError(ErrorCode.UNAVAILABLE, "service unavailable"))
+            return
+        if route.idempotent:
+            pending.retry_at = loop_now + self.settings.request_timeout * RETRY_AFTER
+            pending.retry = (route.subject, data, headers)
         try:
-            await self.nc.publish(
+            await nc.publish(
                 route.subject,
                 data,
                 reply=reply_subject(self._prefix, conn.id, seq),
@@ -309,12 +322,24 @@ class Hub:
                 if not conn.pending:
                     continue
                 for seq, pending in list(conn.pending.items()):
-                    if pending.deadline > now:
-                        break
-                    self._rtt[(pending.service, Status.TIMEOUT)].observe(
-                        time.perf_counter() - pending.started
-                    )
-                    self._fail(conn, seq, timeout)
+                    if pending.deadline <= now:
+                        self._rtt[(pending.service, Status.TIMEOUT)].observe(
+                            time.perf_counter() - pending.started
+                        )
+                        self._fail(conn, seq, timeout)
+                    elif pending.retry is not None and pending.retry_at <= now:
+                        await self._retry(conn, seq, pending)
+
+    async def _retry(self, conn: Connection, seq: int, pending: Pending) -> None:
+        """Publish an idempotent request once more; whichever reply comes first wins,
+        the other is dropped as late."""
+        assert pending.retry is not None and self.nc is not None
+        subject, data, headers = pending.retry
+        pending.retry = None
+        self.metrics.retries.labels(pending.service).inc()
+        with contextlib.suppress(Exception):
+            reply = reply_subject(self._prefix, conn.id, seq)
+            await self.nc.publish(subject, data, reply=reply, headers=headers)
 
     # -- rooms ---------------------------------------------------------------------
     async def join_room(self, conn: Connection, room: str) -> None:

@@ -126,6 +126,12 @@ class GatewayMetrics:
             "Replies that arrived after their request timed out or its socket closed (dropped)",
             registry=registry,
         )
+        self.retries = Counter(
+            "switchboard_gateway_retries_total",
+            "Idempotent requests sent once more after no reply within half the timeout",
+            ["service"],
+            registry=registry,
+        )
         self.room_events = Counter(
             "switchboard_gateway_room_events_total",
             "Room events received from NATS (one per gateway, not per socket)",

@@ -7,9 +7,10 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
+from typing import Any
 
 import nats
-from nats.aio.client import Client
+from nats.aio.client import Client, Server
 from nats.errors import NoServersError
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,13 @@ async def connect(
     return nc
 
 
+def _jittered(servers: list[Server], info: dict[str, Any]) -> tuple[Server | None, float]:
+    """nats-py's reconnect hook: the server to try next and a full-jitter delay, so that
+    many clients do not all reconnect in the same instant after a NATS restart."""
+    server = min(servers, key=lambda s: s.reconnects)
+    return server, backoff(server.reconnects + 1)
+
+
 def backoff(attempt: int, base: float = 0.1, cap: float = 2.0) -> float:
     """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**attempt)]."""
     return random.uniform(0, min(cap, base * 2**attempt))
@@ -72,6 +80,7 @@ async def _connect(url, name, user, password, connect_timeout, disconnected, rec
         allow_reconnect=True,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
+        reconnect_to_server_handler=_jittered,
         disconnected_cb=disconnected,
         reconnected_cb=reconnected,
         error_cb=error,

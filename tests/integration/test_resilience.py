@@ -116,3 +116,25 @@ async def test_sigterm_with_requests_in_flight_loses_none(stack) -> None:
     assert "draining" in victim.log()
     stack.processes.remove(victim)
     stack.start_service("codec")
+
+
+async def test_idempotent_requests_to_a_killed_replica_are_retried_on_another(stack) -> None:
+    """Requests in flight to a replica that is SIGKILLed: echo is idempotent, so each is
+    sent once more after half the timeout and reaches the surviving replica (NATS drops
+    a dead client's subscriptions at once). No error frame, order kept, within the
+    timeout. (SIGSTOP first makes sure requests are queued at the victim when it dies.)"""
+    victim, _ = stack.replicas("codec")
+    port = stack.gateways[0].port
+    before = sample(scrape(port), "switchboard_gateway_retries_total", service="codec")
+    victim.signal(signal.SIGSTOP)
+    async with connect(url(stack, "/ws")) as ws:
+        started = time.monotonic()
+        for i in range(20):
+            await ws.send(f"r{i}")
+        await asyncio.sleep(0.05)
+        victim.kill()
+        assert await recv_n(ws, 20, timeout=3) == [f"Echo: r{i}" for i in range(20)]
+        assert time.monotonic() - started < 0.5 + 0.3  # within the request timeout
+    assert sample(scrape(port), "switchboard_gateway_retries_total", service="codec") > before
+    stack.processes.remove(victim)
+    stack.start_service("codec")
