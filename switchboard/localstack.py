@@ -260,6 +260,7 @@ def main() -> None:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    extras: list[Process] = []  # Prometheus and the local NATS exporter, when available
     try:
         stack.start_nats()
         print(f"nats-server   nats://127.0.0.1:{nats_port}  (monitor :8222, data {var_dir}/nats)")
@@ -269,6 +270,10 @@ def main() -> None:
         gateway = stack.start_gateway(port=port)
         stack.wait_ready(gateway)
         print(f"gateway       http://127.0.0.1:{port}  (chat page /, echo page /echo)")
+        print(f"live figures  http://127.0.0.1:{port}/dashboard")
+        from switchboard import prometheus  # imports this module: not at the top
+
+        extras = prometheus.start_local(stack, port, var_dir)
         print(f"logs in {var_dir}/logs; Ctrl-C stops everything")
         while not stop:
             dead = [p for p in [stack.nats, *stack.processes] if p is not None and not p.alive()]
@@ -278,6 +283,8 @@ def main() -> None:
             time.sleep(0.5)
     finally:
         print("stopping...")
+        for proc in reversed(extras):
+            proc.stop()
         stack.stop()
 
 
