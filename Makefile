@@ -52,3 +52,15 @@ lock: setup
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache
+
+# --- containers (docs/docker.md) ---------------------------------------------------
+.PHONY: env compose-test
+
+# .env for docker compose, from .env.example with fresh random secrets
+env:
+	@bash scripts/init-env.sh
+
+# the real docker-compose.yml, scaled (3 codec, 2 gateways), driven through the edge,
+# then torn down; needs ../shared/tools/compose-up (podman and image stand-ins)
+compose-test: setup
+	bash scripts/compose-test.sh
