@@ -13,6 +13,7 @@ from enum import StrEnum
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from wire.errors import ErrorCode
+from wire.histogram import LoopHistogram
 
 # 50 µs .. 10 s: the hot path is sub-millisecond, timeouts are seconds.
 LATENCY_BUCKETS = (
@@ -71,7 +72,9 @@ class GatewayMetrics:
             ["endpoint", "direction", "frame_type"],
             registry=registry,
         )
-        self.request_seconds = Histogram(
+        # Per-frame histograms of the gateway: LoopHistogram (one thread, no lock; the
+        # gateway observes several per frame from its event loop).
+        self.request_seconds = LoopHistogram(
             "switchboard_gateway_request_duration_seconds",
             "Round trip gateway -> worker -> gateway per frame",
             ["service", "status"],
@@ -84,14 +87,14 @@ class GatewayMetrics:
             ["code"],
             registry=registry,
         )
-        self.hop_seconds = Histogram(
+        self.hop_seconds = LoopHistogram(
             "switchboard_gateway_hop_duration_seconds",
             "Time a frame spends in one gateway hop (receive, return, send), by outcome",
             ["endpoint", "hop", "status"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        self.frame_seconds = Histogram(
+        self.frame_seconds = LoopHistogram(
             "switchboard_gateway_frame_duration_seconds",
             "End to end per frame: read from the socket -> reply written to it",
             ["endpoint", "status"],
