@@ -249,3 +249,27 @@ async def test_service_wrapper_hops_and_trace(caplog) -> None:
         assert "inside the handler" in messages
     crashed = [r for r in caplog.records if r.getMessage() == "handler failed"]
     assert len(crashed) == 1 and crashed[0].trace_id == traces[3]
+
+
+def test_loop_histogram_exposes_what_client_python_does() -> None:
+    from prometheus_client import Histogram
+
+    from wire.histogram import LoopHistogram
+    from wire.metrics import LATENCY_BUCKETS
+
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    a = LoopHistogram("x_seconds", "x", ["k"], LATENCY_BUCKETS, ours)
+    b = Histogram("x_seconds", "x", ["k"], buckets=LATENCY_BUCKETS, registry=theirs)
+    for v in (0.0, 0.00005, 0.00006, 0.001, 0.3, 10.0, 99.0):  # bounds are inclusive
+        a.labels("v").observe(v)
+        b.labels("v").observe(v)
+
+    def samples(registry: CollectorRegistry) -> list[tuple]:
+        return sorted(
+            (s.name, tuple(sorted(s.labels.items())), s.value)
+            for family in registry.collect()
+            for s in family.samples
+            if not s.name.endswith("_created")
+        )
+
+    assert samples(ours) == samples(theirs)
