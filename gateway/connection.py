@@ -1,8 +1,15 @@
-"""One WebSocket connection's outgoing side: replies put back in request order.
+"""One WebSocket connection's outgoing side: replies put back in request order, and a
+send queue bounded in bytes.
 
 Requests of a connection are numbered (``seq``). Replies may come back out of order
 (several worker replicas); :meth:`Connection.complete` parks early ones and releases
 them in order into ``out``, which the connection's sender task writes to the socket.
+
+Slow readers: ``out`` is bounded by ``max_out_bytes``. Replies to the client's own
+requests are never dropped: while the queue is full the gateway stops reading the
+socket (``capacity``), so the client cannot ask for more. Room events that would
+overflow it disconnect the client with 1013; it rejoins with ``since`` and loses
+nothing, because the room's history holds what it missed.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.endpoints import EndpointSpec
+from gateway.limits import RateLimiter
 
 Message = dict[str, Any]
 Release = Callable[[], None]
@@ -35,15 +43,33 @@ class Pending:
     retry: tuple[str, bytes, dict[str, str]] | None = None
 
 
+def unlimited() -> RateLimiter:
+    inf = float("inf")
+    return RateLimiter(inf, inf, inf, inf, 1 << 30)
+
+
+def size_of(message: Message) -> int:
+    data = message.get("text")
+    if data is None:
+        data = message.get("bytes") or b""
+    return len(data)
+
+
 class Connection:
     __slots__ = (
+        "active",
         "capacity",
         "closing",
         "id",
+        "ip",
+        "limiter",
         "max_in_flight",
+        "max_out_bytes",
         "next_out",
         "next_seq",
+        "on_slow",
         "out",
+        "out_bytes",
         "parked",
         "pending",
         "room",
@@ -60,13 +86,20 @@ class Connection:
         max_in_flight: int,
         user: str | None = None,
         room: str | None = None,
+        max_out_bytes: int = 1 << 20,
     ) -> None:
         self.id = cid
         self.spec = spec
         self.user = user
         self.room = room
+        self.ip = ""
+        self.limiter = unlimited()  # replaced by the relay with the configured limits
+        self.active = 0.0  # loop time of the last frame from the client
         self.max_in_flight = max_in_flight
+        self.max_out_bytes = max_out_bytes
         self.out: deque[Message] = deque()
+        self.out_bytes = 0
+        self.on_slow: Callable[[], None] | None = None  # counts a slow-consumer drop
         self.wake = asyncio.Event()
         self.capacity = asyncio.Event()
         self.capacity.set()
@@ -87,18 +120,34 @@ class Connection:
                 self.capacity.clear()
         return seq
 
+    def enqueue(self, message: Message) -> None:
+        """Queue a message for the sender (no wake-up; callers wake once)."""
+        self.out.append(message)
+        self.out_bytes += size_of(message)
+
+    def sent(self, message: Message) -> None:
+        """The sender wrote ``message``: free its bytes, reopen reading if it can."""
+        self.out_bytes -= size_of(message)
+        if (
+            not self.capacity.is_set()
+            and self.out_bytes < self.max_out_bytes
+            and len(self.pending) < self.max_in_flight
+        ):
+            self.capacity.set()
+
     def complete(self, seq: int, messages: list[Message] | Release) -> None:
         """Deliver the reply to request ``seq`` once every earlier reply is out.
 
         ``messages`` is either the frames to send or a callable that, when the reply's
-        turn comes, puts into ``out`` whatever it decides (room joins use it to merge
-        replayed history with live events at exactly that point)."""
+        turn comes, queues whatever it decides (room joins use it to merge replayed
+        history with live events at exactly that point)."""
         if seq != self.next_out:
             self.parked[seq] = messages
             return
-        out = self.out
+        enqueue = self.enqueue
         if isinstance(messages, list):
-            out.extend(messages)
+            for message in messages:
+                enqueue(message)
         else:
             messages()
         nxt = seq + 1
@@ -108,21 +157,38 @@ class Connection:
             if later is None:
                 break
             if isinstance(later, list):
-                out.extend(later)
+                for message in later:
+                    enqueue(message)
             else:
                 later()
             nxt += 1
         self.next_out = nxt
-        if not self.capacity.is_set() and len(self.pending) < self.max_in_flight:
+        if self.out_bytes >= self.max_out_bytes:
+            self.capacity.clear()  # replies are kept; stop reading until they drain
+        elif not self.capacity.is_set() and len(self.pending) < self.max_in_flight:
             self.capacity.set()
         self.wake.set()
 
     def push(self, message: Message) -> None:
-        """Send outside the request order (room events, close)."""
-        self.out.append(message)
+        """A room event, outside the request order. If the client is not reading fast
+        enough to keep the queue under its bound, it is disconnected (1013)."""
+        if self.closing:
+            return
+        if self.out_bytes + size_of(message) > self.max_out_bytes:
+            self.slow()
+            return
+        self.enqueue(message)
         self.wake.set()
+
+    def slow(self) -> None:
+        if self.on_slow is not None:
+            self.on_slow()
+        self.out.clear()
+        self.out_bytes = 0
+        self.close(1013, "slow consumer: reconnect and rejoin with since")
 
     def close(self, code: int, reason: str) -> None:
         if not self.closing:
             self.closing = True
-            self.push({"type": "websocket.close", "code": code, "reason": reason[:120]})
+            self.out.append({"type": "websocket.close", "code": code, "reason": reason[:120]})
+            self.wake.set()

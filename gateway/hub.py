@@ -31,10 +31,11 @@ from nats.errors import TimeoutError as NatsTimeout
 from gateway.connection import Connection, Message, Pending
 from gateway.endpoints import Route
 from gateway.hops import HopTable
+from gateway.limits import Admission
 from gateway.rooms import Rooms
 from gateway.settings import GatewaySettings
 from wire import envelope, errors, natsconn
-from wire.errors import ErrorCode, WireError
+from wire.errors import CloseCode, ErrorCode, WireError
 from wire.frames import FrameDecodeError, decode_frames
 from wire.headers import TRACEPARENT
 from wire.metrics import GatewayMetrics, Status
@@ -51,6 +52,7 @@ from wire.subjects import (
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL = 0.05
+BUSY = WireError(ErrorCode.UNAVAILABLE, "gateway busy")
 RETRY_AFTER = 0.5  # of the request timeout: when an idempotent request is sent again
 
 # hook(messages, reply headers, error): see Hub.request
@@ -81,6 +83,8 @@ class Hub:
         self._discovery: tuple[float, dict[str, int]] | None = None
         self.accepting = True
         self.live = Rooms(settings.id, settings.presence_interval)  # rooms and presence
+        self.admission = Admission(settings.max_connections, settings.max_connections_per_ip)
+        self.in_flight = 0  # requests awaiting a reply, all connections
         self._rtt = {
             (svc, st): metrics.request_seconds.labels(svc, st) for svc in Service for st in Status
         }
@@ -141,7 +145,9 @@ class Hub:
         self.connections[conn.id] = conn
 
     def unregister(self, conn: Connection) -> None:
-        self.connections.pop(conn.id, None)
+        if self.connections.pop(conn.id, None) is not None:
+            self.admission.release(conn.ip)
+            self.in_flight -= len(conn.pending)
 
     # -- requests ------------------------------------------------------------------
     async def request(
@@ -171,10 +177,14 @@ class Hub:
             headers.get(TRACEPARENT),
         )
         seq = conn.allocate(pending)
+        self.in_flight += 1
         nc = self.nc
         assert nc is not None
         if not nc.is_connected:  # NATS is down: say so now rather than at the timeout
             self._fail(conn, seq, WireError(ErrorCode.UNAVAILABLE, "service unavailable"))
+            return
+        if self.in_flight > self.settings.max_in_flight_total:  # workers are not keeping up
+            self._fail(conn, seq, BUSY)
             return
         if route.idempotent:
             pending.retry_at = loop_now + self.settings.request_timeout * RETRY_AFTER
@@ -242,6 +252,7 @@ class Hub:
     ) -> None:
         pending = conn.pending.pop(seq, None)
         if pending is not None:
+            self.in_flight -= 1
             tag, hook = pending.tag, pending.hook
         self.metrics.errors.labels(error.code).inc()
         if hook is not None:
@@ -266,6 +277,7 @@ class Hub:
         if pending is None:
             self.metrics.late_replies.inc()
             return
+        self.in_flight -= 1
         self._deliver(
             conn, seq, msg, pending.service, pending.started, pending.tag, pending.hook, pending
         )
@@ -315,9 +327,13 @@ class Hub:
     async def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
         timeout = WireError(ErrorCode.TIMEOUT, "service timed out")
+        ticks = 0
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             now = loop.time()
+            ticks += 1
+            if ticks % round(1 / SWEEP_INTERVAL) == 0:
+                self._housekeeping()
             for conn in list(self.connections.values()):
                 if not conn.pending:
                     continue
@@ -329,6 +345,19 @@ class Hub:
                         self._fail(conn, seq, timeout)
                     elif pending.retry is not None and pending.retry_at <= now:
                         await self._retry(conn, seq, pending)
+
+    def _housekeeping(self) -> None:
+        """Once a second: close idle connections, sample send-queue depth."""
+        idle = self.settings.idle_timeout
+        cutoff = time.monotonic() - idle
+        total = largest = 0
+        for conn in self.connections.values():
+            total += conn.out_bytes
+            largest = max(largest, conn.out_bytes)
+            if idle and conn.active < cutoff and not conn.closing:
+                conn.close(int(CloseCode.NORMAL), "idle timeout")
+        self.metrics.send_queue_bytes.labels("sum").set(total)
+        self.metrics.send_queue_bytes.labels("max").set(largest)
 
     async def _retry(self, conn: Connection, seq: int, pending: Pending) -> None:
         """Publish an idempotent request once more; whichever reply comes first wins,

@@ -17,11 +17,12 @@ from gateway.connection import Connection
 from gateway.endpoints import CHAT_JOIN, CHAT_LEAVE, EndpointSpec
 from gateway.hops import HOP_KEY
 from gateway.hub import Hub
+from gateway.limits import RATE_LIMITED, RateLimiter, client_ip, origin_allowed
 from gateway.settings import GatewaySettings
 from wire import headers as h
-from wire.errors import CloseCode
+from wire.errors import CloseCode, ErrorCode
 from wire.frames import request_headers
-from wire.metrics import GatewayMetrics
+from wire.metrics import DropReason, GatewayMetrics
 
 log = logging.getLogger(__name__)
 
@@ -48,30 +49,22 @@ class RelayEndpoint:
         self.out_text_bytes = metrics.bytes.labels(spec.path, "out", "text")
         self.out_binary_bytes = metrics.bytes.labels(spec.path, "out", "binary")
         self.hops = hub.hops[spec.path]
+        self.slow_drops = metrics.dropped.labels(DropReason.SLOW_CONSUMER)
 
     async def __call__(self, scope, receive, send) -> None:  # ASGI
         message = await receive()
         if message["type"] != "websocket.connect":
             return
         hub = self.hub
-        if not hub.accepting or hub.nc is None:
-            await send({"type": "websocket.close", "code": int(CloseCode.TRY_AGAIN_LATER)})
+        ip = await self.admit(scope, send)
+        if ip is None:
             return
         user = None
         if self.spec.chat:
             query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), True))
             user = query.get("username", "Anonymous")
         await send({"type": "websocket.accept"})
-        conn = Connection(
-            hub.new_id(),
-            self.spec,
-            self.settings.max_in_flight,
-            user=user,
-            room=CHAT_ROOM if self.spec.chat else None,
-        )
-        hub.register(conn)
-        self.open.inc()
-        self.accepted.inc()
+        conn = self.connection(ip, user, CHAT_ROOM if self.spec.chat else None)
         try:
             if self.spec.chat:
                 await hub.join_room(conn, CHAT_ROOM)
@@ -97,6 +90,66 @@ class RelayEndpoint:
                 await hub.live.untrack(conn)
                 await hub.notify(CHAT_LEAVE, self._member_headers(conn))
 
+    async def admit(self, scope, send) -> str | None:
+        """Origin and connection-count checks before accepting. Returns the client's
+        address, or None after refusing (bad Origin: HTTP 403 before the handshake;
+        full: accept, then close 1013 so the client sees why)."""
+        hub = self.hub
+        if not origin_allowed(scope, self.settings.allowed_origins):
+            hub.metrics.errors.labels(ErrorCode.FORBIDDEN).inc()
+            await send({"type": "websocket.close", "code": int(CloseCode.POLICY_VIOLATION)})
+            return None
+        ip = client_ip(scope)
+        if not hub.accepting or hub.nc is None or not hub.admission.admit(ip):
+            await send({"type": "websocket.accept"})
+            reason = "server busy, try again later" if hub.accepting else "server shutting down"
+            code = int(CloseCode.TRY_AGAIN_LATER)
+            await send({"type": "websocket.close", "code": code, "reason": reason})
+            return None
+        return ip
+
+    def connection(self, ip: str, user: str | None, room: str | None) -> Connection:
+        """A new admitted connection, registered with the hub."""
+        settings = self.settings
+        conn = Connection(
+            self.hub.new_id(),
+            self.spec,
+            settings.max_in_flight,
+            user=user,
+            room=room,
+            max_out_bytes=settings.send_queue_bytes,
+        )
+        conn.ip = ip
+        conn.limiter = RateLimiter(
+            settings.rate_frames,
+            settings.rate_frames_burst,
+            settings.rate_bytes,
+            settings.rate_bytes_burst,
+            settings.rate_close_after,
+        )
+        conn.active = time.monotonic()
+        conn.on_slow = self.slow_drops.inc
+        self.hub.register(conn)
+        self.open.inc()
+        self.accepted.inc()
+        return conn
+
+    async def refuse_rate(self, conn: Connection) -> bool:
+        """A frame over the rate limit: an error frame, or after too many in a row, close
+        1008. True if the connection is closing (the receiver then waits for the sender
+        to write the close frame)."""
+        limiter = conn.limiter
+        if limiter.exhausted:
+            # In request order: replies already owed to the client go out first.
+            close = {"type": "websocket.close", "code": int(CloseCode.POLICY_VIOLATION)}
+            close["reason"] = "rate limit exceeded"
+            conn.closing = True
+            conn.complete(conn.allocate(None), [close])
+            await anyio.sleep_forever()
+            return True
+        self.hub.answer_locally(conn, RATE_LIMITED)
+        return False
+
     def _member_headers(self, conn: Connection) -> dict[str, str]:
         extra = {h.GATEWAY: self.settings.id, h.CONN: str(conn.id)}
         return request_headers("text", user=conn.user, room=CHAT_ROOM, extra=extra)
@@ -107,6 +160,7 @@ class RelayEndpoint:
         request = hub.request if self.settings.reply_mode == "subscription" else hub.request_future
         user, room = conn.user, conn.room
         capacity = conn.capacity
+        limiter = conn.limiter
         while True:
             if not capacity.is_set():
                 await capacity.wait()
@@ -127,6 +181,10 @@ class RelayEndpoint:
                 self.in_binary_bytes.inc(len(data))
                 route = spec.binary
                 frame = "binary"
+            if not limiter.allow(len(data)):
+                await self.refuse_rate(conn)
+                continue
+            conn.active = limiter.frames.stamp
             if route is None:
                 hub.answer_locally(conn, spec.wrong_frame(frame))
                 continue
@@ -155,6 +213,7 @@ class RelayEndpoint:
                 await send(message)
             except Exception:  # the peer is gone; the receiver sees the disconnect
                 return
+            conn.sent(message)
             if pending is not None:
                 self.hops.sent(pending)
             if message["type"] == "websocket.close":

@@ -71,13 +71,14 @@ class Member:
     ) -> None:
         """Called at the reply's turn: send the replay (numbered from ``first``), then
         ``after`` (the join's ack), then the buffered live events."""
-        out = self.conn.out
+        enqueue = self.conn.enqueue
         if first is not None:
             for i, message in enumerate(replay):
                 if first + i > self.last:
-                    out.append(message)
+                    enqueue(message)
                     self.last = first + i
-        out.extend(after)
+        for message in after:
+            enqueue(message)
         if head is not None and head > self.last:
             self.last = head
         self.syncing = False
@@ -90,7 +91,7 @@ class Member:
                 self.syncing = True
                 self.fill(self)
                 break
-            out.append(message)
+            enqueue(message)
             self.last = seq
         self.conn.wake.set()
 
@@ -99,7 +100,7 @@ class Member:
         self.syncing = False
         self.buffer = []
         if error_message is not None:
-            self.conn.out.append(error_message)
+            self.conn.enqueue(error_message)
             self.conn.wake.set()
 
 

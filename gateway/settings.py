@@ -54,6 +54,24 @@ class GatewaySettings(BaseSettings):
     presence_interval: float = Field(5.0, gt=0, description="presence heartbeat period")
     max_rooms: int = Field(100, ge=1, description="rooms one connection may join")
 
+    # limits (docs/security.md)
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="browser Origins allowed; empty = same host only; ['*'] = any",
+    )
+    max_connections: int = Field(20000, ge=1, description="per gateway; more: close 1013")
+    max_connections_per_ip: int = Field(512, ge=1, description="more: close 1013")
+    rate_frames: float = Field(500.0, gt=0, description="frames/s per connection")
+    rate_frames_burst: float = Field(1000.0, gt=0)
+    rate_bytes: float = Field(32 * 1024 * 1024, gt=0, description="bytes/s per connection")
+    rate_bytes_burst: float = Field(64 * 1024 * 1024, gt=0)
+    rate_close_after: int = Field(200, ge=1, description="refused frames in a row: close 1008")
+    idle_timeout: float = Field(300.0, ge=0, description="no frame from the client: close; 0 = off")
+    send_queue_bytes: int = Field(
+        1024 * 1024, gt=0, description="per socket; room events beyond it: close 1013"
+    )
+    max_in_flight_total: int = Field(20000, ge=1, description="per gateway; more: error frame")
+
     @model_validator(mode="after")
     def _check_identity(self) -> GatewaySettings:
         if self.jwt_public_key and self.jwt_public_key.startswith("@"):

@@ -60,8 +60,8 @@ class V2Endpoint(RelayEndpoint):
         if message["type"] != "websocket.connect":
             return
         hub = self.hub
-        if not hub.accepting or hub.nc is None:
-            await send({"type": "websocket.close", "code": int(CloseCode.TRY_AGAIN_LATER)})
+        ip = await self.admit(scope, send)
+        if ip is None:
             return
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), True))
         offered = scope.get("subprotocols") or []
@@ -77,12 +77,10 @@ class V2Endpoint(RelayEndpoint):
             await send(accept)
             code = int(CloseCode.POLICY_VIOLATION)
             await send({"type": "websocket.close", "code": code, "reason": exc.description})
+            hub.admission.release(ip)
             return
         await send(accept)
-        conn = Connection(hub.new_id(), V2, self.settings.max_in_flight, user=identity.user)
-        hub.register(conn)
-        self.open.inc()
-        self.accepted.inc()
+        conn = self.connection(ip, identity.user, None)
         try:
             async with anyio.create_task_group() as tg:
 
@@ -120,6 +118,11 @@ class V2Endpoint(RelayEndpoint):
             if message["type"] != "websocket.receive":
                 return
             text = message.get("text")
+            size = len(text) if text is not None else len(message.get("bytes") or b"")
+            if not conn.limiter.allow(size):
+                await self.refuse_rate(conn)
+                continue
+            conn.active = conn.limiter.frames.stamp
             if text is None:
                 self.in_binary.inc()
                 hub.answer_locally(conn, WireError(ErrorCode.UNSUPPORTED, "expected a text frame"))
@@ -215,6 +218,15 @@ class V2Endpoint(RelayEndpoint):
             return
         first = seq_header(headers, h.FIRST_SEQ)
         head = seq_header(headers, h.SEQ)
+        if headers and headers.get(h.MORE):
+            # The replay was cut to the reply budget: do not jump to the head, let the
+            # gap after the replayed part be filled from history.
+            head = None
+            member.synced(messages[:-1], first, head, messages[-1:], accept_gaps=False)
+            if not member.syncing:
+                member.syncing = True
+                self._fill(member)
+            return
         member.synced(messages[:-1], first, head, messages[-1:], accept_gaps=False)
 
     def _fill(self, member: Member) -> None:
@@ -236,4 +248,8 @@ class V2Endpoint(RelayEndpoint):
         if error is not None:
             log.warning("history fill failed: %s", error, extra={"room": member.room})
         first = None if error else seq_header(headers, h.FIRST_SEQ)
-        member.synced(messages, first, None, [], accept_gaps=True)
+        more = error is None and bool(headers and headers.get(h.MORE))
+        member.synced(messages, first, None, [], accept_gaps=not more)
+        if more and not member.syncing:
+            member.syncing = True
+            self._fill(member)

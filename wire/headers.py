@@ -30,6 +30,7 @@ FIRST_SEQ = "Sb-First-Seq"  # on a reply carrying room events: the seq of the fi
 SINCE = "Sb-Since"  # join: the last seq the client saw
 BEFORE = "Sb-Before"  # history: only events before this seq
 LIMIT = "Sb-Limit"  # history: at most this many events
+MORE = "Sb-More"  # on a reply carrying room events: "1" if cut short, more follow
 TRACEPARENT = "traceparent"
 
 ERROR = "Nats-Service-Error"

@@ -129,6 +129,12 @@ class GatewayMetrics:
             "Replies that arrived after their request timed out or its socket closed (dropped)",
             registry=registry,
         )
+        self.send_queue_bytes = Gauge(
+            "switchboard_gateway_send_queue_bytes",
+            "Bytes waiting in sockets' send queues (sampled every second): sum and largest",
+            ["stat"],
+            registry=registry,
+        )
         self.retries = Counter(
             "switchboard_gateway_retries_total",
             "Idempotent requests sent once more after no reply within half the timeout",

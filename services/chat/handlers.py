@@ -77,12 +77,18 @@ def _tutorial_text(payload: dict[str, Any]) -> str:
 
 class ChatHandlers:
     def __init__(
-        self, publish: Publish, store: RoomStore, book: PresenceBook, recover_newest: int
+        self,
+        publish: Publish,
+        store: RoomStore,
+        book: PresenceBook,
+        recover_newest: int,
+        reply_budget: int = 1 << 20,
     ) -> None:
         self.publish = publish
         self.store = store
         self.book = book
         self.recover_newest = recover_newest
+        self.reply_budget = reply_budget  # bytes of events in one reply
 
     async def _tutorial(self, room: str, frame: bytes) -> None:
         if room == DEFAULT_ROOM:
@@ -152,7 +158,9 @@ class ChatHandlers:
         if since is None:
             ack = envelope.ack(rid, room, seq=joined.seq)
             return Reply(encode_text(ack), {h.SEQ: str(joined.seq)})
-        recovery = await self.store.recover(room, since, self.recover_newest)
+        recovery = await self.store.recover(
+            room, since, self.recover_newest, max_bytes=self.reply_budget
+        )
         frames = [TextFrame(e.frame.decode()) for e in recovery.events]
         frames.append(
             TextFrame(envelope.ack(rid, room, seq=recovery.head, recovered=recovery.recovered))
@@ -160,6 +168,8 @@ class ChatHandlers:
         hdrs = {h.SEQ: str(recovery.head)}
         if recovery.events:
             hdrs[h.FIRST_SEQ] = str(recovery.events[0].seq)
+            if recovery.recovered and recovery.events[-1].seq < recovery.head:
+                hdrs[h.MORE] = "1"  # cut to the reply budget: the gateway reads on
         return Reply(encode_frames(frames), hdrs)
 
     async def room_leave(self, req: Request) -> bytes:
@@ -199,12 +209,18 @@ class ChatHandlers:
         room = _room(req)
         since = req.int_header(h.SINCE)
         if since is not None:  # a gateway filling a gap: the events themselves, in order
-            events = await self.store.read(room, after=since)
-            hdrs = {h.FIRST_SEQ: str(events[0].seq)} if events else {}
+            events = await self.store.read(room, after=since, max_bytes=self.reply_budget)
+            hdrs = {}
+            if events:
+                hdrs[h.FIRST_SEQ] = str(events[0].seq)
+                if events[-1].seq < await self.store.head(room):
+                    hdrs[h.MORE] = "1"
             return Reply(encode_frames([TextFrame(e.frame.decode()) for e in events]), hdrs)
         rid = _request_id(req)
         limit = min(req.int_header(h.LIMIT) or 50, envelope.MAX_HISTORY)
-        events = await self.store.read(room, before=req.int_header(h.BEFORE), limit=limit)
+        events = await self.store.read(
+            room, before=req.int_header(h.BEFORE), limit=limit, max_bytes=self.reply_budget
+        )
         body = b",".join(e.frame for e in events)
         frame = (
             b'{"type":"history","id":' + orjson.dumps(rid) + b',"room":' + orjson.dumps(room)

@@ -139,10 +139,18 @@ class RoomStore:
         raise WireError(ErrorCode.UNAVAILABLE, "room too contended, try again")
 
     async def read(
-        self, room: str, *, after: int = 0, before: int | None = None, limit: int | None = None
+        self,
+        room: str,
+        *,
+        after: int = 0,
+        before: int | None = None,
+        limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[StoredEvent]:
         """Events with ``after < seq < before`` not older than max_age: the oldest first
-        when ``limit`` is None, else the newest ``limit`` of them."""
+        when ``limit`` is None, else the newest ``limit`` of them. With ``max_bytes``, the
+        result is cut to fit (keeping the oldest when reading forward, the newest when
+        reading the last ``limit``), so that one NATS reply can carry it."""
         head = await self.head(room)
         if head <= after:
             return []
@@ -171,17 +179,35 @@ class RoomStore:
             raise WireError(ErrorCode.UNAVAILABLE, "history store unavailable") from None
         finally:
             await sub.unsubscribe()
-        return list(keep)
+        events = list(keep)
+        if max_bytes is not None:
+            events = _fit(events, max_bytes, newest=limit is not None)
+        return events
 
-    async def recover(self, room: str, since: int, newest: int) -> Recovery:
+    async def recover(
+        self, room: str, since: int, newest: int, max_bytes: int | None = None
+    ) -> Recovery:
         """What a client that last saw ``since`` missed: everything after it if still
         retained (``recovered``), else the newest ``newest`` events."""
         head = await self.head(room)
         if since == head:
             return Recovery([], True, head)
         if since < head:
-            events = await self.read(room, after=since)
+            events = await self.read(room, after=since, max_bytes=max_bytes)
             if events and events[0].seq == since + 1:
                 return Recovery(events, True, head)
         # Gap older than retention (or a since from the future): newest events instead.
-        return Recovery(await self.read(room, limit=newest), False, head)
+        return Recovery(await self.read(room, limit=newest, max_bytes=max_bytes), False, head)
+
+
+def _fit(events: list[StoredEvent], max_bytes: int, *, newest: bool) -> list[StoredEvent]:
+    """As many events as fit in ``max_bytes`` (at least one), from the oldest or newest."""
+    total = 0
+    ordered = reversed(events) if newest else iter(events)
+    kept: list[StoredEvent] = []
+    for event in ordered:
+        total += len(event.frame)
+        if kept and total > max_bytes:
+            break
+        kept.append(event)
+    return kept[::-1] if newest else kept

@@ -38,7 +38,9 @@ async def build(nc: Client, settings: ChatSettings) -> Mapping[Op, Handler]:
             log.warning("waiting for JetStream: %s", exc)
             await asyncio.sleep(0.2)
     book = PresenceBook()
-    handlers = ChatHandlers(nc.publish, store, book, settings.recover_newest)
+    handlers = ChatHandlers(
+        nc.publish, store, book, settings.recover_newest, settings.reply_budget_bytes
+    )
     loop = asyncio.get_running_loop()
 
     async def on_heartbeat(msg: Msg) -> None:

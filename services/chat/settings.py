@@ -16,3 +16,6 @@ class ChatSettings(ServiceSettings):
     recover_newest: int = Field(50, ge=1, le=500, description="events sent when not recovered")
     presence_ttl: float = Field(15.0, gt=0, description="forget a silent gateway's members")
     stream_replicas: int = Field(1, ge=1, le=5)
+    reply_budget_bytes: int = Field(
+        1024 * 1024, ge=65536, description="events per history/recovery reply, in bytes"
+    )

@@ -1,0 +1,113 @@
+"""Limits a public WebSocket endpoint needs: origin checks, connection caps, per-connection
+rate limits. All configured in GatewaySettings; docs/security.md lists the defaults."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from urllib.parse import urlsplit
+
+from wire.errors import ErrorCode, WireError
+
+
+class TokenBucket:
+    """``rate`` tokens per second, at most ``burst`` saved up."""
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.stamp = time.monotonic()
+
+    def take(self, amount: float = 1.0) -> bool:
+        now = time.monotonic()
+        tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if tokens < amount:
+            self.tokens = tokens
+            return False
+        self.tokens = tokens - amount
+        return True
+
+
+RATE_LIMITED = WireError(ErrorCode.RATE_LIMITED, "rate limit exceeded")
+
+
+class RateLimiter:
+    """Frames and bytes per second for one connection. Excess frames are refused with
+    an error frame; ``close_after`` refusals in a row close the connection (1008)."""
+
+    __slots__ = ("bytes", "close_after", "frames", "refused")
+
+    def __init__(
+        self,
+        frames: float,
+        frames_burst: float,
+        nbytes: float,
+        bytes_burst: float,
+        close_after: int,
+    ) -> None:
+        self.frames = TokenBucket(frames, frames_burst)
+        self.bytes = TokenBucket(nbytes, bytes_burst)
+        self.close_after = close_after
+        self.refused = 0
+
+    def allow(self, size: int) -> bool:
+        if self.frames.take() and self.bytes.take(size):
+            self.refused = 0
+            return True
+        self.refused += 1
+        return False
+
+    @property
+    def exhausted(self) -> bool:
+        return self.refused >= self.close_after
+
+
+class Admission:
+    """Open connections, in all and per client address."""
+
+    def __init__(self, total: int, per_ip: int) -> None:
+        self.total = total
+        self.per_ip = per_ip
+        self.count = 0
+        self.by_ip: Counter[str] = Counter()
+
+    def admit(self, ip: str) -> bool:
+        if self.count >= self.total or self.by_ip[ip] >= self.per_ip:
+            return False
+        self.count += 1
+        self.by_ip[ip] += 1
+        return True
+
+    def release(self, ip: str) -> None:
+        self.count -= 1
+        self.by_ip[ip] -= 1
+        if self.by_ip[ip] <= 0:
+            del self.by_ip[ip]
+
+
+def origin_allowed(scope: dict, allowed: list[str]) -> bool:
+    """Browsers send ``Origin``; other clients need not. Allowed: no Origin, an Origin
+    in ``allowed`` (``*`` = any), or, when ``allowed`` is empty, an Origin naming the
+    host the request was sent to (the pages this gateway serves)."""
+    origin = host = None
+    for name, value in scope.get("headers", ()):
+        if name == b"origin":
+            origin = value.decode("latin-1")
+        elif name == b"host":
+            host = value.decode("latin-1")
+    if origin is None:
+        return True
+    if "*" in allowed or origin in allowed:
+        return True
+    if allowed:
+        return False
+    return host is not None and urlsplit(origin).netloc.lower() == host.lower()
+
+
+def client_ip(scope: dict) -> str:
+    client = scope.get("client")
+    return client[0] if client else "unknown"

@@ -1,0 +1,142 @@
+"""Gateway limits against a real stack, configured tight so they trip quickly."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+import websockets
+
+from switchboard.localstack import LocalStack, running
+from tests.integration.client import closed_with, connect, recv, sample, scrape
+from tests.integration.v2client import V2
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    env = {
+        "SB_GATEWAY_ALLOWED_ORIGINS": '["https://app.example"]',
+        "SB_GATEWAY_MAX_CONNECTIONS_PER_IP": "40",
+        "SB_GATEWAY_RATE_FRAMES": "50",
+        "SB_GATEWAY_RATE_FRAMES_BURST": "20",
+        "SB_GATEWAY_RATE_CLOSE_AFTER": "30",
+        "SB_GATEWAY_IDLE_TIMEOUT": "3",
+    }
+    with running(tmp_path_factory.mktemp("limits"), env=env) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def slow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    env = {"SB_GATEWAY_SEND_QUEUE_BYTES": "65536"}
+    with running(tmp_path_factory.mktemp("slow"), env=env) as s:
+        yield s
+
+
+def base(stack: LocalStack) -> str:
+    return f"ws://127.0.0.1:{stack.gateways[0].port}"
+
+
+async def test_disallowed_origin_refused_before_accept(stack) -> None:
+    with pytest.raises(websockets.InvalidStatus) as exc:
+        async with connect(base(stack) + "/ws", origin="http://evil.example"):
+            pass
+    assert exc.value.response.status_code == 403
+    async with connect(base(stack) + "/ws", origin="https://app.example") as ws:
+        await ws.send("ok")
+        assert await recv(ws) == "Echo: ok"
+
+
+async def test_per_ip_connection_limit_closes_1013(stack) -> None:
+    sockets = []
+    try:
+        for _ in range(40):
+            sockets.append(await connect(base(stack) + "/ws"))
+        async with connect(base(stack) + "/ws") as extra:
+            code, reason = await closed_with(extra)
+        assert (code, reason) == (1013, "server busy, try again later")
+    finally:
+        await asyncio.gather(*(ws.close() for ws in sockets))
+    await asyncio.sleep(0.2)
+    async with connect(base(stack) + "/ws") as ws:  # room again once they closed
+        await ws.send("back")
+        assert await recv(ws) == "Echo: back"
+
+
+async def test_flooding_gets_error_frames_then_close_1008(stack) -> None:
+    async with connect(base(stack) + "/ws") as ws:
+        for i in range(200):
+            await ws.send(f"f{i}")
+        replies = []
+        with pytest.raises(websockets.ConnectionClosed) as exc:
+            while True:
+                replies.append(await recv(ws))
+        assert exc.value.rcvd.code == 1008 and exc.value.rcvd.reason == "rate limit exceeded"
+    assert "Error: rate limit exceeded" in replies
+    assert replies[0] == "Echo: f0"  # the burst went through
+    assert (
+        sample(scrape(stack.gateways[0].port), "switchboard_gateway_errors_total", code="429") > 0
+    )
+
+
+async def test_idle_connection_closed(stack) -> None:
+    async with connect(base(stack) + "/ws") as ws:
+        started = time.monotonic()
+        code, reason = await closed_with(ws, timeout=6)
+        assert (code, reason) == (1000, "idle timeout")
+        assert 2.5 < time.monotonic() - started < 6
+
+
+async def test_slow_room_reader_disconnected_1013_then_recovers_everything(slow_stack) -> None:
+    stack = slow_stack
+    room = "slow-room"
+    port = stack.gateways[0].port
+    writer = await V2.open(base(stack) + "/ws/v2?username=writer")
+    # A reader that stops reading, with a tiny socket receive buffer so that the
+    # gateway's send queue (64 KiB here) fills after a few hundred KB.
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    # No permessage-deflate: the payloads below must really take room on the wire.
+    lazy = await connect(
+        base(stack) + "/ws/v2?username=lazy", sock=sock, max_queue=1, compression=None
+    )
+    try:
+        await lazy.send(json.dumps({"type": "join", "id": "j", "room": room}))
+        first = json.loads(await recv(lazy))
+        assert first["type"] == "ack"
+        since = first["payload"]["seq"]
+        lazy.transport.pause_reading()  # never read again
+        await writer.request("join", room)
+        text = base64.b64encode(os.urandom(45000)).decode()  # 60 KB, incompressible
+        last = 0
+        for i in range(150):
+            last = (await writer.request("publish", room, text=text, i=i))["payload"]["seq"]
+        lazy.transport.resume_reading()
+        with pytest.raises(websockets.ConnectionClosed) as exc:
+            while True:
+                await recv(lazy, timeout=10)
+        assert exc.value.rcvd.code == 1013
+        # Nothing lost: rejoin with since and get every message, once.
+        back = await V2.open(base(stack) + "/ws/v2?username=lazy")
+        ack = await back.reply(await back.send("join", room, since=since))
+        assert ack["payload"]["recovered"] is True
+        events = await back.until_seq(room, last)
+        assert [e["seq"] for e in events] == list(range(since + 1, events[-1]["seq"] + 1))
+        assert [e["payload"]["i"] for e in events if e["type"] == "message"] == list(range(150))
+        await back.close()
+        assert (
+            sample(
+                scrape(port), "switchboard_gateway_dropped_messages_total", reason="slow_consumer"
+            )
+            >= 1
+        )
+    finally:
+        await writer.close()
+        await lazy.close()

@@ -1,0 +1,94 @@
+import time
+
+import pytest
+
+from gateway.connection import Connection
+from gateway.endpoints import V2
+from gateway.limits import Admission, RateLimiter, TokenBucket, origin_allowed
+
+
+def scope(origin: str | None, host: str = "127.0.0.1:8000") -> dict:
+    headers = [(b"host", host.encode())]
+    if origin is not None:
+        headers.append((b"origin", origin.encode()))
+    return {"headers": headers}
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed", "ok"),
+    [
+        (None, [], True),  # not a browser
+        ("http://127.0.0.1:8000", [], True),  # the gateway's own pages
+        ("http://evil.example", [], False),  # cross-site WebSocket hijacking
+        ("http://127.0.0.1:8001", [], False),
+        ("https://app.example", ["https://app.example"], True),
+        ("http://127.0.0.1:8000", ["https://app.example"], False),
+        ("http://anything", ["*"], True),
+    ],
+)
+def test_origin_allowlist(origin, allowed, ok) -> None:
+    assert origin_allowed(scope(origin), allowed) is ok
+
+
+def test_token_bucket_allows_burst_then_rate() -> None:
+    bucket = TokenBucket(rate=1000, burst=5)
+    assert all(bucket.take() for _ in range(5))
+    assert not bucket.take()
+    time.sleep(0.01)  # ~10 tokens accrue, capped at the burst
+    assert sum(bucket.take() for _ in range(20)) == 5
+
+
+def test_rate_limiter_closes_after_repeated_excess() -> None:
+    limiter = RateLimiter(frames=1e-9, frames_burst=2, nbytes=1e9, bytes_burst=1e9, close_after=3)
+    assert limiter.allow(1) and limiter.allow(1)
+    assert not limiter.allow(1) and not limiter.exhausted
+    assert not limiter.allow(1) and not limiter.allow(1)
+    assert limiter.exhausted
+
+
+def test_rate_limiter_counts_bytes() -> None:
+    limiter = RateLimiter(frames=1e9, frames_burst=1e9, nbytes=1e-9, bytes_burst=100, close_after=3)
+    assert limiter.allow(60)
+    assert not limiter.allow(60)
+
+
+def test_admission_per_ip_and_total() -> None:
+    admission = Admission(total=3, per_ip=2)
+    assert admission.admit("a") and admission.admit("a")
+    assert not admission.admit("a")
+    assert admission.admit("b")
+    assert not admission.admit("c")  # total reached
+    admission.release("a")
+    assert admission.admit("c")
+
+
+def msg(n: int) -> dict:
+    return {"type": "websocket.send", "text": "x" * n}
+
+
+def test_room_events_overflowing_the_queue_close_1013() -> None:
+    drops = []
+    conn = Connection(1, V2, 8, max_out_bytes=100)
+    conn.on_slow = lambda: drops.append(1)
+    conn.push(msg(60))
+    conn.push(msg(60))  # over 100 bytes queued: slow consumer
+    assert drops == [1]
+    assert list(conn.out) == [
+        {
+            "type": "websocket.close",
+            "code": 1013,
+            "reason": "slow consumer: reconnect and rejoin with since",
+        }
+    ]
+    conn.push(msg(1))  # nothing more after the close
+    assert len(conn.out) == 1
+
+
+def test_replies_are_kept_and_pause_reading_instead() -> None:
+    conn = Connection(1, V2, 8, max_out_bytes=100)
+    seq = conn.allocate(None)
+    conn.complete(seq, [msg(80), msg(80)])
+    assert len(conn.out) == 2 and not conn.capacity.is_set()  # kept; reading paused
+    sent = conn.out.popleft()
+    conn.sent(sent)
+    assert conn.capacity.is_set() and conn.out_bytes == 80
