@@ -109,7 +109,7 @@ class GatewayMetrics:
         )
         self.service_instances = Gauge(
             "switchboard_gateway_service_instances",
-            "Worker instances whose live stats arrived in the last 3 s, per service",
+            "Worker instances whose live stats arrived in the last 3.5 s, per service",
             ["service"],
             registry=registry,
         )
