@@ -199,3 +199,31 @@ def test_local_nats_exporter_speaks_like_the_official_one() -> None:
     registry = CollectorRegistry()
     registry.register(VarzCollector(url, timeout=0.5))
     assert generate_latest(registry) == b""  # server gone: an empty scrape
+
+
+async def test_dashboard_socket_refuses_foreign_origins_and_too_many_watchers() -> None:
+    from gateway import dashboard
+
+    stats = LiveStats("gw1", CollectorRegistry(), GatewayMetrics(CollectorRegistry()))
+    app = DashboardSocket(stats)
+
+    async def run(headers: list[tuple[bytes, bytes]]) -> list[dict]:
+        sent: list[dict] = []
+        incoming = [{"type": "websocket.connect"}, {"type": "websocket.disconnect"}]
+
+        async def receive() -> dict:
+            return incoming.pop(0)
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await asyncio.wait_for(app({"headers": headers}, receive, send), 1)
+        return sent
+
+    foreign = [(b"host", b"gw.example:8000"), (b"origin", b"http://evil.example")]
+    assert await run(foreign) == [{"type": "websocket.close", "code": 1008}]
+    same = [(b"host", b"gw.example:8000"), (b"origin", b"http://gw.example:8000")]
+    assert (await run(same))[0] == {"type": "websocket.accept"}
+    stats.watchers.update(Watcher() for _ in range(dashboard.MAX_WATCHERS))
+    sent = await run(same)
+    assert sent[-1]["code"] == 1013
