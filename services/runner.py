@@ -39,6 +39,7 @@ Handler = Callable[[Request], Awaitable[bytes | Reply]]
 HandlerFactory = Callable[[Client], Mapping[Op, Handler] | Awaitable[Mapping[Op, Handler]]]
 
 VERSION = "0.1.0"
+READY_LINE = "switchboard-service-ready"
 
 
 def _stamp(req: Request) -> dict[str, str]:
@@ -158,6 +159,8 @@ async def serve(
             )
         )
         log.info("service ready", extra={"service": str(service), "id": svc.id})
+        # For supervisors (switchboard.localstack), whatever the log level: one line.
+        print(f"{READY_LINE} {service} {svc.id}", flush=True)
         await stop.wait()
         publisher.cancel()
         log.info("draining", extra={"service": str(service)})

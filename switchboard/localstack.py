@@ -180,7 +180,8 @@ class LocalStack:
         proc = Process(name, [sys.executable, "-m", f"services.{name}"], self._env(extra), log)
         proc.metrics_port = metrics_port
         proc.start()
-        _wait_for(lambda: "service ready" in proc.log(), timeout, f"service {name}", proc.popen)
+        ready = "switchboard-service-ready"  # services.runner.READY_LINE, on stdout
+        _wait_for(lambda: ready in proc.log(), timeout, f"service {name}", proc.popen)
         self.processes.append(proc)
         return proc
 
