@@ -16,6 +16,7 @@ import asyncio
 import base64
 import json
 import os
+import secrets
 import sys
 import time
 import urllib.error
@@ -70,6 +71,13 @@ async def tutorial_endpoints(ws_base: str) -> None:
     async with connect(f"{ws_base}/ws") as ws:
         await ws.send("hi")
         expect(await recv(ws), "Echo: hi", "/ws")
+
+    # as the pages served by the gateway do: the Origin must match the Host the edge
+    # passes on (with its port)
+    page = "http" + ws_base.removeprefix("ws")
+    async with connect(f"{ws_base}/ws", origin=page) as ws:
+        await ws.send("from the page")
+        expect(await recv(ws), "Echo: from the page", "/ws from a same-origin page")
 
     async with connect(f"{ws_base}/ws/json") as ws:
         await ws.send('{"a":1}')
@@ -139,6 +147,48 @@ async def chat(ws_base: str) -> None:
             said = '{"message":"alice: hi bob","sender":"alice","type":"message"}'
             await until(alice, said, "alice's own message")
             await until(bob, said, "bob receives alice's message")
+
+
+async def rooms_v2(ws_base: str) -> None:
+    """/ws/v2 rooms: history in JetStream (chat's stream), live events republished to
+    every gateway; exercises chat's and the gateways' NATS permissions for rooms."""
+
+    async def wait_for(ws: ClientConnection, match: Callable[[dict], bool], what: str) -> dict:
+        seen = []
+        for _ in range(20):
+            event = json.loads(await recv(ws))
+            if match(event):
+                return event
+            seen.append(event)
+        raise AssertionError(f"/ws/v2 {what}: not among {seen!r}")
+
+    # fresh names: chat dedupes publishes by sender and id for minutes
+    tag = secrets.token_hex(4)
+    room, publish_id = f"smoke-{tag}", f"p-{tag}"
+    async with (
+        connect(f"{ws_base}/ws/v2?username=carol") as carol,
+        connect(f"{ws_base}/ws/v2?username=dave") as dave,
+    ):
+        for ws, user in ((carol, "carol"), (dave, "dave")):
+            await ws.send(json.dumps({"type": "join", "id": f"j-{user}", "room": room}))
+            ack = await wait_for(ws, lambda e, u=user: e.get("id") == f"j-{u}", f"{user} joins")
+            expect(ack.get("type"), "ack", f"/ws/v2 join ack {ack!r}")
+        await carol.send(
+            json.dumps(
+                {"type": "publish", "id": publish_id, "room": room, "payload": {"text": "hi"}}
+            )
+        )
+        ack = await wait_for(carol, lambda e: e.get("id") == publish_id, "publish ack")
+        expect(ack.get("type"), "ack", f"/ws/v2 publish ack {ack!r}")
+        expect(ack["payload"].get("duplicate"), False, f"/ws/v2 publish ack {ack!r}")
+        event = await wait_for(
+            dave, lambda e: e.get("type") == "message", "dave receives carol's message"
+        )
+        expect(
+            (event["room"], event["payload"].get("text"), event["payload"].get("sender")),
+            (room, "hi", "carol"),
+            "/ws/v2 message",
+        )
 
 
 def http_endpoints(http_base: str, services: dict[str, int]) -> None:
@@ -236,6 +286,7 @@ async def run(args: argparse.Namespace) -> None:
     log("ok: /healthz, /readyz, /, /metrics blocked")
     await step("tutorial endpoints", tutorial_endpoints(ws_base))
     await step("chat between two users", chat(ws_base))
+    await step("/ws/v2 rooms between two users", rooms_v2(ws_base))
     for wave in range(1, args.waves + 1):
         if wave > 1:  # past the edge's DNS cache (valid=5s): it must re-resolve
             await asyncio.sleep(6)
