@@ -7,6 +7,7 @@ Request (gateway -> worker):
     Sb-Room        the room (chat), percent-encoded UTF-8
     traceparent    W3C trace context, one trace id per frame
     Sb-Gateway, Sb-Conn, Sb-Request-Id, Sb-Since, Sb-Before, Sb-Limit   rooms (see below)
+    Sb-File, Sb-Offset, Sb-End, Sb-Cursor, Sb-Count, Sb-Control   files (wire/files.py)
 
 Reply (worker -> gateway): payload as laid out in :mod:`wire.frames`;
 errors as nats.micro sends them (``Nats-Service-Error``, ``Nats-Service-Error-Code``).
@@ -31,6 +32,13 @@ SINCE = "Sb-Since"  # join: the last seq the client saw
 BEFORE = "Sb-Before"  # history: only events before this seq
 LIMIT = "Sb-Limit"  # history: at most this many events
 MORE = "Sb-More"  # on a reply carrying room events: "1" if cut short, more follow
+# files (wire/files.py, services/binary/files.py)
+FILE = "Sb-File"  # a stored file's or an upload's id
+OFFSET = "Sb-Offset"  # byte offset of a chunk's first byte in its file
+END = "Sb-End"  # byte offset after a chunk (stored chunks); durable upload offset (acks)
+CURSOR = "Sb-Cursor"  # download: stream sequence where the next chunk search starts
+COUNT = "Sb-Count"  # download: at most this many chunks in one reply
+CONTROL = "Sb-Control"  # on an upload subject: "sync" instead of a chunk
 TRACEPARENT = "traceparent"
 
 ERROR = "Nats-Service-Error"

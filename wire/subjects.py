@@ -1,6 +1,8 @@
 """Every NATS subject Switchboard uses, built only by the functions here.
 
     sb.svc.<service>.<op>              request to a worker (queue group = service name)
+    sb.svc.binary.chunk.<file>         an upload's chunks, to the one binary replica that
+                                       owns the upload (queue group binary, one member)
     sb.gw.<gateway>.<conn>.<seq>       reply to request <seq> of connection <conn>
     sb.room.<room>                     the tutorial chat's frames, to every gateway (core)
     sb.hist.<room>                     a room's events, stored in the JetStream stream ROOMS
@@ -48,11 +50,29 @@ class Op(StrEnum):
     PUBLISH = "publish"
     HISTORY = "history"
     PRESENCE = "presence"
+    # codec: client-chosen compression (/ws/codec)
+    TRANSFORM = "transform"
+    # binary: inspection report (/ws/inspect) and files (/ws/files)
+    DESCRIBE = "describe"
+    FILE_UPLOAD = "file_upload"
+    FILE_INFO = "file_info"
+    FILE_READ = "file_read"
+    FILE_LIST = "file_list"
+    FILE_DELETE = "file_delete"
 
 
 SERVICE_OPS: dict[Service, tuple[Op, ...]] = {
-    Service.CODEC: (Op.ECHO, Op.JSON, Op.INFLATE),
-    Service.BINARY: (Op.INSPECT, Op.MIXED),
+    Service.CODEC: (Op.ECHO, Op.JSON, Op.INFLATE, Op.TRANSFORM),
+    Service.BINARY: (
+        Op.INSPECT,
+        Op.MIXED,
+        Op.DESCRIBE,
+        Op.FILE_UPLOAD,
+        Op.FILE_INFO,
+        Op.FILE_READ,
+        Op.FILE_LIST,
+        Op.FILE_DELETE,
+    ),
     Service.CHAT: (
         Op.JOIN,
         Op.LEAVE,
@@ -83,6 +103,12 @@ def service_subject(service: Service, op: Op) -> str:
 
 def service_wildcard(service: Service) -> str:
     return f"{PREFIX}.svc.{service}.>"
+
+
+def upload_subject(file_id: str) -> str:
+    """Where the chunks of one upload go: only the binary replica that owns the upload
+    subscribes (services/binary/files.py), so its chunks reach one writer, in order."""
+    return f"{PREFIX}.svc.{Service.BINARY}.chunk.{_token(file_id, 'file id')}"
 
 
 def reply_prefix(gateway: str) -> str:
