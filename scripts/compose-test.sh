@@ -9,7 +9,8 @@
 # Throwaway secrets and free host ports are exported for the run, so a developer's
 # .env (and anything listening on 8000/9090) is left alone.
 #   COMPOSE_UP        the tool (default ../shared/tools/compose-up)
-#   COMPOSE_TEST_KEEP=1   leave the stack running afterwards (then: compose-up . down -v)
+#   COMPOSE_TEST_KEEP=1   leave the stack running afterwards (its settings go to
+#                         var/compose-test.env; the script prints how to remove it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COMPOSE_UP=${COMPOSE_UP:-../shared/tools/compose-up}
@@ -24,7 +25,8 @@ secret() {
   "$PY" -c 'import secrets, string; a = string.ascii_letters + string.digits; print("t" + "".join(secrets.choice(a) for _ in range(39)))'
 }
 
-export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-switchboard-compose-test}
+# a project of its own, so that runs at the same time (two checkouts, CI) do not collide
+export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-sbtest-$("$PY" -c 'import secrets; print(secrets.token_hex(3))')}
 export NATS_GATEWAY_PASSWORD=$(secret) NATS_CODEC_PASSWORD=$(secret)
 export NATS_BINARY_PASSWORD=$(secret) NATS_CHAT_PASSWORD=$(secret)
 export JWT_SECRET=$(secret) GRAFANA_ADMIN_PASSWORD=$(secret)
@@ -44,7 +46,12 @@ finish() {
     "$COMPOSE_UP" . logs --no-color --tail 40 >&2 || true
   fi
   if [[ "${COMPOSE_TEST_KEEP:-0}" == 1 ]]; then
-    echo "compose-test: stack left running (project $COMPOSE_PROJECT_NAME, edge :$EDGE_PORT)"
+    mkdir -p var && (umask 077 && for v in COMPOSE_PROJECT_NAME NATS_GATEWAY_PASSWORD \
+        NATS_CODEC_PASSWORD NATS_BINARY_PASSWORD NATS_CHAT_PASSWORD JWT_SECRET \
+        GRAFANA_ADMIN_PASSWORD EDGE_PORT PROMETHEUS_PORT GRAFANA_PORT; do
+      echo "$v=${!v}"; done >var/compose-test.env)
+    echo "compose-test: stack left running: edge http://127.0.0.1:$EDGE_PORT; remove it with"
+    echo "  (set -a; . var/compose-test.env; $COMPOSE_UP . down -v)"
   else
     "$COMPOSE_UP" . down -v || true
   fi
