@@ -150,8 +150,9 @@ def _progress(row: Row) -> str:
 
 def _cpu(usage: Usage | None) -> str:
     if usage is None:
-        return f"{'-':>5} {'-':>5} {'-':>5}"
-    return f"{usage.servers:>5.0f} {usage.loadgen:>5.0f} {usage.other:>5.0f}"
+        return f"{'-':>5} {'-':>5} {'-':>5} "
+    mark = "!" if usage.other > OTHER_LOAD_WARNING else " "
+    return f"{usage.servers:>5.0f} {usage.loadgen:>5.0f} {usage.other:>5.0f}{mark}"
 
 
 def _verdict(ok: bool) -> str:
@@ -193,7 +194,7 @@ def report(rows: list[Row], plan: Plan, quick: bool, elapsed: float) -> str:
                 vs_a = f"{r.rate / base.rate:.2f}"
             lines.append(
                 f"{n:>5}  {LABELS[d]:<6} {r.rate:>8,.0f} {r.p50:>7.3f} {r.p99:>7.3f}  "
-                f"{_cpu(r.usage)}  {vs_a}"
+                f"{_cpu(r.usage)} {vs_a}"
             )
     lines += [
         "",
@@ -242,8 +243,8 @@ def report(rows: list[Row], plan: Plan, quick: bool, elapsed: float) -> str:
     if busy and max(busy) > OTHER_LOAD_WARNING:
         lines += [
             "",
-            f"WARNING: other load on the machine during the windows (oth up to {max(busy):.0f} %"
-            f" of a core): these figures are disturbed; rerun on a quiet machine",
+            f"WARNING: other load on the machine during the windows marked ! (oth up to "
+            f"{max(busy):.0f} % of a core): those figures are disturbed; rerun on a quiet machine",
         ]
     errors = [f"  {LABELS[r.design]} {r.mode} {r.connections}: {e}" for r in rows for e in r.errors]
     if errors:
