@@ -26,7 +26,7 @@ async def echo(req: Request) -> bytes:
 async def inspect_json(req: Request) -> bytes:
     try:
         data = json.loads(req.data)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError, an int over 4300 digits
         return encode_text("Error: Invalid JSON format")
     except RecursionError:
         return encode_text("Error: JSON nested too deeply")
