@@ -1,4 +1,5 @@
-"""codec: text echo, JSON inspection and zlib inflation, with the tutorial's replies."""
+"""codec: text echo, JSON inspection and zlib inflation, with the tutorial's replies; and
+client-chosen compression (services/codec/compress.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import zlib
 from collections.abc import Mapping
 from typing import Any
 
+from services.codec.compress import make_transform
 from services.runner import Handler
 from wire.frames import Request, encode_text
 from wire.subjects import Op
@@ -90,5 +92,10 @@ def make_inflate(cap: int) -> Handler:
     return inflate
 
 
-def handlers(inflate_cap: int) -> Mapping[Op, Handler]:
-    return {Op.ECHO: echo, Op.JSON: inspect_json, Op.INFLATE: make_inflate(inflate_cap)}
+def handlers(inflate_cap: int, transform_cap: int | None = None) -> Mapping[Op, Handler]:
+    return {
+        Op.ECHO: echo,
+        Op.JSON: inspect_json,
+        Op.INFLATE: make_inflate(inflate_cap),
+        Op.TRANSFORM: make_transform(transform_cap or inflate_cap),
+    }

@@ -11,3 +11,8 @@ class CodecSettings(ServiceSettings):
 
     metrics_port: int = Field(9103, ge=0, le=65535)
     inflate_cap_bytes: int = Field(16 * 1024 * 1024, gt=0, description="max inflated size")
+    transform_cap_bytes: int = Field(
+        4 * 1024 * 1024,
+        gt=0,
+        description="/ws/codec: largest decompressed output (also kept under NATS max_payload)",
+    )
