@@ -1,6 +1,7 @@
-from services.binary.handlers import handlers
+from services.binary.handlers import build
 from services.binary.settings import BinarySettings
 from services.runner import run
 from wire.subjects import Service
 
-run(Service.BINARY, BinarySettings(), lambda nc: handlers())
+settings = BinarySettings()
+run(Service.BINARY, settings, lambda nc: build(nc, settings))

@@ -1,10 +1,17 @@
-"""binary: inspection with echo, and the mixed-type summary, with the tutorial's replies."""
+"""binary: inspection with echo, and the mixed-type summary, with the tutorial's replies;
+the inspection report (/ws/inspect) and files (services/binary/files.py)."""
 
 from __future__ import annotations
 
 import base64
+import secrets
 from collections.abc import Mapping
 
+from nats.aio.client import Client
+
+from services.binary.files import FileStore
+from services.binary.inspect import describe
+from services.binary.settings import BinarySettings
 from services.runner import Handler
 from wire.frames import BinaryFrame, Request, TextFrame, encode_frames, encode_text
 from wire.subjects import Op
@@ -31,4 +38,11 @@ async def mixed(req: Request) -> bytes:
 
 
 def handlers() -> Mapping[Op, Handler]:
-    return {Op.INSPECT: inspect, Op.MIXED: mixed}
+    return {Op.INSPECT: inspect, Op.MIXED: mixed, Op.DESCRIBE: describe}
+
+
+async def build(nc: Client, settings: BinarySettings) -> Mapping[Op, Handler]:
+    """Every operation, files included (their buckets are created here if missing)."""
+    store = FileStore(nc, settings, secrets.token_hex(6))
+    await store.start()
+    return {**handlers(), **store.handlers()}
