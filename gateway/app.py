@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.routing import WebSocketRoute
 
-from gateway import api, dashboard
+from gateway import api, codec_endpoint, dashboard, files
 from gateway.auth import Authenticator
 from gateway.endpoints import TUTORIAL_ENDPOINTS, V2
 from gateway.hub import Hub
@@ -99,4 +99,6 @@ def create_app(settings: GatewaySettings, registry: CollectorRegistry | None = N
     v2 = V2Endpoint(hub, hub.live, Authenticator(settings), settings, metrics)
     app.router.routes.append(WebSocketRoute(V2.path, v2))
     app.include_router(api.router(hub, settings))
+    files.mount(app, hub, settings, metrics)  # /ws/files, GET /files
+    codec_endpoint.mount(app, hub, settings, metrics)  # /ws/codec, /ws/inspect
     return app

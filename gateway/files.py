@@ -1,0 +1,623 @@
+"""``/ws/files``: resumable uploads and flow-controlled downloads through the binary
+service (protocol: wire/files.py and docs/protocol.md "Files"), and the files page.
+
+Upload: the gateway forwards each chunk frame to the upload's subject, where the one
+binary replica that owns the upload stores it (services/binary/files.py), with at most
+``SB_GATEWAY_FILES_UPLOAD_WINDOW`` chunks unanswered; past that it stops reading the
+socket, so a fast client is held back by TCP, not buffered. Each stored chunk becomes a
+``progress`` event.
+
+Download: the gateway asks the service for a few chunks at a time (``file_read``) and
+only asks for more when the client has credit (``ack``: bytes it has consumed, plus
+the window) and the socket's send queue is empty (the transport took the previous
+chunk). At most two reads' worth of chunks (the one being written and one prefetched)
+are in the gateway per download, whatever the file size or the reader's speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+import anyio
+import orjson
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.routing import WebSocketRoute
+
+from gateway.auth import SUBPROTOCOL, Authenticator, token_from
+from gateway.connection import Connection
+from gateway.endpoints import EndpointSpec
+from gateway.hub import Hub
+from gateway.relay import RelayEndpoint
+from gateway.settings import GatewaySettings
+from wire import errors
+from wire import files as wf
+from wire import headers as h
+from wire.errors import CloseCode, ErrorCode, WireError
+from wire.frames import FrameDecodeError, decode_frames, request_headers
+from wire.metrics import GatewayMetrics
+from wire.names import check_username
+from wire.subjects import Op, Service, service_subject, upload_subject
+
+log = logging.getLogger(__name__)
+
+PATH = "/ws/files"
+PAGE_PATH = "/files"
+PAGE = Path(__file__).parent / "static" / "files.html"
+FILES_SUBPROTOCOL = "switchboard.files"
+MIB = 1024 * 1024
+
+
+class FilesSettings(BaseSettings):
+    """``SB_GATEWAY_FILES_*``: flow control of ``/ws/files``."""
+
+    model_config = SettingsConfigDict(env_prefix="SB_GATEWAY_FILES_", extra="ignore")
+
+    upload_window: int = Field(8, ge=1, le=64, description="chunks in flight per upload")
+    download_window: int = Field(
+        4 * MIB, ge=1, description="default credit of a download, bytes (client may ask)"
+    )
+    max_download_window: int = Field(16 * MIB, ge=1, description="largest credit granted")
+    read_chunks: int = Field(4, ge=1, le=16, description="chunks per read from the service")
+    request_timeout: float = Field(10.0, gt=0, description="seconds for a service answer")
+
+
+class FileMetrics:
+    """``/ws/files`` transfers (names as in wire/metrics.py)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.bytes = Counter(
+            "switchboard_gateway_file_bytes_total",
+            "File bytes relayed: up (client -> store) and down (store -> client)",
+            ["direction"],
+            registry=registry,
+        )
+        self.transfers = Counter(
+            "switchboard_gateway_file_transfers_total",
+            "File transfers finished, by direction and outcome (ok, error, abandoned)",
+            ["direction", "status"],
+            registry=registry,
+        )
+        self.active = Gauge(
+            "switchboard_gateway_file_transfers_active",
+            "File transfers in progress",
+            ["direction"],
+            registry=registry,
+        )
+        for direction in ("up", "down"):
+            self.bytes.labels(direction)
+            self.active.labels(direction)
+            for status in ("ok", "error", "abandoned"):
+                self.transfers.labels(direction, status)
+
+
+def _error_shape(error: WireError, description: str, tag: str | None) -> dict[str, Any]:
+    return {"type": "websocket.send", "text": wf.error(tag, str(error.code), description)}
+
+
+FILES = EndpointSpec(PATH, None, None, _error_shape)
+
+
+def _route_subject(op: Op) -> str:
+    return service_subject(Service.BINARY, op)
+
+
+@dataclass(eq=False)
+class UploadState:
+    rid: str
+    file: str
+    size: int
+    chunk_size: int
+    subject: str
+    next_offset: int  # where the client's next chunk must start
+    acked: int  # stored, as reported by the service
+    inbox: str = ""
+    sub: Subscription | None = None
+    inflight: int = 0
+    room: asyncio.Event = field(default_factory=asyncio.Event)  # set: may send more
+    answered: float = field(default_factory=time.monotonic)  # last reply (or start)
+    done: bool = False
+
+
+@dataclass(eq=False)
+class DownloadState:
+    file: str
+    size: int
+    acked: int
+    window: int
+    credit: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class FilesSocket:
+    """One ``/ws/files`` connection's state and behaviour."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        hub: Hub,
+        user: str,
+        config: FilesSettings,
+        metrics: FileMetrics,
+        max_chunk: int,
+    ) -> None:
+        self.conn = conn
+        self.hub = hub
+        self.user = user
+        self.config = config
+        self.metrics = metrics
+        self.max_chunk = max_chunk
+        self.upload: UploadState | None = None
+        self.download: DownloadState | None = None
+        self.drained = asyncio.Event()
+        self.drained.set()
+
+    # -- output --------------------------------------------------------------------
+    def send_text(self, text: str) -> None:
+        self.conn.enqueue({"type": "websocket.send", "text": text})
+        self.drained.clear()
+        self.conn.wake.set()
+
+    def send_error(self, rid: str | None, error: WireError, file: str | None = None) -> None:
+        description = {
+            ErrorCode.UNAVAILABLE: "service unavailable",
+            ErrorCode.TIMEOUT: "service unavailable",
+            ErrorCode.INTERNAL: "internal error",
+        }.get(error.code, error.description)
+        self.hub.metrics.errors.labels(error.code).inc()
+        self.send_text(wf.error(rid, str(error.code), description, file))
+
+    async def until_drained(self) -> None:
+        while self.conn.out_bytes > 0 and not self.conn.closing:
+            self.drained.clear()
+            await self.drained.wait()
+
+    # -- requests to the binary service ------------------------------------------------
+    def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        return request_headers("text", user=self.user, extra=extra)
+
+    async def ask(self, op: Op, payload: bytes = b"", extra: Mapping[str, str] | None = None):
+        nc = self.hub.nc
+        if nc is None or not nc.is_connected:
+            raise WireError(ErrorCode.UNAVAILABLE, "service unavailable")
+        try:
+            msg = await nc.request(
+                _route_subject(op),
+                payload,
+                timeout=self.config.request_timeout,
+                headers=self._headers(extra),
+            )
+        except NoRespondersError:
+            raise WireError(ErrorCode.UNAVAILABLE, "service unavailable") from None
+        except NatsTimeout:
+            raise WireError(ErrorCode.TIMEOUT, "service timed out") from None
+        error = errors.from_headers(msg.headers)
+        if error is not None:
+            raise error
+        return msg
+
+    # -- client frames ---------------------------------------------------------------
+    async def on_text(self, text: str) -> None:
+        try:
+            message = wf.decode_client(text)
+        except WireError as exc:
+            rid = None
+            with contextlib.suppress(orjson.JSONDecodeError):
+                rid = wf.request_id(orjson.loads(text))
+            self.send_error(rid, exc)
+            return
+        try:
+            await self.dispatch(message)
+        except WireError as exc:
+            self.send_error(getattr(message, "id", None), exc, getattr(message, "file", None))
+
+    async def dispatch(self, message: wf.ClientMessage) -> None:
+        match message:
+            case wf.Upload():
+                await self.begin_upload(message)
+            case wf.Download():
+                await self.begin_download(message)
+            case wf.Ack(file=fid, offset=offset):
+                dl = self.download
+                if dl is not None and dl.file == fid and offset > dl.acked:
+                    dl.acked = min(offset, dl.size)
+                    dl.credit.set()
+            case wf.Cancel(file=fid):
+                if self.download is not None and self.download.file == fid:
+                    self.stop_download("abandoned")
+            case wf.ListFiles(id=rid):
+                msg = await self.ask(Op.FILE_LIST)
+                body = orjson.loads(msg.data)
+                self.send_text(wf.server("list", id=rid, **body))
+            case wf.Delete(id=rid, file=fid):
+                msg = await self.ask(Op.FILE_DELETE, extra={h.FILE: fid})
+                if self.upload is not None and self.upload.file == fid:
+                    await self.end_upload("abandoned")
+                self.send_text(wf.server("deleted", id=rid, file=fid, **orjson.loads(msg.data)))
+            case wf.Inspect(id=rid, file=fid):
+                msg = await self.ask(Op.FILE_INFO, extra={h.FILE: fid})
+                self.send_text(wf.server("inspect", id=rid, file=orjson.loads(msg.data)))
+
+    # -- upload ----------------------------------------------------------------------
+    async def begin_upload(self, req: wf.Upload) -> None:
+        if self.upload is not None:
+            await self.end_upload("abandoned")
+        body = orjson.dumps({"name": req.name, "size": req.size, "sha256": req.sha256})
+        reply = orjson.loads((await self.ask(Op.FILE_UPLOAD, body)).data)
+        if reply["state"] == "stored":
+            self.send_text(wf.server("stored", id=req.id, file=reply["file"]))
+            return
+        chunk = min(reply["chunk_size"], self.max_chunk)
+        up = UploadState(
+            req.id,
+            reply["file"],
+            reply["size"],
+            chunk,
+            upload_subject(reply["file"]),
+            reply["offset"],
+            reply["offset"],
+        )
+        nc = self.hub.nc
+        assert nc is not None
+        up.inbox = nc.new_inbox()
+        up.sub = await nc.subscribe(up.inbox, cb=functools.partial(self.on_stored, up))
+        up.room.set()
+        self.upload = up
+        self.metrics.active.labels("up").inc()
+        self.send_text(
+            wf.server(
+                "upload",
+                id=req.id,
+                file=up.file,
+                name=reply["name"],
+                size=up.size,
+                offset=up.acked,
+                chunk_size=chunk,
+                window=self.config.upload_window * chunk,
+            )
+        )
+
+    async def on_chunk(self, frame: bytes) -> None:
+        up = self.upload
+        if up is None:
+            self.send_error(None, WireError(ErrorCode.BAD_REQUEST, "no upload in progress"))
+            return
+        offset, data = wf.unpack_chunk(frame)
+        problem = None
+        if offset != up.next_offset:
+            problem = f"chunk at {offset}: the upload continues at {up.next_offset}"
+        elif not data or len(data) > up.chunk_size:
+            problem = f"a chunk is 1 to {up.chunk_size} bytes, not {len(data)}"
+        elif offset + len(data) > up.size:
+            problem = f"chunk ends at {offset + len(data)}, past the size {up.size}"
+        if problem is not None:
+            self.send_error(up.rid, WireError(ErrorCode.BAD_REQUEST, problem), up.file)
+            await self.end_upload("error")
+            return
+        nc = self.hub.nc
+        assert nc is not None
+        extra = {h.OFFSET: str(offset)}
+        up.next_offset = offset + len(data)
+        if up.inflight == 0:
+            up.answered = time.monotonic()
+        up.inflight += 1
+        if up.inflight >= self.config.upload_window:
+            up.room.clear()
+        try:
+            await nc.publish(up.subject, bytes(data), reply=up.inbox, headers=self._headers(extra))
+        except Exception as exc:
+            log.warning("chunk publish failed: %s", exc)
+            self.send_error(up.rid, WireError(ErrorCode.UNAVAILABLE, "unavailable"), up.file)
+            await self.end_upload("error")
+            return
+        self.metrics.bytes.labels("up").inc(len(data))
+
+    async def on_stored(self, up: UploadState, msg: Msg) -> None:
+        if up.done:
+            return
+        up.inflight -= 1
+        up.answered = time.monotonic()
+        if up.inflight < self.config.upload_window:
+            up.room.set()
+        error = errors.from_headers(msg.headers)
+        end = wf.header_int(msg.headers, h.END)
+        if error is not None:
+            self.send_text(
+                wf.server(
+                    "error",
+                    id=up.rid,
+                    file=up.file,
+                    code=str(error.code),
+                    message=error.description,
+                    offset=end,
+                )
+            )
+            self.hub.metrics.errors.labels(error.code).inc()
+            await self.end_upload("error")
+            return
+        if end is not None and end > up.acked:
+            up.acked = end
+        if msg.data:  # the last chunk: the stored file's info
+            self.send_text(wf.server("stored", id=up.rid, file=orjson.loads(msg.data)))
+            await self.end_upload("ok")
+            return
+        self.send_text(
+            wf.server("progress", file=up.file, direction="up", offset=up.acked, size=up.size)
+        )
+
+    async def end_upload(self, status: str) -> None:
+        up = self.upload
+        if up is None or up.done:
+            return
+        up.done = True
+        up.room.set()
+        self.upload = None
+        self.metrics.active.labels("up").dec()
+        self.metrics.transfers.labels("up", status).inc()
+        if up.sub is not None:
+            with contextlib.suppress(Exception):
+                await up.sub.unsubscribe()
+
+    async def upload_room(self) -> None:
+        """Wait until the upload may take another chunk (window not full)."""
+        up = self.upload
+        if up is not None and not up.room.is_set():
+            await up.room.wait()
+
+    # -- download --------------------------------------------------------------------
+    async def begin_download(self, req: wf.Download) -> None:
+        if self.download is not None:
+            self.stop_download("abandoned")
+        msg = await self.ask(Op.FILE_INFO, extra={h.FILE: req.file})
+        info = orjson.loads(msg.data)
+        size = info["size"]
+        offset = min(req.offset, size)
+        chunk = max(info.get("chunk_size") or 0, 1)
+        window = req.window or self.config.download_window
+        window = max(chunk, min(window, self.config.max_download_window))
+        dl = DownloadState(req.file, size, offset, window)
+        self.download = dl
+        self.metrics.active.labels("down").inc()
+        self.send_text(wf.server("download", id=req.id, file=info, offset=offset, window=window))
+        dl.task = asyncio.create_task(self.pump(dl, offset, info["sha256"]))
+
+    def stop_download(self, status: str) -> None:
+        dl = self.download
+        if dl is None:
+            return
+        self.download = None
+        self.metrics.active.labels("down").dec()
+        self.metrics.transfers.labels("down", status).inc()
+        if dl.task is not None and dl.task is not asyncio.current_task():
+            dl.task.cancel()
+
+    def _read(self, dl: DownloadState, offset: int, cursor: int | None) -> asyncio.Task:
+        extra = {h.FILE: dl.file, h.OFFSET: str(offset), h.COUNT: str(self.config.read_chunks)}
+        if cursor is not None:
+            extra[h.CURSOR] = str(cursor)
+        return asyncio.create_task(self.ask(Op.FILE_READ, extra=extra))
+
+    async def pump(self, dl: DownloadState, offset: int, sha256: str) -> None:
+        position = offset
+        cursor: int | None = None
+        pending: asyncio.Task | None = None
+        try:
+            if position < dl.size:
+                pending = self._read(dl, position, cursor)
+            while pending is not None:
+                try:
+                    msg = await pending
+                except WireError as exc:
+                    self.send_error(None, exc, dl.file)
+                    self.stop_download("error")
+                    return
+                pending = None
+                first = wf.header_int(msg.headers, h.OFFSET)
+                end = wf.header_int(msg.headers, h.END) or position
+                cursor = wf.header_int(msg.headers, h.CURSOR)
+                try:
+                    pieces = decode_frames(msg.data)
+                except FrameDecodeError:
+                    pieces = []
+                if first != position or not pieces:
+                    error = WireError(ErrorCode.INTERNAL, f"bad read at {position}")
+                    self.send_error(None, error, dl.file)
+                    self.stop_download("error")
+                    return
+                if end < dl.size and end - dl.acked < dl.window:  # prefetch the next read
+                    pending = self._read(dl, end, cursor)
+                for piece in pieces:
+                    data: bytes = piece.data  # type: ignore[assignment]
+                    while position + len(data) - dl.acked > dl.window:  # no credit
+                        dl.credit.clear()
+                        await dl.credit.wait()
+                    await self.until_drained()  # the socket took the previous chunk
+                    self.conn.enqueue(
+                        {"type": "websocket.send", "bytes": wf.pack_chunk(position, data)}
+                    )
+                    self.drained.clear()
+                    self.conn.wake.set()
+                    position += len(data)
+                    self.metrics.bytes.labels("down").inc(len(data))
+                self.send_text(
+                    wf.server(
+                        "progress", file=dl.file, direction="down", offset=position, size=dl.size
+                    )
+                )
+                if position < dl.size and pending is None:
+                    pending = self._read(dl, position, cursor)
+            self.send_text(wf.server("done", file=dl.file, size=dl.size, sha256=sha256))
+            if self.download is dl:
+                self.stop_download("ok")
+        finally:
+            if pending is not None:
+                pending.cancel()
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def watchdog(self) -> None:
+        """An upload whose chunks get no answer within the request timeout fails
+        (its owner died): the client sends ``upload`` again and resumes."""
+        while True:
+            await asyncio.sleep(0.25)
+            up = self.upload
+            if up is None or up.inflight == 0:
+                continue
+            if time.monotonic() - up.answered > self.config.request_timeout:
+                error = WireError(ErrorCode.TIMEOUT, "storage timed out; send upload again")
+                self.send_error(up.rid, error, up.file)
+                await self.end_upload("error")
+
+    async def close(self) -> None:
+        await self.end_upload("abandoned")
+        self.stop_download("abandoned")
+
+
+class FilesEndpoint(RelayEndpoint):
+    """ASGI app for ``/ws/files``."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        auth: Authenticator,
+        settings: GatewaySettings,
+        metrics: GatewayMetrics,
+        config: FilesSettings,
+        file_metrics: FileMetrics,
+    ) -> None:
+        super().__init__(FILES, hub, settings, metrics)
+        self.auth = auth
+        self.config = config
+        self.file_metrics = file_metrics
+        self.max_chunk = settings.max_frame_bytes - wf.CHUNK_HEADER.size
+
+    async def __call__(self, scope, receive, send) -> None:  # ASGI
+        if (await receive())["type"] != "websocket.connect":
+            return
+        hub = self.hub
+        ip = await self.admit(scope, send)
+        if ip is None:
+            return
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), True))
+        offered = scope.get("subprotocols") or []
+        accept: dict[str, object] = {"type": "websocket.accept"}
+        for proto in (FILES_SUBPROTOCOL, SUBPROTOCOL):
+            if proto in offered:
+                accept["subprotocol"] = proto
+                break
+        try:
+            username = query.get("username")
+            if username is not None:
+                check_username(username)
+            identity = self.auth.identify(token_from(query, offered), username)
+        except WireError as exc:
+            await send(accept)
+            code = int(CloseCode.POLICY_VIOLATION)
+            await send({"type": "websocket.close", "code": code, "reason": exc.description})
+            hub.admission.release(ip)
+            return
+        await send(accept)
+        conn = self.connection(ip, identity.user, None)
+        files = FilesSocket(
+            conn, hub, identity.user, self.config, self.file_metrics, self.max_chunk
+        )
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def receiver() -> None:
+                    await self._receive_files(conn, files, receive)
+                    tg.cancel_scope.cancel()
+
+                async def sender() -> None:
+                    await self._send_files(conn, files, send)
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(receiver)
+                tg.start_soon(sender)
+                tg.start_soon(files.watchdog)
+        finally:
+            await files.close()
+            hub.unregister(conn)
+            self.open.dec()
+
+    async def _receive_files(self, conn: Connection, files: FilesSocket, receive) -> None:
+        while True:
+            await files.upload_room()
+            message = await receive()
+            if message["type"] != "websocket.receive":
+                return
+            conn.active = time.monotonic()
+            text = message.get("text")
+            if text is not None:
+                self.in_text.inc()
+                self.in_text_bytes.inc(len(text))
+                # Control frames count against the rate limits; chunks are bounded by
+                # the upload window, the file size limit and the quota instead.
+                if not conn.limiter.allow(len(text)):
+                    if await self.refuse_rate(conn):
+                        return
+                    continue
+                await files.on_text(text)
+                continue
+            data = message.get("bytes") or b""
+            self.in_binary.inc()
+            self.in_binary_bytes.inc(len(data))
+            try:
+                await files.on_chunk(data)
+            except WireError as exc:
+                files.send_error(None, exc)
+
+    async def _send_files(self, conn: Connection, files: FilesSocket, send) -> None:
+        out = conn.out
+        while True:
+            if not out:
+                files.drained.set()
+                conn.wake.clear()
+                await conn.wake.wait()
+                continue
+            message = out.popleft()
+            text = message.get("text")
+            if text is not None:
+                self.out_text.inc()
+                self.out_text_bytes.inc(len(text))
+            elif message["type"] == "websocket.send":
+                self.out_binary.inc()
+                self.out_binary_bytes.inc(len(message["bytes"]))
+            try:
+                await send(message)
+            except Exception:  # the peer is gone; the receiver sees the disconnect
+                return
+            conn.sent(message)
+            if not out:
+                files.drained.set()
+            if message["type"] == "websocket.close":
+                return
+
+
+def mount(app: FastAPI, hub: Hub, settings: GatewaySettings, metrics: GatewayMetrics) -> None:
+    """``/ws/files`` and ``GET /files``."""
+    config = FilesSettings()
+    endpoint = FilesEndpoint(
+        hub, Authenticator(settings), settings, metrics, config, FileMetrics(metrics.registry)
+    )
+    app.router.routes.append(WebSocketRoute(PATH, endpoint))
+    page = PAGE.read_text()
+
+    @app.get(PAGE_PATH, response_class=HTMLResponse, include_in_schema=False)
+    async def files_page() -> HTMLResponse:
+        return HTMLResponse(page)
