@@ -106,7 +106,10 @@ class Member:
 
 def seq_header(headers: object, name: str) -> int | None:
     raw = headers.get(name) if isinstance(headers, dict) else None
-    return int(raw) if raw is not None and raw.isdigit() else None
+    # isascii: str.isdigit() is also true for digits int() refuses, such as "²";
+    # at most 20 digits (a u64): int() refuses over 4300
+    ok = isinstance(raw, str) and len(raw) <= 20 and raw.isascii() and raw.isdigit()
+    return int(raw) if ok else None
 
 
 class Rooms:
@@ -172,7 +175,11 @@ class Rooms:
         seq = seq_header(msg.headers, h.SEQ)
         if not members or seq is None:
             return
-        message = {"type": "websocket.send", "text": msg.data.decode()}
+        try:
+            message = {"type": "websocket.send", "text": msg.data.decode()}
+        except UnicodeDecodeError:
+            log.error("malformed room event", extra={"subject": msg.subject})
+            return
         for member in list(members.values()):
             member.on_event(seq, message)
 

@@ -138,7 +138,10 @@ def decode_client(data: str | bytes) -> ClientMessage:
         case "leave":
             return Leave(rid, room)
         case "publish":
-            body = orjson.dumps(payload)
+            try:
+                body = orjson.dumps(payload)
+            except orjson.JSONEncodeError:  # parsed (1024 levels), too deep to re-encode (254)
+                raise _bad("payload nested too deeply") from None
             if len(body) > MAX_PAYLOAD_BYTES:
                 raise WireError(ErrorCode.TOO_LARGE, f"payload over {MAX_PAYLOAD_BYTES} bytes")
             return Publish(rid, room, body)

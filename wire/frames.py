@@ -121,7 +121,10 @@ class Request:
 
     def int_header(self, name: str) -> int | None:
         raw = (self.headers or {}).get(name)
-        return int(raw) if raw is not None and raw.isdigit() else None
+        # isascii: str.isdigit() is also true for digits int() refuses, such as "²";
+        # at most 20 digits (a u64): int() refuses over 4300
+        ok = raw is not None and len(raw) <= 20 and raw.isascii() and raw.isdigit()
+        return int(raw) if ok else None
 
     @property
     def text(self) -> str:

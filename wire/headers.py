@@ -72,6 +72,6 @@ def age_seconds(stamp: str | None, now: int | None = None) -> float | None:
         return None
     try:
         sent = int(stamp)
-    except ValueError:
+        return max(0.0, ((now or time.time_ns()) - sent) / 1e9)
+    except (ValueError, OverflowError):  # not a number; a number too large for a float
         return None
-    return max(0.0, ((now or time.time_ns()) - sent) / 1e9)
