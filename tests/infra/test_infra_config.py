@@ -298,3 +298,16 @@ def test_edge_entrypoint_picks_the_first_nameserver(tmp_path: Path) -> None:
     resolv.write_text("nameserver fd00::1\n")
     assert run(["awk", awk.group(1), str(resolv)]).stdout.strip() == "[fd00::1]"
     assert os.access(ROOT / "infra" / "nginx" / "edge-entrypoint.sh", os.R_OK)
+
+
+def test_the_image_holds_everything_the_processes_import() -> None:
+    """The Dockerfile copies gateway/, services/ and wire/ only."""
+    copied = re.findall(r"^COPY (\w+) \./\1$", (ROOT / "Dockerfile").read_text(), re.M)
+    assert set(copied) == {"gateway", "services", "wire"}
+    local = {p.name for p in ROOT.iterdir() if (p / "__init__.py").exists()}
+    outside = local - set(copied)
+    pattern = re.compile(rf"^\s*(?:from|import) ({'|'.join(sorted(outside))})\b", re.M)
+    for package in copied:
+        for path in (ROOT / package).rglob("*.py"):
+            found = pattern.search(path.read_text())
+            assert not found, f"{path.relative_to(ROOT)} imports {found.group(1)}, not in the image"
