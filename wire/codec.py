@@ -81,7 +81,8 @@ def parse_request(frame: bytes) -> CodecRequest:
     level = default
     if len(parts) == 3:
         raw = parts[2]
-        if not raw.lstrip("-").isdigit() or len(raw) > 3 or not low <= int(raw) <= high:
+        # removeprefix, not lstrip: "--1" passed lstrip("-").isdigit() and int() raised
+        if not raw.removeprefix("-").isdigit() or len(raw) > 3 or not low <= int(raw) <= high:
             raise WireError(ErrorCode.BAD_REQUEST, f"{fmt} level must be {low}-{high}")
         level = int(raw)
     return CodecRequest(direction, fmt, level, end + 1)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
+import hashlib
 import io
 import json
 import random
@@ -473,6 +474,146 @@ def compressed_cases() -> list[Case]:
     ]
 
 
+def codec_cases() -> list[Case]:
+    p = "/ws/codec"
+    header = "a frame starts with a header line such as 'compress:zstd:3' and a newline"
+    over = status_err("Decompressed data exceeds 4194304 bytes")  # SB_CODEC_TRANSFORM_CAP_BYTES
+
+    def c(name: str, frame: bytes, *expect: Any) -> Case:
+        return Case(p, name, [binary(frame)], list(expect))
+
+    return [
+        Case(p, "text-frame", [text("compress:zlib\nx")], [status_err("expected a binary frame")]),
+        c("empty-binary", b"", status_err(header)),
+        c("binary-garbage", GARBAGE, status_err(header)),
+        c("header-too-long", b"compress:zstd:" + b"9" * 40 + b"\nx", status_err(header)),
+        c("header-not-ascii", b"\xff\xfe:zlib\nx", status_err("header is not ASCII")),
+        c("header-missing-format", b"compress\nx", status_err("header is <op>:<format>[:<level>]")),
+        c("unknown-op", b"COMPRESS:zlib\nx", status_err("op must be compress or decompress")),
+        c("unknown-format", b"compress:lz4\nx", status_err("format must be zlib, gzip or zstd")),
+        c("level-too-high", b"compress:zstd:99\nx", status_err("zstd level must be 1-19")),
+        c("level-negative", b"compress:zstd:-1\nx", status_err("zstd level must be 1-19")),
+        c("level-double-minus", b"compress:zstd:--1\nx", status_err("zstd level must be 1-19")),
+        c("zstd-bomb", b"decompress:zstd\n" + ZSTD_BOMB, over),
+        c("zlib-bomb", b"decompress:zlib\n" + ZLIB_BOMB, over),
+        c("gzip-bomb", b"decompress:gzip\n" + GZIP_BOMB, over),
+        c(
+            "zip-bomb-as-zlib",
+            b"decompress:zlib\n" + ZIP_BOMB,
+            status_err("Failed to decompress data: not a complete zlib stream"),
+        ),
+        c(
+            "zstd-garbage",
+            b"decompress:zstd\n\x28\xb5\x2f\xfd" + b"\xff" * 20,
+            status_err("Failed to decompress data: not a complete zstd stream"),
+        ),
+    ]
+
+
+def inspect_cases() -> list[Case]:
+    p = "/ws/inspect"
+
+    def report(data: bytes, media: str) -> Callable[[Any], bool]:
+        return j(
+            {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "media_type": media}
+        )
+
+    png_header_only = b"\x89PNG\r\n\x1a\n" + b"\0" * 20
+    return [
+        Case(p, "text-frame", [text("x")], [status_err("expected a binary frame")]),
+        Case(p, "empty-binary", [binary(b"")], [report(b"", "application/octet-stream")]),
+        Case(p, "binary-garbage", [binary(GARBAGE)], [report(GARBAGE, "application/octet-stream")]),
+        Case(p, "truncated-png", [binary(png_header_only)], [report(png_header_only, "image/png")]),
+        Case(
+            p,
+            "zstd-bomb-is-not-inflated",
+            [binary(ZSTD_BOMB)],
+            [lambda f: json.loads(f)["size"] == len(ZSTD_BOMB)],
+        ),
+    ]
+
+
+def files_cases() -> list[Case]:
+    p = "/ws/files"
+
+    def err(
+        code: str, message: str, rid: str | None = None, file: str | None = None
+    ) -> Callable[[Any], bool]:
+        frame: dict[str, Any] = {"type": "error"}
+        if rid is not None:
+            frame["id"] = rid
+        if file is not None:
+            frame["file"] = file
+        return j({**frame, "code": code, "message": message})
+
+    def e(name: str, frame: str, *expect: Any) -> Case:
+        return Case(p, name, [text(frame)], list(expect))
+
+    env = json.dumps
+    file_rule = "file must be a file id (26 characters)"
+    return [
+        e("invalid-json", "nope", err("400", "invalid JSON")),
+        e("empty-text", "", err("400", "invalid JSON")),
+        e("not-an-object", "[1]", err("400", "a frame is a JSON object")),
+        e(
+            "deeply-nested",
+            '{"type":"list","id":"l","x":' + nested(2000) + "}",
+            err("400", "invalid JSON"),
+        ),
+        e(
+            "unknown-type",
+            env({"type": "hello", "id": "a"}),
+            err(
+                "400",
+                "type must be one of upload, download, ack, cancel, list, delete, inspect",
+                "a",
+            ),
+        ),
+        e(
+            "upload-missing-fields",
+            env({"type": "upload", "id": "a"}),
+            err("400", "name must be a non-empty string", "a"),
+        ),
+        e(
+            "upload-negative-size",
+            env({"type": "upload", "id": "u", "name": "n", "size": -1, "sha256": "0" * 64}),
+            err("400", "size must be a non-negative integer", "u"),
+        ),
+        e(
+            "upload-huge-size",
+            env({"type": "upload", "id": "u", "name": "n", "size": 10**30, "sha256": "0" * 64}),
+            err("400", "size must be a non-negative integer", "u"),
+        ),
+        e(
+            "upload-control-characters-in-name",
+            env({"type": "upload", "id": "u", "name": "a\u0000b", "size": 1, "sha256": "0" * 64}),
+            err("400", "name contains control characters", "u"),
+        ),
+        e(
+            "download-path-traversal",
+            env({"type": "download", "id": "d", "file": "../../etc/passwd"}),
+            err("400", file_rule, "d"),
+        ),
+        e(
+            "download-subject-wildcards",
+            env({"type": "download", "id": "d", "file": "a.*.>"}),
+            err("400", file_rule, "d"),
+        ),
+        e(
+            "ack-huge-offset",
+            env({"type": "ack", "file": "a" * 26, "offset": 2**70}),
+            err("400", "offset must be a non-negative integer"),
+        ),
+        e(
+            "delete-unknown-file",
+            env({"type": "delete", "id": "x", "file": "a" * 26}),
+            err("404", f"no file {'a' * 26}", "x", "a" * 26),
+        ),
+        Case(p, "chunk-without-upload", [binary(GARBAGE)], [err("400", "no upload in progress")]),
+        Case(p, "empty-chunk", [binary(b"")], [err("400", "no upload in progress")]),
+    ]
+
+
 def compressed_reply(data: bytes) -> dict[str, str]:
     packed = zlib.compress(data)
     return {
@@ -683,6 +824,9 @@ APP = [
     *compressed_cases(),
     *chat_cases(),
     *v2_cases(),
+    *codec_cases(),
+    *inspect_cases(),
+    *files_cases(),
 ]
 
 # A normal round trip per endpoint: (frame, the reply's frames).
@@ -702,6 +846,31 @@ NORMAL: dict[str, tuple[Send, list[Any]]] = {
     "/ws/v2": (
         text('{"type":"ping","id":"normal"}'),
         [j({"type": "pong", "id": "normal", "payload": {}})],
+    ),
+    "/ws/codec": (
+        binary(b"compress:zlib:9\n" + b"a" * 1000),
+        [
+            j(
+                {
+                    "status": "success",
+                    "op": "compress",
+                    "format": "zlib",
+                    "level": 9,
+                    "input_bytes": 1000,
+                    "output_bytes": len(zlib.compress(b"a" * 1000, 9)),
+                    "ratio": round(len(zlib.compress(b"a" * 1000, 9)) / 1000, 4),
+                }
+            ),
+            zlib.compress(b"a" * 1000, 9),
+        ],
+    ),
+    "/ws/inspect": (
+        binary(b"GIF89a\x01\x00\x01\x00"),
+        [lambda f: json.loads(f)["media_type"] == "image/gif" and json.loads(f)["width"] == 1],
+    ),
+    "/ws/files": (
+        text('{"type":"list","id":"normal"}'),
+        [lambda f: json.loads(f)["type"] == "list" and json.loads(f)["id"] == "normal"],
     ),
     "/ws/dashboard": (
         text("ignored"),
@@ -755,7 +924,7 @@ async def open_case(
         while json.loads(await ws.recv()) != joined:
             pass
         keep = chat_filter(user)
-    elif path == "/ws/v2":
+    elif path in ("/ws/v2", "/ws/files"):
         user = query or user
         ws = await Raw.open(f"{url}?username={user}", deflate)
     elif path == "/ws/dashboard":

@@ -7,7 +7,8 @@ Documented exceptions, per decoder:
 - ``wire.frames.decode_frames``: ``FrameDecodeError``;
 - ``wire.frames.decode_request``: ``ValueError`` (``UnicodeDecodeError``) for a
   percent-encoded header that is not UTF-8; ``Request.text``: ``UnicodeDecodeError``;
-- ``wire.envelope.decode_client``: ``WireError``;
+- ``wire.envelope.decode_client``, ``wire.files.decode_client`` and ``unpack_chunk``,
+  ``wire.codec.parse_request``: ``WireError``;
 - ``wire.presence.Heartbeat.decode``: ``ValueError``, ``KeyError``, ``TypeError`` (what its
   caller, ``services/chat/service.py``, catches);
 - ``wire.subjects.parse_reply_subject`` and the subject builders: ``ValueError``;
@@ -44,7 +45,8 @@ from gateway.relay import RelayEndpoint
 from gateway.rooms import Member, seq_header
 from gateway.settings import GatewaySettings
 from gateway.v2 import V2Endpoint
-from wire import envelope, errors, frames, names, subjects
+from wire import codec, envelope, errors, frames, names, subjects
+from wire import files as wf
 from wire import headers as h
 from wire.errors import ErrorCode, WireError
 from wire.frames import BinaryFrame, FrameDecodeError, TextFrame
@@ -52,7 +54,7 @@ from wire.metrics import GatewayMetrics
 from wire.presence import Heartbeat
 
 # Bounded so the file runs in seconds; SB_FUZZ_EXAMPLES=5000 for a deeper search.
-EXAMPLES = int(os.environ.get("SB_FUZZ_EXAMPLES", "250"))
+EXAMPLES = int(os.environ.get("SB_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -355,6 +357,73 @@ def test_check_username_raises_only_wire_error(name: str | None) -> None:
 def test_seq_header_never_raises(hdrs: Any, name: str) -> None:
     value = seq_header(hdrs, name)
     assert value is None or (isinstance(value, int) and value >= 0)
+
+
+@FUZZ
+@given(
+    st.binary(max_size=60)
+    | st.builds(
+        lambda op, fmt, level, data: f"{op}:{fmt}{level}".encode() + b"\n" + data,
+        st.sampled_from(["compress", "decompress", "COMPRESS", ""]) | st.text(max_size=6),
+        st.sampled_from(["zlib", "gzip", "zstd", "lz4"]) | st.text(max_size=6),
+        st.sampled_from(["", ":", ":0", ":19", ":-1", ":--1", ":-", ":+1", ": 1", ":1_0"])
+        | st.text(max_size=5).map(lambda t: ":" + t),
+        st.binary(max_size=10),
+    )
+)
+@example(b"compress:zstd:--1\nx")  # "--1".lstrip("-").isdigit(): int("--1") raised ValueError
+def test_codec_parse_request_raises_only_wire_error(frame: bytes) -> None:
+    try:
+        req = codec.parse_request(frame)
+    except WireError as exc:
+        assert exc.code == ErrorCode.BAD_REQUEST
+        return
+    low, high, _ = codec.LEVELS[req.format]
+    assert low <= req.level <= high
+    assert frame[req.start - 1 : req.start] == b"\n"
+
+
+files_json = st.fixed_dictionaries(
+    {"type": st.sampled_from([*wf.CLIENT_TYPES, "hello"]) | json_values},
+    optional={
+        "id": id_like | json_values,
+        "name": st.text(max_size=300) | json_values,
+        "size": st.integers(-5, 2**64 - 1) | json_values,
+        "sha256": st.sampled_from(["0" * 64, "A" * 64, "g" * 64]) | json_values,
+        "file": st.sampled_from(["a" * 26, "../../etc/passwd", "a.*.>"]) | json_values,
+        "offset": st.integers(-5, 2**64 - 1) | json_values,
+        "window": st.integers(-5, 2**64 - 1) | json_values,
+    },
+)
+
+
+@FUZZ
+@given(st.text(max_size=200) | (files_json | json_values).map(lambda v: orjson.dumps(v).decode()))
+def test_files_decode_client_raises_only_wire_error(text: str) -> None:
+    try:
+        msg = wf.decode_client(text)
+    except WireError as exc:
+        assert exc.code == ErrorCode.BAD_REQUEST
+        return
+    for name in ("file", "id"):
+        value = getattr(msg, name, None)
+        assert value is None or (value.isascii() and " " not in value)
+    if isinstance(msg, wf.Upload):
+        assert len(msg.sha256) == 64 and msg.size >= 0
+
+
+@FUZZ
+@given(st.binary(max_size=40), st.none() | headers_maps, header_names)
+def test_files_chunks_and_headers(frame: bytes, hdrs: dict[str, str] | None, name: str) -> None:
+    try:
+        offset, data = wf.unpack_chunk(frame)
+    except WireError:
+        assert len(frame) < 8
+    else:
+        assert wf.pack_chunk(offset, bytes(data)) == frame
+    value = wf.header_int(hdrs, name)
+    assert value is None or value >= 0
+    assert wf.request_id(hdrs) is None or isinstance(wf.request_id(hdrs), str)
 
 
 # -- the gateway's frame handling -----------------------------------------------------
