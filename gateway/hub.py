@@ -136,6 +136,13 @@ class Hub:
                 after_ms = random.randint(100, 1000)
                 conn.push({"type": "websocket.send", "text": envelope.reconnect(reason, after_ms)})
             conn.close(code, reason)
+        # Let the senders write those frames: the server's own shutdown, next, would
+        # close the sockets at once with 1012, no reason and no reconnect hint.
+        deadline = time.monotonic() + min(grace, 2.0)
+        while self.connections:
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.02)
 
     # -- connections ---------------------------------------------------------------
     def new_id(self) -> int:
@@ -167,6 +174,11 @@ class Hub:
         called as ``hook(messages, headers, error)`` when the reply's turn comes in the
         connection's order, instead of sending the reply's frames. ``received``: when
         the relay read the frame (``perf_counter``), where its hop timings start."""
+        if not self.accepting:
+            # Shutting down: what is in flight is being finished, nothing new is
+            # started, so the 1001 close comes promptly even under load. A frame left
+            # unanswered at that close was not processed: the client sends it again.
+            return
         loop_now = asyncio.get_running_loop().time()
         pending = Pending(
             loop_now + self.settings.request_timeout,

@@ -165,6 +165,7 @@ async def serve(
         publisher.cancel()
         log.info("draining", extra={"service": str(service)})
         try:
+            await asyncio.wait_for(_drain_endpoints(svc), settings.shutdown_timeout)
             await asyncio.wait_for(nc.drain(), settings.shutdown_timeout)
         except TimeoutError:
             log.warning("drain timed out", extra={"service": str(service)})
@@ -172,6 +173,15 @@ async def serve(
         if not nc.is_closed:
             await nc.close()
         server.shutdown()
+
+
+async def _drain_endpoints(svc) -> None:
+    """Stop taking requests and finish those already received, first, while the rest of
+    the connection still works: ``nc.drain()`` drains every subscription at once, the
+    request-reply inbox too, so a handler that makes a request of its own while it
+    finishes (chat's JetStream publish and reads) would never get that answer."""
+    subs = [getattr(ep, "_subscription", None) for ep in getattr(svc, "_endpoints", ())]
+    await asyncio.gather(*(sub.drain() for sub in subs if sub is not None))
 
 
 def run(service: Service, settings: ServiceSettings, factory: HandlerFactory) -> None:
