@@ -126,9 +126,8 @@ class Hub:
         """Stop accepting, let in-flight requests finish, then close every socket."""
         self.accepting = False
         deadline = time.monotonic() + grace
-        while any(c.pending for c in self.connections.values()):
-            if time.monotonic() > deadline:
-                break
+        # Polled: the condition spans every connection, and this runs once, at shutdown.
+        while any(c.pending for c in self.connections.values()) and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         for conn in list(self.connections.values()):
             if conn.rooms is not None and conn.spec.path == "/ws/v2":
@@ -139,9 +138,7 @@ class Hub:
         # Let the senders write those frames: the server's own shutdown, next, would
         # close the sockets at once with 1012, no reason and no reconnect hint.
         deadline = time.monotonic() + min(grace, 2.0)
-        while self.connections:
-            if time.monotonic() > deadline:
-                break
+        while self.connections and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
 
     # -- connections ---------------------------------------------------------------

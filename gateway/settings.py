@@ -65,7 +65,9 @@ class GatewaySettings(BaseSettings):
     rate_frames_burst: float = Field(1000.0, gt=0)
     rate_bytes: float = Field(32 * 1024 * 1024, gt=0, description="bytes/s per connection")
     rate_bytes_burst: float = Field(64 * 1024 * 1024, gt=0)
-    rate_close_after: int = Field(200, ge=1, description="refused frames in a row: close 1008")
+    rate_close_after: int = Field(
+        200, ge=1, description="refused frames beyond accepted ones: close 1008"
+    )
     idle_timeout: float = Field(300.0, ge=0, description="no frame from the client: close; 0 = off")
     send_queue_bytes: int = Field(
         1024 * 1024, gt=0, description="per socket; room events beyond it: close 1013"
@@ -78,6 +80,8 @@ class GatewaySettings(BaseSettings):
             self.jwt_public_key = Path(self.jwt_public_key[1:]).read_text()
         if self.jwt_public_key and "BEGIN PUBLIC KEY" not in self.jwt_public_key:
             raise ValueError("SB_GATEWAY_JWT_PUBLIC_KEY must be a PEM public key or @path")
+        if self.api_key is not None and len(self.api_key.get_secret_value()) < 16:
+            raise ValueError("SB_GATEWAY_API_KEY must be at least 16 characters (or unset)")
         if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value()) < 32:
             raise ValueError("SB_GATEWAY_JWT_SECRET must be at least 32 characters")
         if not self.allow_anonymous and not (self.jwt_secret or self.jwt_public_key):

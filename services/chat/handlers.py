@@ -198,7 +198,8 @@ class ChatHandlers:
         # The server stamps the sender: whatever the client wrote there is replaced.
         payload["sender"] = user
         payload["ts"] = _now_ms()
-        appended = await self.store.append(room, "message", payload, f"msg:{quoted(user)}:{rid}")
+        msg_id = f"msg:{room}:{quoted(user)}:{rid}"  # a re-sent publish: same room, user, id
+        appended = await self.store.append(room, "message", payload, msg_id)
         if not appended.duplicate:
             frame = tutorial_frame(f"{user}: {_tutorial_text(payload)}", user, "message")
             await self._tutorial(room, frame)

@@ -211,3 +211,17 @@ async def test_v2_publish_stamps_sender_and_dedupes() -> None:
     event = json.loads(stored.frame)
     assert event["payload"]["sender"] == "bob"  # the client's "mallory" was replaced
     assert event["seq"] == 1 and event["type"] == "message"
+
+
+async def test_same_publish_id_in_two_rooms_is_two_messages() -> None:
+    from wire import headers as h
+    from wire.subjects import Op
+
+    handlers, store = chat([])
+    for room in ("one", "two"):
+        req = Request(
+            b'{"text": "hi"}', "text", user="bob", room=room, headers={h.REQUEST_ID: "same"}
+        )
+        ack = json.loads(only_text(await handlers.ops()[Op.PUBLISH](req)))
+        assert ack["payload"] == {"seq": 1, "duplicate": False}
+    assert len(store.events["one"]) == len(store.events["two"]) == 1
