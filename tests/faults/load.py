@@ -379,6 +379,7 @@ class Subscriber(Client):
         self.stored_twice = 0  # one publish id delivered under two seqs
         self.unrecovered = 0  # a rejoin with since answered recovered: false
         self.rejoins = 0
+        self.replayed = 0  # events received in a rejoin's replay (since recovery)
 
     def query(self) -> str:
         return f"?username={self.name}"
@@ -429,6 +430,7 @@ class Subscriber(Client):
                     self.hints += 1
                     raise _hint(reply)
                 if "seq" in reply and reply.get("type") in ("message", "join", "leave"):
+                    self.replayed += 1
                     self.on_event(reply)
                 elif reply.get("id") == rid:
                     break
@@ -513,6 +515,7 @@ class Report:
     duplicated: int = 0  # a seq delivered twice, or one message stored twice (must be 0)
     gaps: int = 0
     unrecovered: int = 0
+    replayed: int = 0  # events subscribers recovered with since on a rejoin
     room_errors: int = 0  # error frames to publishers and joins
     room_hangs: int = 0
     unacked: int = 0  # ids a publisher gave up on (none expected)
@@ -543,7 +546,7 @@ class Report:
             f"{self.published} sent ({self.publish_frames} frames), {self.acknowledged} acked "
             f"({self.duplicate_acks} dup acks), {self.delivered}/{self.expected} delivered, "
             f"lost {self.lost}, duplicated {self.duplicated}, gaps {self.gaps}, "
-            f"unrecovered {self.unrecovered}, {self.room_errors} error frames, "
+            f"unrecovered {self.unrecovered}, replayed {self.replayed}, {self.room_errors} error frames, "
             f"{self.room_hangs} hangs | reconnects {self.reconnects} | max wait "
             f"{self.max_wait:.2f}s, stall requests {self.request_stall:.2f}s / room "
             f"{self.room_stall:.2f}s | {self.extra}"
@@ -664,6 +667,7 @@ class Load:
             r.duplicated += s.duplicates + s.stored_twice
             r.gaps += s.gaps
             r.unrecovered += s.unrecovered
+            r.replayed += s.replayed
             r.room_errors += s.errors
             r.room_hangs += s.hangs
             r.room_stall = max(r.room_stall, s.stall.max)
