@@ -246,9 +246,14 @@ class V2Endpoint(RelayEndpoint):
         error: WireError | None,
     ) -> None:
         if error is not None:
+            # Sending what follows the gap would lose the missing events for this
+            # client; closing lets it reconnect and recover them with since.
             log.warning("history fill failed: %s", error, extra={"room": member.room})
-        first = None if error else seq_header(headers, h.FIRST_SEQ)
-        more = error is None and bool(headers and headers.get(h.MORE))
+            member.abandon(None)
+            member.conn.close(int(CloseCode.TRY_AGAIN_LATER), "room history unavailable")
+            return
+        first = seq_header(headers, h.FIRST_SEQ)
+        more = bool(headers and headers.get(h.MORE))
         member.synced(messages, first, None, [], accept_gaps=not more)
         if more and not member.syncing:
             member.syncing = True

@@ -58,3 +58,15 @@ def test_abandon_sends_only_the_error() -> None:
     m.on_event(3, ev(3))
     m.abandon({"type": "websocket.send", "text": "err"})
     assert sent(m.conn) == ["err"]
+
+
+def test_failed_fill_closes_instead_of_skipping_the_gap() -> None:
+    from gateway.v2 import V2Endpoint
+    from wire.errors import ErrorCode, WireError
+
+    m, _ = member()
+    m.synced([], None, 1, [], accept_gaps=False)
+    m.on_event(3, ev(3))  # 2 lost, a fill is asked
+    V2Endpoint._filled(None, m, [], None, WireError(ErrorCode.UNAVAILABLE, "down"))  # type: ignore[arg-type]
+    assert [x.get("text") for x in m.conn.out] == [None]  # no e3: only the close
+    assert m.conn.out[-1]["code"] == 1013
