@@ -167,7 +167,8 @@ def report(rows: list[Row], plan: Plan, quick: bool, elapsed: float) -> str:
     lines = [
         f"Switchboard relay benchmark{' (--quick)' if quick else ''}, {now}",
         f"machine: {_cpu_model()}, {os.cpu_count()} cores; Python {platform.python_version()}; "
-        f"loopback 127.0.0.1; load average before: {_loadavg()}; code: {_revision()}",
+        f"loopback 127.0.0.1; load average before: {_loadavg()}; nice {os.nice(0)}; "
+        f"code: {_revision()}",
         f"load generator: websockets {version('websockets')} asyncio client on uvloop, "
         "no permessage-deflate, separate processes "
         f"({', '.join(f'{loadgen_processes(n)} for {n}' for n in LEVELS)} connections)",
