@@ -273,7 +273,7 @@ def _revision() -> str:
             [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            [*git, "status", "--porcelain", "--", *CODE_UNDER_TEST],
+            [*git, "status", "--porcelain", "--", *CODE_UNDER_TEST, ":(exclude)bench/results"],
             capture_output=True,
             text=True,
             check=True,
