@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -23,6 +24,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("codec", "binary", "chat")
 DEFAULT_METRICS_PORTS = {"chat": 9101, "binary": 9102, "codec": 9103}
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies (Linux), so that a test
+    run or `make run` killed hard leaves no workers behind."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -66,7 +76,16 @@ class Process:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.popen = subprocess.Popen(
-            self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+            self.argv,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            # PR_SET_PDEATHSIG fires when the *thread* that started the child ends, so
+            # only children started from the main thread get it.
+            preexec_fn=_die_with_parent
+            if threading.current_thread() is threading.main_thread()
+            else None,
         )
         log.close()
         return self
@@ -155,8 +174,8 @@ class LocalStack:
         proc = Process("nats", argv, self._env(), self.var_dir / "logs" / "nats.log")
         proc.port = self.nats_port
         proc.start()
+        self.nats = proc  # before waiting: stop() must reach it if it never gets ready
         _wait_for(lambda: "Server is ready" in proc.log(), timeout, "nats-server", proc.popen)
-        self.nats = proc
         return proc
 
     def restart_nats(self, timeout: float = 15.0) -> Process:
@@ -180,9 +199,13 @@ class LocalStack:
         proc = Process(name, [sys.executable, "-m", f"services.{name}"], self._env(extra), log)
         proc.metrics_port = metrics_port
         proc.start()
+        self.processes.append(proc)  # before waiting: stop() must reach it if it never gets ready
         ready = "switchboard-service-ready"  # services.runner.READY_LINE, on stdout
-        _wait_for(lambda: ready in proc.log(), timeout, f"service {name}", proc.popen)
-        self.processes.append(proc)
+        try:
+            _wait_for(lambda: ready in proc.log(), timeout, f"service {name}", proc.popen)
+        except Exception:
+            proc.kill()
+            raise
         return proc
 
     def start_gateway(
@@ -204,8 +227,12 @@ class LocalStack:
             except OSError:
                 return False
 
-        _wait_for(healthy, timeout, "gateway", proc.popen)
-        self.processes.append(proc)
+        self.processes.append(proc)  # before waiting: stop() must reach it if it never gets ready
+        try:
+            _wait_for(healthy, timeout, "gateway", proc.popen)
+        except Exception:
+            proc.kill()
+            raise
         return proc
 
     def wait_ready(self, gateway: Process, timeout: float = 15.0) -> None:

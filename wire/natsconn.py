@@ -67,7 +67,7 @@ def _jittered(servers: list[Server], info: dict[str, Any]) -> tuple[Server | Non
 
 def backoff(attempt: int, base: float = 0.1, cap: float = 2.0) -> float:
     """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**attempt)]."""
-    return random.uniform(0, min(cap, base * 2**attempt))
+    return random.uniform(0, min(cap, base * 2 ** min(attempt, 30)))
 
 
 async def _connect(url, name, user, password, connect_timeout, disconnected, reconnected, error):

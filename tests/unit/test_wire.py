@@ -100,3 +100,10 @@ def test_user_header_survives_any_characters(user: str) -> None:
     hdrs = request_headers("text", user=user, room="general")
     assert all("\r" not in v and "\n" not in v for v in hdrs.values())
     assert decode_request(b"", hdrs).user == user
+
+
+def test_reconnect_backoff_stays_bounded_for_ever() -> None:
+    from wire.natsconn import backoff
+
+    for attempt in (1, 10, 1023, 1024, 10**6):
+        assert 0 <= backoff(attempt) <= 2.0
