@@ -26,12 +26,16 @@ def _status_error(error: WireError, description: str, tag: str | None) -> dict[s
     return {"type": "websocket.send", "text": json.dumps(payload, separators=(",", ":"))}
 
 
-def _route(service: Service, op: Op) -> Route:
-    return Route(service, op, service_subject(service, op), idempotent=True)
+def _route(service: Service, op: Op, idempotent: bool) -> Route:
+    return Route(service, op, service_subject(service, op), idempotent)
 
 
-CODEC = EndpointSpec("/ws/codec", None, _route(Service.CODEC, Op.TRANSFORM), _status_error)
-INSPECT = EndpointSpec("/ws/inspect", None, _route(Service.BINARY, Op.DESCRIBE), _status_error)
+# Compressing a 1 MiB frame at a high level takes long: sent again after half the
+# timeout (the relay's retry for a dead replica), it would only double the work.
+CODEC = EndpointSpec("/ws/codec", None, _route(Service.CODEC, Op.TRANSFORM, False), _status_error)
+INSPECT = EndpointSpec(
+    "/ws/inspect", None, _route(Service.BINARY, Op.DESCRIBE, True), _status_error
+)
 
 
 def mount(app: FastAPI, hub: Hub, settings: GatewaySettings, metrics: GatewayMetrics) -> None:

@@ -222,10 +222,14 @@ class FilesSocket:
                 rid = wf.request_id(orjson.loads(text))
             self.send_error(rid, exc)
             return
+        rid, fid = getattr(message, "id", None), getattr(message, "file", None)
         try:
             await self.dispatch(message)
         except WireError as exc:
-            self.send_error(getattr(message, "id", None), exc, getattr(message, "file", None))
+            self.send_error(rid, exc, fid)
+        except Exception:
+            log.exception("files request failed", extra={"type": message.type})
+            self.send_error(rid, WireError(ErrorCode.INTERNAL, "internal error"), fid)
 
     async def dispatch(self, message: wf.ClientMessage) -> None:
         match message:
@@ -249,7 +253,8 @@ class FilesSocket:
                 msg = await self.ask(Op.FILE_DELETE, extra={h.FILE: fid})
                 if self.upload is not None and self.upload.file == fid:
                     await self.end_upload("abandoned")
-                self.send_text(wf.server("deleted", id=rid, file=fid, **orjson.loads(msg.data)))
+                kind = orjson.loads(msg.data).get("deleted")
+                self.send_text(wf.server("deleted", id=rid, file=fid, kind=kind))
             case wf.Inspect(id=rid, file=fid):
                 msg = await self.ask(Op.FILE_INFO, extra={h.FILE: fid})
                 self.send_text(wf.server("inspect", id=rid, file=orjson.loads(msg.data)))

@@ -23,7 +23,7 @@ Gateway -> client, text frames::
     {"type": "download", "id", "file": <info>, "offset", "window"}
     {"type": "done",     "file", "size", "sha256"}          download complete
     {"type": "list",     "id", "files": [<info>], "uploads": [<partial>], "usage", "quota"}
-    {"type": "deleted",  "id", "file"}
+    {"type": "deleted",  "id", "file", "kind": "file"|"upload"}
     {"type": "inspect",  "id", "file": <info>}
     {"type": "error",    "id"?, "file"?, "code", "message"}
 
@@ -277,7 +277,7 @@ def decode_client(text: str) -> ClientMessage:
 
 
 # -- server messages -------------------------------------------------------------------
-def server(kind: ServerType, **fields: Any) -> str:
+def server(kind: ServerType, /, **fields: Any) -> str:
     """A gateway -> client text frame; ``None`` fields are left out."""
     body = {"type": kind, **{k: v for k, v in fields.items() if v is not None}}
     return orjson.dumps(body).decode()

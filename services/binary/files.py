@@ -85,7 +85,8 @@ from wire.subjects import Op, Service, upload_subject
 log = logging.getLogger(__name__)
 
 EMPTY_SHA256 = hashlib.sha256().hexdigest()
-CLAIM_GRACE = 10.0  # s: a claim younger than this is being set up, not abandoned
+CLAIM_GRACE = 2.0  # s: a claim younger than this is being set up, not abandoned
+BUSY_AFTER = 5.0  # s: file_upload gives up (503, try again) when it cannot settle an owner
 SYNC_TIMEOUT = 2.0
 MAX_READ_CHUNKS = 16
 REPLY_HEADROOM = 64 * 1024
@@ -333,7 +334,7 @@ class FileStore:
                 ErrorCode.TOO_LARGE, f"file is {size} bytes, more than the limit of {limit} bytes"
             )
         fid = file_id(user, name, size, sha)
-        deadline = time.monotonic() + CLAIM_GRACE
+        deadline = time.monotonic() + BUSY_AFTER
         while True:
             stored = await self._stored(fid, user)
             if stored is not None:

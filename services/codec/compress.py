@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import io
 import zlib
 from collections.abc import Iterator
 
@@ -33,7 +32,7 @@ class CorruptData(ValueError):
     """Not a complete stream of the format."""
 
 
-def compress(fmt: Format, level: int, data: bytes) -> bytes:
+def compress(fmt: Format, level: int, data: bytes | memoryview) -> bytes:
     match fmt:
         case Format.ZLIB:
             return zlib.compress(data, level)
@@ -43,34 +42,44 @@ def compress(fmt: Format, level: int, data: bytes) -> bytes:
             return zstandard.ZstdCompressor(level=level).compress(data)
 
 
-def _zlib_chunks(data: bytes, wbits: int) -> Iterator[bytes]:
+def _zlib_chunks(data: bytes | memoryview, wbits: int) -> Iterator[bytes]:
     """Inflate one zlib (``wbits`` 15) or gzip (31) stream; gzip may have several
     members, then zero padding. Trailing bytes after a zlib stream are ignored, as
-    ``zlib.decompress`` does."""
-    pending = data
+    ``zlib.decompress`` does. Input goes in :data:`CHUNK` bytes at a time and output
+    comes out :data:`CHUNK` bytes at a time: nothing grows with the data."""
+    view = memoryview(data)
+    start = 0  # where the current (gzip) member begins
     while True:
         inflater = zlib.decompressobj(wbits)
+        position = start
         try:
-            while True:
-                chunk = inflater.decompress(pending, CHUNK)
+            while not inflater.eof:
+                if inflater.unconsumed_tail:
+                    chunk = inflater.decompress(inflater.unconsumed_tail, CHUNK)
+                elif position < len(view):
+                    piece = view[position : position + CHUNK]
+                    position += len(piece)
+                    chunk = inflater.decompress(piece, CHUNK)
+                else:
+                    break
                 if chunk:
                     yield chunk
-                pending = inflater.unconsumed_tail
-                if inflater.eof or (not pending and not chunk):
-                    break
         except zlib.error as exc:
             raise CorruptData(str(exc)) from None
         if not inflater.eof:
             raise CorruptData("truncated stream")
-        rest = inflater.unused_data
-        if wbits != 31 or not rest.strip(b"\0"):
+        if wbits != 31:
             return
-        if not rest.startswith(b"\x1f\x8b"):
+        start = position - len(inflater.unused_data)
+        rest = view[start:]
+        if rest[:2] == b"\x1f\x8b":
+            continue  # another member
+        if bytes(rest).strip(b"\0"):  # zero padding is allowed, as gzip.decompress does
             raise CorruptData("trailing data after the gzip stream")
-        pending = rest
+        return
 
 
-def _zstd_chunks(data: bytes, cap: int) -> Iterator[bytes]:
+def _zstd_chunks(data: bytes | memoryview, cap: int) -> Iterator[bytes]:
     try:
         declared = zstandard.frame_content_size(data)
     except zstandard.ZstdError as exc:
@@ -79,22 +88,23 @@ def _zstd_chunks(data: bytes, cap: int) -> Iterator[bytes]:
         raise OverflowError(declared)
     dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
     try:
-        with dctx.stream_reader(io.BytesIO(data), read_across_frames=True) as reader:
+        with dctx.stream_reader(data, read_across_frames=True) as reader:
             while chunk := reader.read(CHUNK):
                 yield chunk
     except zstandard.ZstdError as exc:
         raise CorruptData(str(exc)) from None
 
 
-def _chunks(fmt: Format, data: bytes, cap: int) -> Iterator[bytes]:
+def _chunks(fmt: Format, data: bytes | memoryview, cap: int) -> Iterator[bytes]:
     if fmt is Format.ZSTD:
         return _zstd_chunks(data, cap)
     return _zlib_chunks(data, 15 if fmt is Format.ZLIB else 31)
 
 
-def decompressed_size(fmt: Format, data: bytes, cap: int) -> int:
+def decompressed_size(fmt: Format, data: bytes | memoryview, cap: int) -> int:
     """Size of ``data`` decompressed, holding one chunk at a time. Raises
-    OverflowError past ``cap``, CorruptData if ``data`` is not a complete stream."""
+    OverflowError past ``cap``, CorruptData if ``data`` is not a stream of the format
+    (zlib and gzip: also if truncated; zstd truncation shows in :func:`decompress`)."""
     total = 0
     for chunk in _chunks(fmt, data, cap):
         total += len(chunk)
@@ -103,9 +113,28 @@ def decompressed_size(fmt: Format, data: bytes, cap: int) -> int:
     return total
 
 
-def decompress(fmt: Format, data: bytes, cap: int) -> bytes:
+def _zstd_frames(data: bytes | memoryview) -> bytes:
+    """Every frame of ``data`` decompressed, refusing a truncated one. Unbounded by
+    itself: only called once the streaming pass has shown the output fits the cap."""
+    out = []
+    rest: bytes | memoryview = data
+    while len(rest):
+        frame = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).decompressobj()
+        try:
+            out.append(frame.decompress(rest))
+        except zstandard.ZstdError as exc:
+            raise CorruptData(str(exc)) from None
+        if not frame.eof:
+            raise CorruptData("truncated stream")
+        rest = frame.unused_data
+    return b"".join(out)
+
+
+def decompress(fmt: Format, data: bytes | memoryview, cap: int) -> bytes:
     """``data`` decompressed; refused (OverflowError) past ``cap`` without holding it."""
     decompressed_size(fmt, data, cap)
+    if fmt is Format.ZSTD:
+        return _zstd_frames(data)
     return b"".join(_chunks(fmt, data, cap))
 
 
@@ -124,7 +153,7 @@ def make_transform(cap: int) -> Handler:
             spec = parse_request(req.data)
         except WireError as exc:
             return _error(exc.description)
-        data = req.data[spec.start :]
+        data = memoryview(req.data)[spec.start :]
         if spec.direction is Direction.COMPRESS:
             out = await asyncio.to_thread(compress, spec.format, spec.level, data)
             compressed, uncompressed = len(out), len(data)
