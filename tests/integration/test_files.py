@@ -1,0 +1,416 @@
+"""Files over /ws/files against the real stack: gateway -> NATS -> binary -> JetStream
+Object Store and back. Round trips of edge sizes, drops at random points and resume,
+digest, size limit and quota, concurrency, a slow reader's bounded gateway memory,
+list/delete/inspect, the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import itertools
+import os
+import random
+import re
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import nats
+import orjson
+import pytest
+import websockets
+
+from switchboard.filesclient import FileError, FilesClient, files_url
+from switchboard.localstack import ROOT, LocalStack, running
+from tests.integration.client import connect, recv, sample, scrape
+from tests.integration.dropproxy import DropProxy
+from tests.unit.test_files_wire import png
+from wire import files as wf
+
+KIB = 1024
+MIB = 1024 * KIB
+CHUNK = 256 * KIB
+LIMITS = {
+    "SB_BINARY_MAX_FILE_BYTES": str(64 * MIB),
+    "SB_BINARY_QUOTA_BYTES": str(160 * MIB),
+}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    with running(tmp_path_factory.mktemp("files"), env=LIMITS) as s:
+        yield s
+
+
+def url(stack: LocalStack, user: str) -> str:
+    return files_url(f"ws://127.0.0.1:{stack.gateways[0].port}", user=user)
+
+
+def user() -> str:
+    return f"u{uuid.uuid4().hex[:10]}"
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def rss(pid: int) -> int:
+    """Resident set size of a process, bytes (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+async def upload(stack: LocalStack, who: str, data: bytes, name: str = "f.bin", **kw) -> dict:
+    async with await FilesClient.open(url(stack, who)) as client:
+        return await client.upload(io.BytesIO(data), name, len(data), sha(data), **kw)
+
+
+async def download(stack: LocalStack, who: str, file: str, **kw) -> bytes:
+    sink = io.BytesIO()
+    async with await FilesClient.open(url(stack, who)) as client:
+        await client.download(file, sink, **kw)
+    return sink.getvalue()
+
+
+@pytest.mark.parametrize(
+    "size",
+    [0, 1, CHUNK, CHUNK + 1, 50 * MIB],
+    ids=["0B", "1B", "one-chunk", "one-chunk-plus-1", "50MiB"],
+)
+async def test_round_trip(stack, size: int) -> None:
+    who = user()
+    data = os.urandom(size)
+    ups: list[int] = []
+    info = await upload(stack, who, data, progress=lambda done, total: ups.append(done))
+    assert info["size"] == size and info["sha256"] == sha(data)
+    assert ups == sorted(ups) and ups[-1] == size
+    downs: list[int] = []
+    got = await download(stack, who, info["file"], progress=lambda done, total: downs.append(done))
+    assert got == data
+    assert downs == sorted(downs) and (size == 0 or downs[-1] == size)
+    # The same upload again finds the stored file: nothing is sent twice.
+    again = await upload(stack, who, data)
+    assert again == info
+    if size == CHUNK + 1:
+        # A real NATS object: nats-py's own reader gets it back and checks the digest.
+        nc = await nats.connect(stack.nats_url)
+        try:
+            obs = await nc.jetstream().object_store("SB_FILES")
+            assert (await obs.get(info["file"])).data == data
+        finally:
+            await nc.close()
+
+
+async def test_resume_after_drops_at_random_points(stack) -> None:
+    seed = random.randrange(1 << 30)
+    rnd = random.Random(seed)
+    who = user()
+    data = os.urandom(6 * MIB + 123)
+    cuts = sorted(rnd.randrange(10_000, len(data)) for _ in range(3))
+    # Each connection is cut after its own number of bytes (mid-frame, no close frame).
+    cuts = [cuts[0], cuts[1] - cuts[0] + 20_000, cuts[2] - cuts[1] + 20_000]
+    starts: list[int] = []
+    port = stack.gateways[0].port
+    async with DropProxy(port, cuts) as proxy:
+        for attempt in range(10):  # noqa: B007 (checked after the loop)
+            first: list[int] = []
+            try:
+                async with await FilesClient.open(files_url(proxy.url(), user=who)) as client:
+                    info = await client.upload(
+                        io.BytesIO(data),
+                        "resumed.bin",
+                        len(data),
+                        sha(data),
+                        progress=lambda d, t, first=first: first or first.append(d),
+                    )
+                break
+            except (websockets.ConnectionClosed, OSError, FileError) as exc:
+                assert not isinstance(exc, FileError) or exc.transient, exc
+            finally:
+                starts.append(first[0] if first else -1)
+        else:
+            raise AssertionError(f"no upload after 10 attempts (seed {seed})")
+    assert attempt == 3, (seed, starts)
+    assert starts[0] == 0 and all(b >= a for a, b in itertools.pairwise(starts))
+    assert starts[-1] > 0, (seed, starts)  # resumed, not restarted
+    assert info["sha256"] == sha(data)
+    assert await download(stack, who, info["file"]) == data
+    async with await FilesClient.open(url(stack, who)) as client:
+        assert (await client.list())["uploads"] == []
+
+
+async def test_download_resumes_from_an_offset(stack) -> None:
+    who = user()
+    data = os.urandom(3 * MIB + 5)
+    info = await upload(stack, who, data)
+    sink = io.BytesIO()
+    digest = hashlib.sha256()
+    async with DropProxy(stack.gateways[0].port, [0]) as proxy:
+        proxy.cuts = []  # (cut the server->client side by closing the client instead)
+        async with await FilesClient.open(files_url(proxy.url(), user=who)) as client:
+
+            async def stop_early(n: int) -> None:
+                if sink.tell() > MIB:
+                    await client.ws.close()
+
+            with pytest.raises(websockets.ConnectionClosed):
+                await client.download(info["file"], sink, digest=digest, on_chunk=stop_early)
+    have = sink.tell()
+    assert MIB < have < len(data)
+    for offset in (have, CHUNK * 3, CHUNK * 3 + 17, len(data) - 1):
+        part = io.BytesIO()
+        resumed = hashlib.sha256(data[:offset])
+        async with await FilesClient.open(url(stack, who)) as client:
+            await client.download(info["file"], part, offset=offset, digest=resumed)
+        assert part.getvalue() == data[offset:]
+
+
+async def test_wrong_digest_is_refused_and_nothing_kept(stack) -> None:
+    who = user()
+    data = os.urandom(CHUNK * 2 + 10)
+    async with await FilesClient.open(url(stack, who)) as client:
+        with pytest.raises(FileError) as caught:
+            await client.upload(io.BytesIO(data), "bad.bin", len(data), sha(b"other"))
+        listing = await client.list()
+    assert caught.value.code == "400"
+    assert "SHA-256 mismatch" in caught.value.message and sha(data) in caught.value.message
+    assert listing["files"] == [] and listing["uploads"] == [] and listing["usage"] == 0
+
+
+async def test_size_limit_and_quota(stack) -> None:
+    who = user()
+    async with await FilesClient.open(url(stack, who)) as client:
+        with pytest.raises(FileError) as caught:
+            await client._begin("huge.bin", 64 * MIB + 1, "0" * 64)
+        assert caught.value.code == "413"
+        assert "more than the limit of 67108864 bytes" in caught.value.message
+        # The quota counts uploads in progress at their declared size.
+        first = await client._begin("a.bin", 60 * MIB, "1" * 64)
+        await client._begin("b.bin", 60 * MIB, "2" * 64)
+        with pytest.raises(FileError) as caught:
+            await client._begin("c.bin", 50 * MIB, "3" * 64)
+        assert caught.value.code == "413" and "quota exceeded" in caught.value.message
+        listing = await client.list()
+        assert listing["usage"] == 120 * MIB and listing["quota"] == 160 * MIB
+        assert sorted(u["name"] for u in listing["uploads"]) == ["a.bin", "b.bin"]
+        await client.delete(first["file"])  # an upload in progress can be discarded
+        assert (await client._begin("c.bin", 50 * MIB, "3" * 64))["offset"] == 0
+    # Other users have their own quota.
+    assert (await upload(stack, user(), os.urandom(1000)))["size"] == 1000
+
+
+async def test_concurrent_uploads_from_two_clients(stack) -> None:
+    alice, bob = user(), user()
+    files = {(alice, "a1"): os.urandom(8 * MIB), (bob, "b1"): os.urandom(8 * MIB + 1)}
+    files[(alice, "a2")] = os.urandom(3 * MIB)
+    infos = await asyncio.gather(
+        *(upload(stack, who, data, name) for (who, name), data in files.items())
+    )
+    for ((who, _), data), info in zip(files.items(), infos, strict=True):
+        assert info["sha256"] == sha(data)
+        assert await download(stack, who, info["file"]) == data
+    # Bob cannot see or read Alice's files.
+    async with await FilesClient.open(url(stack, bob)) as client:
+        assert [f["name"] for f in (await client.list())["files"]] == ["b1"]
+        with pytest.raises(FileError) as caught:
+            await client.inspect(infos[0]["file"])
+        assert caught.value.code == "404"
+
+
+async def test_slow_reader_does_not_make_the_gateway_buffer(stack) -> None:
+    who = user()
+    data = os.urandom(50 * MIB)
+    info = await upload(stack, who, data)
+    gateway = stack.gateways[0]
+    base = rss(gateway.pid)
+    peak = base
+    sampling = True
+
+    async def sample_rss() -> None:
+        nonlocal peak
+        while sampling:
+            peak = max(peak, rss(gateway.pid))
+            await asyncio.sleep(0.02)
+
+    def sent_down() -> float:
+        return sample(
+            scrape(gateway.port), "switchboard_gateway_file_bytes_total", direction="down"
+        )
+
+    sampler = asyncio.create_task(sample_rss())
+    try:
+        # 1. A reader that stops acknowledging: the gateway stops at the window.
+        window = 2 * MIB
+        before = sent_down()
+        client = await FilesClient.open(url(stack, who), max_queue=4)
+        await client._send(type="download", id="d", file=info["file"], window=window)
+        await asyncio.sleep(1.0)  # reads nothing, acks nothing
+        stalled = sent_down() - before
+        client.ws.transport.abort()
+        assert stalled <= window, stalled
+        # 2. A reader that acks everything at once but does not read: TCP backpressure.
+        before = sent_down()
+        client = await FilesClient.open(url(stack, who), max_queue=1)
+        await client._send(type="download", id="d", file=info["file"])
+        await client._send(type="ack", file=info["file"], offset=len(data))
+        await asyncio.sleep(1.0)
+        pushed = sent_down() - before
+        client.ws.transport.abort()
+        assert pushed < len(data) / 2, pushed
+        # 3. A slow reader that gets the whole file, a little at a time.
+        slow = 0
+
+        async def dawdle(n: int) -> None:
+            nonlocal slow
+            slow += 1
+            if slow < 60:
+                await asyncio.sleep(0.01)
+
+        got = await download(stack, who, info["file"], window=window, on_chunk=dawdle)
+        assert got == data
+    finally:
+        sampling = False
+        await sampler
+    print(
+        f"gateway RSS {base / MIB:.1f} MiB, peak {peak / MIB:.1f} MiB; "
+        f"stalled at {stalled / MIB:.2f} MiB, pushed {pushed / MIB:.2f} MiB"
+    )
+    assert peak - base < 20 * MIB, (base, peak)  # the file is 50 MiB
+
+
+async def test_list_delete_and_inspect(stack) -> None:
+    who = user()
+    image = png(640, 480)
+    info = await upload(stack, who, image, "picture.dat")  # the name says nothing
+    assert info["media_type"] == "image/png"
+    assert (info["width"], info["height"]) == (640, 480)
+    text = await upload(stack, who, b"hello\n" * 100, "notes")
+    async with await FilesClient.open(url(stack, who)) as client:
+        inspected = await client.inspect(info["file"])
+        assert inspected == info and inspected["sha256"] == sha(image)
+        assert (await client.inspect(text["file"]))["media_type"] == "text/plain"
+        listing = await client.list()
+        assert {f["file"] for f in listing["files"]} == {info["file"], text["file"]}
+        assert listing["usage"] == len(image) + 600
+        assert (await client.delete(info["file"]))["kind"] == "file"
+        assert [f["file"] for f in (await client.list())["files"]] == [text["file"]]
+        for call in (client.inspect(info["file"]), client.delete(info["file"])):
+            with pytest.raises(FileError) as caught:
+                await call
+            assert caught.value.code == "404"
+        with pytest.raises(FileError) as caught:
+            await client.download(info["file"], io.BytesIO())
+        assert caught.value.code == "404"
+
+
+async def test_protocol_errors(stack) -> None:
+    who = user()
+    async with connect(url(stack, who)) as ws:
+        await ws.send(wf.pack_chunk(0, b"no upload"))
+        assert orjson.loads(await recv(ws))["message"] == "no upload in progress"
+        await ws.send("not json")
+        reply = orjson.loads(await recv(ws))
+        assert reply["type"] == "error" and reply["code"] == "400"
+        data = os.urandom(1000)
+        await ws.send(
+            orjson.dumps(
+                {"type": "upload", "id": "u", "name": "x", "size": 1000, "sha256": sha(data)}
+            ).decode()
+        )
+        begun = orjson.loads(await recv(ws))
+        assert begun["type"] == "upload" and begun["offset"] == 0
+        await ws.send(wf.pack_chunk(10, data))  # not where the upload continues
+        reply = orjson.loads(await recv(ws))
+        assert reply["code"] == "400" and "continues at 0" in reply["message"]
+        await ws.send(
+            orjson.dumps(
+                {"type": "upload", "id": "u2", "name": "x", "size": 1000, "sha256": sha(data)}
+            ).decode()
+        )
+        assert orjson.loads(await recv(ws))["offset"] == 0
+        await ws.send(wf.pack_chunk(0, data))
+        progress_or_stored = orjson.loads(await recv(ws))
+        assert progress_or_stored["type"] in ("progress", "stored")
+
+
+async def test_inspect_endpoint(stack) -> None:
+    base = f"ws://127.0.0.1:{stack.gateways[0].port}"
+    async with connect(base + "/ws/inspect") as ws:
+        image = png(33, 17)
+        await ws.send(image)
+        report = orjson.loads(await recv(ws))
+        assert report == {
+            "size": len(image),
+            "sha256": sha(image),
+            "media_type": "image/png",
+            "width": 33,
+            "height": 17,
+        }
+        await ws.send(b"just text")
+        assert orjson.loads(await recv(ws))["media_type"] == "text/plain"
+        await ws.send(b"")
+        assert orjson.loads(await recv(ws))["size"] == 0
+        await ws.send("a text frame")
+        assert orjson.loads(await recv(ws)) == {
+            "status": "error",
+            "message": "expected a binary frame",
+        }
+
+
+def run_cli(stack_url: str, who: str, *args: str) -> asyncio.subprocess.Process:
+    return asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "switchboard",
+        "--url",
+        stack_url,
+        "--user",
+        who,
+        *args,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def cli(stack_url: str, who: str, *args: str) -> tuple[int, str, str]:
+    proc = await run_cli(stack_url, who, *args)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_command_line_resumes_by_itself(stack, tmp_path) -> None:
+    who = user()
+    source = tmp_path / "data.bin"
+    data = os.urandom(5 * MIB + 3)
+    source.write_bytes(data)
+    base = f"ws://127.0.0.1:{stack.gateways[0].port}"
+    async with DropProxy(stack.gateways[0].port, [2 * MIB]) as proxy:
+        code, out, err = await cli(proxy.url(), who, "--progress", "upload", str(source))
+    assert code == 0, err
+    assert proxy.connections >= 2  # dropped once, then resumed
+    file = out.split()[0]
+    assert sha(data)[:16] in out and "data.bin" in out
+    assert "100.0%" in err  # the progress bar
+    code, out, err = await cli(base, who, "ls")
+    assert code == 0 and file in out
+    target = tmp_path / "copy.bin"
+    code, out, err = await cli(base, who, "-q", "download", file, "-o", str(target))
+    assert code == 0, err
+    assert target.read_bytes() == data
+    code, out, _ = await cli(base, who, "inspect", file)
+    assert code == 0 and re.search(r"^media_type: application/octet-stream$", out, re.M)
+    code, _, err = await cli(base, who, "rm", file)
+    assert code == 0, err
+    code, out, _ = await cli(base, who, "ls")
+    assert file not in out
+    code, _, err = await cli(base, who, "rm", file)
+    assert code == 1 and "error 404" in err
+    started = time.monotonic()
+    code, _, err = await cli(base, who, "upload", str(tmp_path / "missing"))
+    assert code == 1 and time.monotonic() - started < 10

@@ -1,0 +1,81 @@
+"""An upload outlives the binary replica that owns it: with two replicas, the owner is
+killed mid-upload (SIGKILL); the next upload request finds no owner, the other replica
+claims the upload, rebuilds its digest from the chunks stored in JetStream, and the
+client carries on from where the stored data ends."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+import uuid
+from collections.abc import Iterator
+
+import nats
+import pytest
+
+from switchboard.filesclient import FileError, FilesClient, files_url
+from switchboard.localstack import LocalStack, running
+from wire import files as wf
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    with running(tmp_path_factory.mktemp("failover"), replicas={"binary": 2}) as s:
+        yield s
+
+
+async def test_upload_survives_the_death_of_its_owner(stack) -> None:
+    who = f"u{uuid.uuid4().hex[:8]}"
+    url = files_url(f"ws://127.0.0.1:{stack.gateways[0].port}", user=who)
+    data = os.urandom(5 * MIB + 11)
+    digest = hashlib.sha256(data).hexdigest()
+    fid = wf.file_id(who, "f.bin", len(data), digest)
+    async with await FilesClient.open(url) as client:
+        with pytest.raises(ConnectionError):
+            await client.upload(io.BytesIO(data), "f.bin", len(data), digest, stop_after=2 * MIB)
+    stored = 0
+    for _ in range(50):
+        async with await FilesClient.open(url) as client:
+            uploads = (await client.list())["uploads"]
+        stored = uploads[0]["offset"] if uploads else 0
+        if stored >= MIB:
+            break
+        await asyncio.sleep(0.1)
+    assert stored >= MIB
+    owners = [
+        p for p in stack.replicas("binary") if '"upload claimed"' in p.log() and fid in p.log()
+    ]
+    assert len(owners) == 1
+    owners[0].kill()
+
+    resumed_at: list[int] = []
+    for _ in range(40):  # the survivor may say "busy" while the dead owner's claim is fresh
+        try:
+            async with await FilesClient.open(url) as client:
+                info = await client.upload(
+                    io.BytesIO(data),
+                    "f.bin",
+                    len(data),
+                    digest,
+                    progress=lambda done, total: resumed_at or resumed_at.append(done),
+                )
+            break
+        except FileError as exc:
+            assert exc.transient, exc
+            await asyncio.sleep(0.25)
+    else:
+        raise AssertionError("the upload never resumed")
+    assert resumed_at[0] >= MIB  # carried on, did not start again
+    assert info["sha256"] == digest
+    survivor = stack.replicas("binary")[0]
+    assert '"upload claimed"' in survivor.log() and fid in survivor.log()
+    nc = await nats.connect(stack.nats_url)
+    try:
+        obs = await nc.jetstream().object_store("SB_FILES")
+        assert (await obs.get(fid)).data == data  # digest checked by nats-py too
+    finally:
+        await nc.close()

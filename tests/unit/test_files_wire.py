@@ -1,0 +1,115 @@
+"""The /ws/files protocol types (wire/files.py) and inspection by content
+(services/binary/inspect.py)."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import orjson
+import pytest
+
+from services.binary import inspect
+from wire import files as wf
+from wire.errors import ErrorCode, WireError
+
+SHA = "ab" * 32
+
+
+def png(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    rows = b"".join(b"\0" + bytes(3 * width) for _ in range(height))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def gif(width: int, height: int) -> bytes:
+    return b"GIF89a" + struct.pack("<HH", width, height) + b"\0\0\0" + b"\x3b"
+
+
+def test_chunk_header_round_trip() -> None:
+    frame = wf.pack_chunk(2**40 + 3, b"data")
+    offset, data = wf.unpack_chunk(frame)
+    assert offset == 2**40 + 3 and bytes(data) == b"data"
+    with pytest.raises(WireError):
+        wf.unpack_chunk(b"short")
+
+
+def test_file_id_is_stable_and_per_user() -> None:
+    a = wf.file_id("alice", "x.bin", 10, SHA)
+    assert a == wf.file_id("alice", "x.bin", 10, SHA)
+    assert a != wf.file_id("bob", "x.bin", 10, SHA)
+    assert a != wf.file_id("alice", "y.bin", 10, SHA)
+    assert wf.is_file_id(a) and len(a) == 26
+
+
+def test_decode_client_messages() -> None:
+    up = wf.decode_client(
+        orjson.dumps(
+            {"type": "upload", "id": "1", "name": "a", "size": 5, "sha256": SHA.upper()}
+        ).decode()
+    )
+    assert up == wf.Upload("1", "a", 5, SHA)
+    fid = wf.file_id("u", "a", 5, SHA)
+    down = wf.decode_client(f'{{"type": "download", "id": "2", "file": "{fid}", "window": 100}}')
+    assert down == wf.Download("2", fid, 0, 100)
+    assert wf.decode_client(f'{{"type": "ack", "file": "{fid}", "offset": 7}}') == wf.Ack(fid, 7)
+    assert wf.decode_client('{"type": "list", "id": "3"}') == wf.ListFiles("3")
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        "not json",
+        "[]",
+        '{"type": "nope"}',
+        '{"type": "upload", "id": "1", "name": "", "size": 1, "sha256": "' + SHA + '"}',
+        '{"type": "upload", "id": "1", "name": "a\\u0000", "size": 1, "sha256": "' + SHA + '"}',
+        '{"type": "upload", "id": "1", "name": "a", "size": -1, "sha256": "' + SHA + '"}',
+        '{"type": "upload", "id": "1", "name": "a", "size": true, "sha256": "' + SHA + '"}',
+        '{"type": "upload", "id": "1", "name": "a", "size": 1, "sha256": "xyz"}',
+        '{"type": "upload", "name": "a", "size": 1, "sha256": "' + SHA + '"}',
+        '{"type": "download", "id": "1", "file": "../../etc/passwd"}',
+        '{"type": "delete", "id": "1", "file": "sb.>"}',
+    ],
+)
+def test_malformed_client_frames(frame: str) -> None:
+    with pytest.raises(WireError) as caught:
+        wf.decode_client(frame)
+    assert caught.value.code == ErrorCode.BAD_REQUEST
+
+
+def test_header_int_is_strict() -> None:
+    assert wf.header_int({"Sb-End": "42"}, "Sb-End") == 42
+    for bad in ("", "-1", "4.2", "²", "9" * 40):
+        assert wf.header_int({"Sb-End": bad}, "Sb-End") is None
+    assert wf.header_int(None, "Sb-End") is None
+
+
+def test_inspect_by_content_not_name() -> None:
+    report = inspect.report(png(7, 5))
+    assert report["media_type"] == "image/png"
+    assert (report["width"], report["height"]) == (7, 5)
+    assert report["size"] == len(png(7, 5))
+    assert inspect.kind(gif(300, 200)) == inspect.Kind("image/gif", 300, 200)
+    assert inspect.kind(b"%PDF-1.7\n...").media_type == "application/pdf"
+    assert inspect.kind("plain text, ünïcode\n".encode()).media_type == "text/plain"
+    assert inspect.kind(bytes(range(256))).media_type == inspect.OCTET_STREAM
+    assert inspect.kind(b"").media_type == inspect.OCTET_STREAM
+
+
+def test_inspect_truncated_image_has_no_dimensions() -> None:
+    assert inspect.kind(png(7, 5)[:12]).width is None
+
+
+def test_image_dimensions_library_reads_headers_only() -> None:
+    # imagesize reads the header fields: a huge declared image costs nothing.
+    header = png(1, 1)[:33].replace(struct.pack(">II", 1, 1), struct.pack(">II", 60000, 40000))
+    assert inspect.kind(header + b"\0" * 100) == inspect.Kind("image/png", 60000, 40000)
