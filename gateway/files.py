@@ -114,6 +114,14 @@ def _error_shape(error: WireError, description: str, tag: str | None) -> dict[st
 FILES = EndpointSpec(PATH, None, None, _error_shape)
 
 
+_background: set[asyncio.Task[None]] = set()
+
+
+async def _unsubscribe(sub: Subscription) -> None:
+    with contextlib.suppress(Exception):
+        await sub.unsubscribe()
+
+
 def _route_subject(op: Op) -> str:
     return service_subject(Service.BINARY, op)
 
@@ -377,8 +385,11 @@ class FilesSocket:
         self.metrics.active.labels("up").dec()
         self.metrics.transfers.labels("up", status).inc()
         if up.sub is not None:
-            with contextlib.suppress(Exception):
-                await up.sub.unsubscribe()
+            # In a task of its own: this may run in the subscription's own callback, and
+            # nats-py's unsubscribe cancels the task running that callback.
+            task = asyncio.get_running_loop().create_task(_unsubscribe(up.sub))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
 
     async def upload_room(self) -> None:
         """Wait until the upload may take another chunk (window not full)."""
