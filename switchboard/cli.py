@@ -107,7 +107,9 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m switchboard", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m switchboard", description="Files from the command line, over /ws/files."
+    )
     p.add_argument("--url", default=os.environ.get("SB_URL", "ws://127.0.0.1:8000"))
     p.add_argument("--user", default=os.environ.get("SB_USER") or getpass.getuser())
     p.add_argument("--token", default=os.environ.get("SB_TOKEN"))

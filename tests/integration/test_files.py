@@ -25,7 +25,7 @@ import websockets
 
 from switchboard.filesclient import FileError, FilesClient, files_url
 from switchboard.localstack import ROOT, LocalStack, running
-from tests.integration.client import connect, recv, sample, scrape
+from tests.integration.client import closed_with, connect, recv, sample, scrape
 from tests.integration.dropproxy import DropProxy
 from tests.unit.test_files_wire import png
 from wire import files as wf
@@ -414,3 +414,27 @@ async def test_command_line_resumes_by_itself(stack, tmp_path) -> None:
     started = time.monotonic()
     code, _, err = await cli(base, who, "upload", str(tmp_path / "missing"))
     assert code == 1 and time.monotonic() - started < 10
+
+
+async def test_token_identity(stack) -> None:
+    import jwt
+
+    secret = "s" * 40
+    gateway = stack.start_gateway(
+        env={"SB_GATEWAY_JWT_SECRET": secret, "SB_GATEWAY_ALLOW_ANONYMOUS": "false"}
+    )
+    try:
+        base = f"ws://127.0.0.1:{gateway.port}/ws/files"
+        token = jwt.encode({"sub": "carol", "exp": int(time.time()) + 60}, secret, "HS256")
+        data = os.urandom(5000)
+        async with await FilesClient.open(
+            base, subprotocols=["switchboard.files", f"bearer.{token}"]
+        ) as client:
+            assert client.ws.subprotocol == "switchboard.files"
+            info = await client.upload(io.BytesIO(data), "t.bin", len(data), sha(data))
+        assert info["file"] == wf.file_id("carol", "t.bin", len(data), sha(data))
+        async with connect(base + "?username=carol") as ws:  # no token: refused
+            code, reason = await closed_with(ws)
+        assert (code, reason) == (1008, "a token is required")
+    finally:
+        gateway.stop()
