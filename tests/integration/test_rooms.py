@@ -21,7 +21,7 @@ from tests.integration.client import closed_with, connect, recv_json
 from tests.integration.v2client import V2
 
 SECRET = "test-secret-that-is-at-least-32-characters-long"
-API_KEY = "test-api-key"
+API_KEY = "test-api-key-0123456789"
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 RSA_PUBLIC = (
     RSA_KEY.public_key()
