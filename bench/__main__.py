@@ -20,6 +20,7 @@ from bench.servers import reap_children
 
 BENCHMARKS: dict[str, str] = {
     "relay": "bench.relay",  # tutorial in-process echo vs. gateway -> NATS -> codec
+    "capacity": "bench.capacity",  # RSS per idle connection: gateway vs bare uvicorn
     "files": "bench.files",  # 100 MiB up/down via gateway -> NATS -> object store vs raw echo
 }
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -10,6 +10,8 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.hub import Hub
+from gateway.limits import BoundedReadProtocol, HandshakeDeadline
+from gateway.relay import direct_websockets
 from gateway.settings import GatewaySettings
 from wire import logs
 from wire.errors import CloseCode
@@ -32,13 +34,14 @@ def main() -> None:
     settings = GatewaySettings()
     logs.configure(settings.log_level, "gateway")
     app = create_app(settings)
+    HandshakeDeadline.timeout = settings.handshake_timeout
     config = uvicorn.Config(
-        app,
+        direct_websockets(app),  # WebSockets past FastAPI's middleware (gateway/relay.py)
         host=settings.host,
         port=settings.port,
-        ws="websockets-sansio",
+        ws=BoundedReadProtocol,  # uvicorn's websockets-sansio, parsing reads in slices
         loop="uvloop",
-        http="httptools",
+        http=HandshakeDeadline,  # uvicorn's httptools, closing who never sends a request
         ws_max_size=settings.max_frame_bytes,
         ws_per_message_deflate=settings.per_message_deflate,
         ws_ping_interval=settings.ping_interval,

@@ -43,6 +43,38 @@ class Pending:
     retry: tuple[str, bytes, dict[str, str]] | None = None
 
 
+class Flag:
+    """What ``asyncio.Event`` does here, for one waiter at a time, without the Event's
+    deque of waiters (~0.4 KiB each; a connection has two: the sender waits on ``wake``,
+    the receiver on ``capacity``)."""
+
+    __slots__ = ("_value", "_waiter")
+
+    def __init__(self) -> None:
+        self._value = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def is_set(self) -> bool:
+        return self._value
+
+    def set(self) -> None:
+        self._value = True
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._value = False
+
+    async def wait(self) -> bool:
+        if not self._value:
+            waiter = self._waiter
+            if waiter is None or waiter.done():
+                waiter = self._waiter = asyncio.get_running_loop().create_future()
+            await waiter
+        return True
+
+
 def unlimited() -> RateLimiter:
     inf = float("inf")
     return RateLimiter(inf, inf, inf, inf, 1 << 30)
@@ -100,8 +132,8 @@ class Connection:
         self.out: deque[Message] = deque()
         self.out_bytes = 0
         self.on_slow: Callable[[], None] | None = None  # counts a slow-consumer drop
-        self.wake = asyncio.Event()
-        self.capacity = asyncio.Event()
+        self.wake = Flag()
+        self.capacity = Flag()
         self.capacity.set()
         self.pending: dict[int, Pending] = {}
         self.parked: dict[int, list[Message] | Release] = {}

@@ -37,7 +37,9 @@ RATE_LIMITED = WireError(ErrorCode.RATE_LIMITED, "rate limit exceeded")
 
 class RateLimiter:
     """Frames and bytes per second for one connection. Excess frames are refused with
-    an error frame; ``close_after`` refusals in a row close the connection (1008)."""
+    an error frame; once refusals outnumber accepted frames by ``close_after`` the
+    connection is closed (1008). (Not "in a row": a client sending at many times the rate
+    gets a token now and then, which must not wipe its record.)"""
 
     __slots__ = ("bytes", "close_after", "frames", "refused")
 
@@ -56,7 +58,8 @@ class RateLimiter:
 
     def allow(self, size: int) -> bool:
         if self.frames.take() and self.bytes.take(size):
-            self.refused = 0
+            if self.refused:
+                self.refused -= 1
             return True
         self.refused += 1
         return False
@@ -64,6 +67,13 @@ class RateLimiter:
     @property
     def exhausted(self) -> bool:
         return self.refused >= self.close_after
+
+    def inherit(self, other: RateLimiter) -> None:
+        """Start where ``other`` (the address's previous connection) stands: reconnecting
+        gives neither a fresh burst nor a clean record."""
+        for mine, theirs in ((self.frames, other.frames), (self.bytes, other.bytes)):
+            mine.tokens, mine.stamp = min(mine.burst, theirs.tokens), theirs.stamp
+        self.refused = other.refused
 
 
 class Admission:
@@ -74,6 +84,22 @@ class Admission:
         self.per_ip = per_ip
         self.count = 0
         self.by_ip: Counter[str] = Counter()
+        self.recent: dict[str, RateLimiter] = {}  # each address's newest rate limiter
+
+    def limiter(self, ip: str, limiter: RateLimiter) -> RateLimiter:
+        """``limiter`` for a new connection from ``ip``, carrying on from the address's
+        previous one (:meth:`RateLimiter.inherit`): a flooder closed with 1008 that
+        reconnects is refused again at once instead of getting another burst."""
+        last = self.recent.get(ip)
+        if last is not None:
+            limiter.inherit(last)
+        elif len(self.recent) >= 2 * self.total:
+            cutoff = time.monotonic() - 60  # addresses gone for a minute: start afresh
+            for old in [a for a, r in self.recent.items() if a not in self.by_ip]:
+                if self.recent[old].frames.stamp < cutoff:
+                    del self.recent[old]
+        self.recent[ip] = limiter
+        return limiter
 
     def admit(self, ip: str) -> bool:
         if self.count >= self.total or self.by_ip[ip] >= self.per_ip:
@@ -111,3 +137,101 @@ def origin_allowed(scope: dict, allowed: list[str]) -> bool:
 def client_ip(scope: dict) -> str:
     client = scope.get("client")
     return client[0] if client else "unknown"
+
+
+# -- reading: bounded parsing per event-loop turn -------------------------------------
+from uvicorn.protocols.websockets.websockets_sansio_impl import (  # noqa: E402
+    WebSocketsSansIOProtocol,
+)
+
+PARSE_SLICE = 512  # bytes of one read parsed per loop turn (~45 frames of 5 bytes)
+
+
+class BoundedReadProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's ``websockets-sansio`` protocol, with each read parsed in slices of
+    :data:`PARSE_SLICE` bytes, the next slice only once the app has taken every message
+    the previous one produced.
+
+    uvicorn pauses reading once a message is queued, but parses a whole read at once: one
+    256 KiB read of tiny frames from a flooding client is ~24,000 frames parsed and queued
+    in one go (~0.3 s of this loop, for every connection). Sliced, the flooder costs at
+    most one slice's worth of work per loop turn, and the rate limiter sees its frames one
+    slice at a time. Idle connections carry nothing extra (``_rest`` is a class default)."""
+
+    _rest: memoryview | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._rest is None and len(data) <= PARSE_SLICE:
+            super().data_received(data)
+            return
+        if self.close_sent:  # a backlog after our close: not worth parsing for its reply
+            self._rest = None
+            self.transport.close()
+            return
+        pending = self._rest
+        self._rest = memoryview(data if pending is None else bytes(pending) + data)
+        self.transport.pause_reading()
+        if pending is None:  # else a _feed is already due (scheduled, or by receive())
+            self._feed()
+
+    def _feed(self) -> None:
+        while self._rest is not None:
+            if self.close_sent or self.transport.is_closing():
+                self._rest = None
+                self.transport.close()
+                return
+            chunk, rest = self._rest[:PARSE_SLICE], self._rest[PARSE_SLICE:]
+            self._rest = rest if len(rest) else None
+            super().data_received(bytes(chunk))
+            if self.conn.parser_exc is not None:
+                self._rest = None
+                return
+            if not self.queue.empty():
+                break  # the app has work: the next slice once it has taken it
+        if self._rest is None:
+            if self.queue.empty():
+                self.read_paused = False
+                self.transport.resume_reading()
+            else:
+                self.read_paused = True  # receive() resumes once the app has taken them
+
+    async def receive(self):  # as uvicorn's, resuming reading only when no slice is left
+        message = await self.queue.get()
+        if self.queue.empty():
+            if self._rest is not None:
+                self.loop.call_soon(self._feed)
+            elif self.read_paused:
+                self.read_paused = False
+                self.transport.resume_reading()
+        return message
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._rest = None
+        super().connection_lost(exc)
+
+
+# -- handshake deadline ---------------------------------------------------------------
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol  # noqa: E402
+
+
+class HandshakeDeadline(HttpToolsProtocol):
+    """uvicorn's httptools protocol, closing a connection that has not sent a complete
+    request (the WebSocket upgrade, or any HTTP request) within :attr:`timeout` seconds.
+    uvicorn itself waits forever: a client could hold sockets that never upgrade, out of
+    reach of the connection caps, which count WebSockets. Set from
+    ``SB_GATEWAY_HANDSHAKE_TIMEOUT`` by ``python -m gateway``."""
+
+    timeout = 10.0
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._deadline = self.loop.call_later(self.timeout, self._expire)
+
+    def _expire(self) -> None:
+        transport = self.transport
+        if self.cycle is None and transport.get_protocol() is self and not transport.is_closing():
+            transport.close()  # no request yet (once upgraded, the transport has moved on)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._deadline.cancel()
+        super().connection_lost(exc)

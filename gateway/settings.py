@@ -69,6 +69,9 @@ class GatewaySettings(BaseSettings):
         200, ge=1, description="refused frames beyond accepted ones: close 1008"
     )
     idle_timeout: float = Field(300.0, ge=0, description="no frame from the client: close; 0 = off")
+    handshake_timeout: float = Field(
+        10.0, gt=0, description="seconds to send a complete request (the upgrade): else closed"
+    )
     send_queue_bytes: int = Field(
         1024 * 1024, gt=0, description="per socket; room events beyond it: close 1013"
     )

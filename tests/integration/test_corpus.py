@@ -32,6 +32,7 @@ import json
 import random
 import re
 import struct
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -39,7 +40,7 @@ import uuid
 import zipfile
 import zlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,12 +54,21 @@ from websockets.uri import parse_uri
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
-from switchboard.localstack import SERVICES
+from switchboard.localstack import SERVICES, LocalStack, running
 from tests.integration.conftest import http_base, ws_base
 
 MAX = 1024 * 1024  # SB_GATEWAY_MAX_FRAME_BYTES (default)
+HANDSHAKE_TIMEOUT = 1.0  # SB_GATEWAY_HANDSHAKE_TIMEOUT here (default 10 s)
 TIMEOUT = 5.0
 GARBAGE = random.Random(7).randbytes(256)  # binary garbage, the same in every run
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """Default settings, but a short handshake deadline (tested at the end)."""
+    env = {"SB_GATEWAY_HANDSHAKE_TIMEOUT": str(HANDSHAKE_TIMEOUT)}
+    with running(tmp_path_factory.mktemp("corpus"), env=env) as s:
+        yield s
 
 
 # -- a client that sends anything -------------------------------------------------------
@@ -1002,6 +1012,48 @@ def test_every_endpoint_is_covered() -> None:
     rooms endpoints have their own tables too."""
     assert set(NORMAL) - {"/ws/dashboard"} <= {c.path for c in APP}
     assert set(NORMAL) <= set(ENDPOINTS)
+
+
+# -- the handshake deadline -------------------------------------------------------------------
+
+
+async def eof_after(stack, data: list[bytes], pause: float) -> float:
+    """Seconds until the gateway closes a raw TCP connection that sends ``data`` pieces,
+    ``pause`` seconds apart, and never completes a request."""
+    started = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.gateways[0].port)
+    try:
+        for piece in data:
+            if reader.at_eof():
+                break
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(pause)
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, nothing said
+    except ConnectionError:  # closed while we were still writing
+        pass
+    finally:
+        writer.close()
+    return time.monotonic() - started
+
+
+async def test_silent_connection_closed_at_the_handshake_deadline(stack) -> None:
+    assert HANDSHAKE_TIMEOUT - 0.2 < await eof_after(stack, [], 0) < HANDSHAKE_TIMEOUT + 2
+
+
+async def test_slow_headers_closed_at_the_handshake_deadline(stack) -> None:
+    """Slowloris: a header line every 0.3 s, never the blank line that ends them."""
+    lines = [b"GET /ws HTTP/1.1\r\n", *(b"X-Slow-%d: 1\r\n" % i for i in range(20))]
+    assert await eof_after(stack, lines, 0.3) < HANDSHAKE_TIMEOUT + 2
+
+
+async def test_upgraded_connection_outlives_the_handshake_deadline(stack) -> None:
+    ws, user, keep = await open_case(stack, "/ws", "", False)
+    try:
+        await asyncio.sleep(HANDSHAKE_TIMEOUT + 0.5)
+        await round_trip(ws, "/ws", user, keep)
+    finally:
+        await ws.close()
 
 
 # -- afterwards ------------------------------------------------------------------------------

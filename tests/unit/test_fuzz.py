@@ -562,6 +562,48 @@ def test_relay_endpoints_handle_any_frames_and_replies(spec, received, replies, 
     asyncio.run(run_relay(spec, received, replies, strays))
 
 
+async def run_relay_asgi(spec: EndpointSpec, received: list[dict], **limits: Any) -> list[dict]:
+    """The whole ASGI app of a relay endpoint (receiver in the app's task, sender in its
+    own, gateway.relay.both), until the client disconnects or the gateway closes."""
+    hub, settings, metrics = make_hub(**limits)
+    relay = RelayEndpoint(spec, hub, settings, metrics)
+    queue = [{"type": "websocket.connect"}, *received]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        if queue:
+            return queue.pop(0)
+        await asyncio.sleep(0.01)  # let the sender catch up, then the peer leaves
+        return {"type": "websocket.disconnect", "code": 1000}
+
+    async def send(message: dict) -> None:
+        check_asgi(message)
+        sent.append(message)
+
+    scope = {"type": "websocket", "query_string": b"username=fuzzer", "headers": []}
+    await asyncio.wait_for(relay(scope, receive, send), 5)
+    assert hub.connections == {} and hub.admission.count == 0  # nothing leaked
+    assert not [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    return sent
+
+
+@FUZZ_SLOW
+@given(st.sampled_from(TUTORIAL_ENDPOINTS), ws_frames)
+def test_relay_asgi_app_ends_cleanly(spec, received) -> None:
+    sent = asyncio.run(run_relay_asgi(spec, received))
+    assert sent[0] == {"type": "websocket.accept"}
+
+
+def test_relay_asgi_app_ends_when_the_gateway_closes() -> None:
+    """The sender ends first (a rate-limit close): the receiver is stopped, the app
+    returns normally instead of raising CancelledError."""
+    frames = [{"type": "websocket.receive", "text": f"f{i}"} for i in range(10)]
+    limits = {"rate_frames": 1e-6, "rate_frames_burst": 1, "rate_close_after": 3}
+    binary = TUTORIAL_ENDPOINTS[2]  # text frames there are answered by the gateway itself
+    sent = asyncio.run(run_relay_asgi(binary, frames, **limits))
+    assert sent[-1] == {"type": "websocket.close", "code": 1008, "reason": "rate limit exceeded"}
+
+
 async def run_v2(query: bytes, protocols: list[str], received: list[dict], replies: list) -> None:
     hub, settings, metrics = make_hub(jwt_secret="k" * 32, max_rooms=3)
     v2 = V2Endpoint(hub, hub.live, Authenticator(settings), settings, metrics)

@@ -1,0 +1,189 @@
+"""Fifty members of a room that never read, while the room gets ~1,000 messages a second:
+the gateway's memory stays bounded, the stuck members are disconnected with 1013 (the
+slow-consumer policy for room events), and the members that do read keep receiving every
+message, in order, with normal latency.
+
+Bounds (documented in docs/security.md, "Slow consumers"):
+
+- gateway RSS grows by at most :data:`RSS_GROWTH_MIB` over its level before the test:
+  each socket's queue is capped by bytes (``SB_GATEWAY_SEND_QUEUE_BYTES``, 1 MiB), and a
+  room event is one object shared by every member's queue;
+- the readers' p99 latency (publish -> delivered) stays under :data:`P99_BOUND` seconds.
+
+The stuck readers use a 4 KiB socket receive buffer, no permessage-deflate and
+incompressible payloads, so the bytes really pile up in the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+
+import nats
+import pytest
+import websockets
+
+from switchboard.localstack import LocalStack, running
+from tests.integration.client import connect, recv, sample, scrape
+from tests.integration.v2client import V2
+from wire import envelope
+from wire import headers as h
+from wire.subjects import live_subject
+
+ROOM = "slow-readers"
+STUCK = 50
+READERS = 5
+RATE = 1000  # messages per second into the room, in all
+SECONDS = 4.0
+PAYLOAD = 1500  # bytes of base64 text per message (incompressible)
+RSS_GROWTH_MIB = 32  # measured: +5.4 to +6.5 MiB
+P99_BOUND = 1.0  # seconds; measured 14-300 ms on this shared 2-core machine
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    with running(tmp_path_factory.mktemp("slowreaders")) as s:
+        yield s
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+async def stuck_member(url: str, i: int) -> websockets.ClientConnection:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+    ws = await connect(
+        f"{url}/ws/v2?username=stuck{i}",
+        sock=sock,
+        max_queue=1,
+        compression=None,
+        ping_interval=None,  # a stuck client does not ping (it would not read the pongs)
+    )
+    await ws.send(json.dumps({"type": "join", "id": "j", "room": ROOM}))
+    assert json.loads(await recv(ws))["type"] == "ack"
+    ws.transport.pause_reading()  # never reads again
+    return ws
+
+
+async def reader(member: V2, latencies: list[float], done: asyncio.Future) -> list[int]:
+    """Reads everything until the last published seq; returns the seqs of the room's
+    events (messages, joins, leaves), in the order received."""
+    seqs: list[int] = []
+    quiet_since = time.monotonic()
+    while not (done.done() and seqs and seqs[-1] >= done.result()):
+        try:
+            frame = await member.pump(timeout=0.2)
+        except TimeoutError:
+            assert time.monotonic() - quiet_since < 10, f"no event for 10 s after {seqs[-1:]}"
+            continue
+        quiet_since = time.monotonic()
+        if frame.get("room") == ROOM and "seq" in frame:
+            seqs.append(frame["seq"])
+            if frame["type"] == "message":
+                latencies.append(time.time() - frame["payload"]["t"])
+    return seqs
+
+
+async def inject(nats_url: str, first: int, count: int) -> float:
+    """The room's events at a steady RATE per second, where JetStream republishes them
+    (``sb.live.<room>``, each with its ``Sb-Seq``, as the chat service stores them);
+    returns the seconds it took."""
+    nc = await nats.connect(nats_url)
+    text = base64.b64encode(os.urandom(PAYLOAD * 3 // 4)).decode()
+    subject = live_subject(ROOM)
+    started = time.perf_counter()
+    for n in range(count):
+        seq = first + n
+        payload = {"text": text, "sender": "injector", "ts": int(time.time() * 1000)}
+        payload["t"] = time.time()
+        frame = envelope.event("message", ROOM, seq, payload).encode()
+        await nc.publish(subject, frame, headers={h.SEQ: str(seq)})
+        if n % 10 == 9:
+            await nc.flush()
+            await asyncio.sleep(max(0.0, started + (n + 1) / RATE - time.perf_counter()))
+    await nc.flush()
+    elapsed = time.perf_counter() - started
+    await nc.close()
+    return elapsed
+
+
+async def test_stuck_readers_closed_1013_memory_bounded_others_unaffected(stack) -> None:
+    gateway = stack.gateways[0]
+    url = f"ws://127.0.0.1:{gateway.port}"
+    stuck = await asyncio.gather(*(stuck_member(url, i) for i in range(STUCK)))
+    members = [await V2.open(f"{url}/ws/v2?username=reader{i}") for i in range(READERS)]
+    heads = [(await m.request("join", ROOM))["payload"]["seq"] for m in members]
+    await asyncio.sleep(0.5)
+    baseline = rss_mib(gateway.pid)
+    peak = baseline
+    sampling = True
+
+    async def sample_rss() -> None:
+        nonlocal peak
+        while sampling:
+            peak = max(peak, rss_mib(gateway.pid))
+            await asyncio.sleep(0.05)
+
+    sampler = asyncio.create_task(sample_rss())
+    latencies: list[float] = []
+    done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    readers = [asyncio.create_task(reader(m, latencies, done)) for m in members]
+    count = int(RATE * SECONDS)
+    last = heads[-1] + count
+    elapsed = await inject(stack.nats_url, heads[-1] + 1, count)
+    done.set_result(last)
+
+    # The stuck members: disconnected with 1013, per the room-event policy. They read
+    # again now, to see the close frame.
+    async def close_code(ws: websockets.ClientConnection) -> tuple[int, str] | None:
+        # A 4 KiB buffer whose window closed may never reopen (the receiver's silly-window
+        # avoidance waits for a full segment of room): give it room first.
+        ws.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 18
+        )
+        ws.transport.resume_reading()
+        try:
+            while True:
+                await recv(ws, 10)
+        except websockets.ConnectionClosed as exc:
+            return (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else None
+
+    codes = await asyncio.gather(*(close_code(ws) for ws in stuck))
+    received = await asyncio.gather(*readers)
+    sampling = False
+    await sampler
+    for m in members:
+        await m.close()
+
+    latencies.sort()
+    p99 = latencies[int(len(latencies) * 0.99)]
+    report = (
+        f"{count} messages in {elapsed:.2f} s ({count / elapsed:.0f}/s); "
+        f"gateway RSS {baseline:.1f} MiB before, peak {peak:.1f} MiB (+{peak - baseline:.1f}); "
+        f"readers' latency p50 {latencies[len(latencies) // 2] * 1e3:.1f} ms, "
+        f"p99 {p99 * 1e3:.1f} ms, max {latencies[-1] * 1e3:.1f} ms; "
+        f"stuck members closed: {sum(1 for c in codes if c and c[0] == 1013)}/{STUCK}"
+    )
+    print(report)
+    assert count / elapsed > 0.9 * RATE, report
+    reason = "slow consumer: reconnect and rejoin with since"
+    assert codes == [(1013, reason)] * STUCK, report
+    # Every reader got every event after its join, in order, none twice, none missing.
+    for head, seqs in zip(heads, received, strict=True):
+        upto = seqs[: seqs.index(last) + 1]
+        assert upto == list(range(head + 1, last + 1)), report
+    assert peak - baseline < RSS_GROWTH_MIB, report
+    assert p99 < P99_BOUND, report
+    dropped = sample(scrape(gateway.port), "switchboard_gateway_dropped_messages_total")
+    assert dropped >= STUCK, report
