@@ -227,6 +227,10 @@ class HandshakeDeadline(HttpToolsProtocol):
         super().connection_made(transport)
         self._deadline = self.loop.call_later(self.timeout, self._expire)
 
+    def handle_websocket_upgrade(self) -> None:
+        self._deadline.cancel()  # the timer would keep this protocol object alive
+        super().handle_websocket_upgrade()
+
     def _expire(self) -> None:
         transport = self.transport
         if self.cycle is None and transport.get_protocol() is self and not transport.is_closing():
