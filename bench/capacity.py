@@ -47,6 +47,8 @@ OPEN_CONCURRENCY = 64  # handshakes in flight per client process
 TARGET_KIB = 30.0
 SETTLE = 2.0  # seconds between the last handshake and reading RSS
 FD_MARGIN = 512  # descriptors a server needs besides its sockets
+# what browsers offer; set SB_CAPACITY_DEFLATE=1 to have the clients offer it too
+DEFLATE_OFFER = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
 
 
 # -- the bare baseline -------------------------------------------------------------------
@@ -83,7 +85,9 @@ class IdleClient(asyncio.Protocol):
         self.request = (
             f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {self.KEY}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
+            "Sec-WebSocket-Version: 13\r\n"
+            + (DEFLATE_OFFER if os.environ.get("SB_CAPACITY_DEFLATE") else "")
+            + "\r\n"
         ).encode()
         self.opened = opened
         self.buffer = b""
@@ -191,8 +195,11 @@ class Row:
         return (self.after_kib - self.before_kib) / max(1, self.connections)
 
 
-def measure(label: str, what: str, port: int, pid: int, path: str, total: int) -> Row:
-    """Open ``total`` idle connections to ``port`` from CLIENTS processes; RSS of ``pid``."""
+def measure(
+    label: str, what: str, port: int, pid: int, path: str, total: int, deflate: bool
+) -> Row:
+    """Open ``total`` idle connections to ``port`` from CLIENTS processes; RSS of ``pid``.
+    ``deflate``: the clients offer permessage-deflate, as browsers do."""
     time.sleep(SETTLE)
     before = rss_kib(pid)
     per = [total // CLIENTS + (1 if i < total % CLIENTS else 0) for i in range(CLIENTS)]
@@ -210,6 +217,7 @@ def measure(label: str, what: str, port: int, pid: int, path: str, total: int) -
                 str(n),
             ],
             cwd=ROOT,
+            env={**os.environ, "SB_CAPACITY_DEFLATE": "1" if deflate else ""},
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -330,9 +338,11 @@ def report(rows: list[Row], quick: bool, nofile: int, elapsed: float) -> str:
         f"Switchboard connection capacity{' (--quick)' if quick else ''}, {when}",
         f"machine: {_machine()}; code: {_revision()}",
         f"open-file limit (soft, this process and its children): {nofile}",
-        f"idle connections from {CLIENTS} client processes (upgrade, then pongs only; no "
-        "permessage-deflate offered); RSS = VmRSS of the server process, "
+        f"idle connections from {CLIENTS} client processes (upgrade, then pongs only); "
+        "RSS = VmRSS of the server process (a fresh one per row), "
         f"read {SETTLE:.0f} s after the last handshake",
+        "(a), (b): no permessage-deflate offered; (a'), (b'): offered and agreed, as with "
+        "browsers (each side then keeps zlib contexts per connection)",
         "",
         "server      connections  RSS before   RSS after  after close  per connection  opened in",
     ]
@@ -342,7 +352,7 @@ def report(rows: list[Row], quick: bool, nofile: int, elapsed: float) -> str:
             f"{r.after_kib / 1024:>8.1f} MiB {r.closed_kib / 1024:>8.1f} MiB "
             f"{r.per_connection:>10.1f} KiB {r.open_seconds:>8.1f} s"
         )
-    lines += ["", *(f"{r.label}: {r.what}" for r in rows)]
+    lines += ["", *dict.fromkeys(f"{r.label.replace(chr(39), '')}: {r.what}" for r in rows)]
     by = {r.label: r for r in rows}
     if "(b) gateway" in by:
         gw = by["(b) gateway"].per_connection
@@ -355,6 +365,12 @@ def report(rows: list[Row], quick: bool, nofile: int, elapsed: float) -> str:
         if "(a) bare" in by:
             bare = by["(a) bare"].per_connection
             lines.append(f"gateway / bare uvicorn: {gw / bare:.2f} ({bare:.1f} KiB bare)")
+        if "(b') gateway" in by and "(a') bare" in by:
+            gw2, bare2 = by["(b') gateway"].per_connection, by["(a') bare"].per_connection
+            lines.append(
+                f"with permessage-deflate: gateway {gw2:.1f} KiB, bare {bare2:.1f} KiB, "
+                f"ratio {gw2 / bare2:.2f} (target {'met' if gw2 <= TARGET_KIB else 'MISSED'})"
+            )
     lines += ["", f"total run time {elapsed:.0f} s"]
     return "\n".join(line.rstrip() for line in lines) + "\n"
 
@@ -374,12 +390,15 @@ def run(quick: bool, results_dir: Path) -> str:
     rows: list[Row] = []
     try:
         print(f"capacity: logs in {var_dir}/logs", file=sys.stderr, flush=True)
-        with bare_server(var_dir) as (port, pid):
-            what = "uvicorn bench.capacity:echo_app (websockets-sansio, uvloop, httptools)"
-            rows.append(measure("(a) bare", what, port, pid, "/", total))
-        with gateway_server(var_dir, total) as (port, pid):
-            what = "python -m gateway, /ws, defaults but the connection caps"
-            rows.append(measure("(b) gateway", what, port, pid, "/ws", total))
+        bare = "uvicorn bench.capacity:echo_app (websockets-sansio, uvloop, httptools)"
+        gateway = "python -m gateway, /ws, defaults but the connection caps"
+        for deflate in (False, True):
+            mark = "'" if deflate else ""
+            with bare_server(var_dir) as (port, pid):
+                rows.append(measure(f"(a{mark}) bare", bare, port, pid, "/", total, deflate))
+            with gateway_server(var_dir, total) as (port, pid):
+                label = f"(b{mark}) gateway"
+                rows.append(measure(label, gateway, port, pid, "/ws", total, deflate))
     except BaseException:
         print(f"capacity: stopped; logs kept in {var_dir}/logs", file=sys.stderr)
         raise
