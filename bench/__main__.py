@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, str] = {
     "relay": "bench.relay",  # tutorial in-process echo vs. gateway -> NATS -> codec
     "capacity": "bench.capacity",  # RSS per idle connection: gateway vs bare uvicorn
     "files": "bench.files",  # 100 MiB up/down via gateway -> NATS -> object store vs raw echo
+    "fanout": "bench.fanout",  # one room, 100 members: switchboard vs tutorial vs socket.io
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 
