@@ -175,7 +175,7 @@ class Raw:
                 self.flush()
             self.writer.close()
             await asyncio.wait_for(self.writer.wait_closed(), 2)
-        except (OSError, TimeoutError):
+        except Exception:  # the server may already have reset it (e.g. after a 1009)
             pass
 
 

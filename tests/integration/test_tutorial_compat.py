@@ -77,9 +77,13 @@ async def test_chat_same_frames_as_the_tutorial(stack, tutorial) -> None:
 
 
 async def test_anonymous_chat_user(stack, tutorial) -> None:
+    expected = '{"message":"Anonymous has joined the chat","sender":"Server","type":"system"}'
     async with connect(ws_base(stack) + "/ws/chat") as ws:
-        first = await recv(ws)
-    assert first == '{"message":"Anonymous has joined the chat","sender":"Server","type":"system"}'
+        # The room is shared: an earlier test's late leave notice may come first.
+        seen = [await recv(ws)]
+        while seen[-1] != expected and len(seen) < 5:
+            seen.append(await recv(ws))
+    assert seen[-1] == expected, seen
 
 
 async def test_pipelined_frames_come_back_in_order(stack) -> None:
