@@ -10,7 +10,7 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.hub import Hub
-from gateway.limits import BoundedReadProtocol, HandshakeDeadline
+from gateway.protocols import BoundedReadProtocol, HandshakeDeadline
 from gateway.relay import direct_websockets
 from gateway.settings import GatewaySettings
 from wire import logs

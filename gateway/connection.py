@@ -10,6 +10,12 @@ requests are never dropped: while the queue is full the gateway stops reading th
 socket (``capacity``), so the client cannot ask for more. Room events that would
 overflow it disconnect the client with 1013; it rejoins with ``since`` and loses
 nothing, because the room's history holds what it missed.
+
+Direct writes: when nothing is queued and the sender is not in the middle of a write, a
+data frame is written to the socket at once (:meth:`Connection.write_now`, through the
+server protocol's ``write_frame``, :mod:`gateway.protocols`): no wake-up of the sender
+task, and a room event is encoded once for all its recipients. The transport's own
+high-water mark bounds it; past that, messages queue as before.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 
 from gateway.endpoints import EndpointSpec
 from gateway.limits import RateLimiter
+from gateway.wsframe import encode
 
 Message = dict[str, Any]
 Release = Callable[[], None]
@@ -90,8 +97,10 @@ def size_of(message: Message) -> int:
 class Connection:
     __slots__ = (
         "active",
+        "busy",
         "capacity",
         "closing",
+        "direct",
         "id",
         "ip",
         "limiter",
@@ -100,6 +109,7 @@ class Connection:
         "next_out",
         "next_seq",
         "on_slow",
+        "on_written",
         "out",
         "out_bytes",
         "parked",
@@ -132,6 +142,9 @@ class Connection:
         self.out: deque[Message] = deque()
         self.out_bytes = 0
         self.on_slow: Callable[[], None] | None = None  # counts a slow-consumer drop
+        self.direct: Callable[[bytes], bool] | None = None  # the protocol's write_frame
+        self.on_written: Callable[[Message], None] | None = None  # metrics of a sent message
+        self.busy = False  # the sender holds a message it has not finished writing
         self.wake = Flag()
         self.capacity = Flag()
         self.capacity.set()
@@ -157,6 +170,19 @@ class Connection:
         self.out.append(message)
         self.out_bytes += size_of(message)
 
+    def write_now(self, message: Message) -> bool:
+        """Write ``message`` to the socket now if nothing is ahead of it (see the module
+        docstring). False: the caller queues it."""
+        direct = self.direct
+        if direct is None or self.out or self.busy:
+            return False
+        frame = encode(message)
+        if frame is None or not direct(frame):
+            return False
+        if self.on_written is not None:
+            self.on_written(message)
+        return True
+
     def sent(self, message: Message) -> None:
         """The sender wrote ``message``: free its bytes, reopen reading if it can."""
         self.out_bytes -= size_of(message)
@@ -178,8 +204,10 @@ class Connection:
             return
         enqueue = self.enqueue
         if isinstance(messages, list):
+            write_now = self.write_now
             for message in messages:
-                enqueue(message)
+                if not write_now(message):
+                    enqueue(message)
         else:
             messages()
         nxt = seq + 1
@@ -190,7 +218,8 @@ class Connection:
                 break
             if isinstance(later, list):
                 for message in later:
-                    enqueue(message)
+                    if not self.write_now(message):
+                        enqueue(message)
             else:
                 later()
             nxt += 1
@@ -199,12 +228,15 @@ class Connection:
             self.capacity.clear()  # replies are kept; stop reading until they drain
         elif not self.capacity.is_set() and len(self.pending) < self.max_in_flight:
             self.capacity.set()
-        self.wake.set()
+        if self.out:
+            self.wake.set()
 
     def push(self, message: Message) -> None:
         """A room event, outside the request order. If the client is not reading fast
         enough to keep the queue under its bound, it is disconnected (1013)."""
         if self.closing:
+            return
+        if self.write_now(message):
             return
         if self.out_bytes + size_of(message) > self.max_out_bytes:
             self.slow()

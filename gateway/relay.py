@@ -24,6 +24,7 @@ from gateway.hops import HOP_KEY
 from gateway.hub import Hub
 from gateway.limits import RATE_LIMITED, RateLimiter, client_ip, origin_allowed
 from gateway.settings import GatewaySettings
+from gateway.wsframe import DIRECT_WRITE
 from wire import headers as h
 from wire.errors import CloseCode, ErrorCode
 from wire.frames import request_headers
@@ -123,7 +124,7 @@ class RelayEndpoint:
             query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), True))
             user = query.get("username", "Anonymous")
         await send({"type": "websocket.accept"})
-        conn = self.connection(ip, user, CHAT_ROOM if self.spec.chat else None)
+        conn = self.connection(ip, user, CHAT_ROOM if self.spec.chat else None, scope)
         try:
             if self.spec.chat:
                 await hub.join_room(conn, CHAT_ROOM)
@@ -156,8 +157,12 @@ class RelayEndpoint:
             return None
         return ip
 
-    def connection(self, ip: str, user: str | None, room: str | None) -> Connection:
-        """A new admitted connection, registered with the hub."""
+    def connection(
+        self, ip: str, user: str | None, room: str | None, scope: dict | None = None
+    ) -> Connection:
+        """A new admitted connection, registered with the hub. With ``scope``, frames are
+        written directly when they can be (``Connection.write_now``; the sender is then
+        :meth:`_send`, which knows how to share the socket with it)."""
         settings = self.settings
         conn = Connection(
             self.hub.new_id(),
@@ -180,6 +185,9 @@ class RelayEndpoint:
         )
         conn.active = time.monotonic()
         conn.on_slow = self.slow_drops.inc
+        if scope is not None:
+            conn.direct = scope.get("extensions", {}).get(DIRECT_WRITE)
+            conn.on_written = self.wrote
         self.hub.register(conn)
         self.open.inc()
         self.accepted.inc()
@@ -243,6 +251,19 @@ class RelayEndpoint:
                 conn, route, data, request_headers(frame, user=user, room=room), received=received
             )
 
+    def wrote(self, message: dict[str, Any]) -> None:
+        """Metrics of a message written to the socket, by the sender or directly."""
+        pending = message.pop(HOP_KEY, None)  # on the last message of a reply
+        text = message.get("text")
+        if text is not None:
+            self.out_text.inc()
+            self.out_text_bytes.inc(len(text))
+        elif message["type"] == "websocket.send":
+            self.out_binary.inc()
+            self.out_binary_bytes.inc(len(message["bytes"]))
+        if pending is not None:
+            self.hops.sent(pending)
+
     async def _send(self, conn: Connection, send) -> None:
         out = conn.out
         wake = conn.wake
@@ -252,20 +273,14 @@ class RelayEndpoint:
                 await wake.wait()
                 continue
             message = out.popleft()
-            pending = message.pop(HOP_KEY, None)  # on the last message of a reply
-            text = message.get("text")
-            if text is not None:
-                self.out_text.inc()
-                self.out_text_bytes.inc(len(text))
-            elif message["type"] == "websocket.send":
-                self.out_binary.inc()
-                self.out_binary_bytes.inc(len(message["bytes"]))
+            conn.busy = True  # until written: no direct write may overtake it
             try:
                 await send(message)
             except Exception:  # the peer is gone; the receiver sees the disconnect
                 return
+            finally:
+                conn.busy = False
             conn.sent(message)
-            if pending is not None:
-                self.hops.sent(pending)
+            self.wrote(message)
             if message["type"] == "websocket.close":
                 return

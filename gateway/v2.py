@@ -80,7 +80,7 @@ class V2Endpoint(RelayEndpoint):
             hub.admission.release(ip)
             return
         await send(accept)
-        conn = self.connection(ip, identity.user, None)
+        conn = self.connection(ip, identity.user, None, scope)
         try:
             async with anyio.create_task_group() as tg:
 

@@ -133,7 +133,12 @@ class Client:
                 url = random.choice(others or urls)
             try:
                 ws = await websockets.connect(
-                    url + self.path + self.query(), open_timeout=OPEN_TIMEOUT, close_timeout=1
+                    url + self.path + self.query(),
+                    open_timeout=OPEN_TIMEOUT,
+                    close_timeout=1,
+                    # half with permessage-deflate (uvicorn's send compresses), half
+                    # without (the gateway writes frames directly): both paths under faults
+                    compression="deflate" if self.home % 2 else None,
                 )
             except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
                 self.note(f"connect {url} failed: {exc!r}")

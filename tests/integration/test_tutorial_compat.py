@@ -46,9 +46,20 @@ CASES: list[tuple[str, list[str | bytes], int]] = [
 ]
 
 
+# Without permessage-deflate the gateway writes frames itself (gateway.wsframe); with it
+# (what browsers and the websockets client offer by default) uvicorn's send compresses.
+COMPRESSION = pytest.mark.parametrize("compression", ["deflate", None], ids=["deflate", "plain"])
+
+
+@COMPRESSION
 @pytest.mark.parametrize(("path", "frames", "replies"), CASES, ids=[c[0] for c in CASES])
-async def test_same_replies_as_the_tutorial(stack, tutorial, path, frames, replies) -> None:
-    async with connect(tutorial + path) as ref, connect(ws_base(stack) + path) as ours:
+async def test_same_replies_as_the_tutorial(
+    stack, tutorial, path, frames, replies, compression
+) -> None:
+    async with (
+        connect(tutorial + path, compression=compression) as ref,
+        connect(ws_base(stack) + path, compression=compression) as ours,
+    ):
         for frame in frames:
             await ref.send(frame)
             await ours.send(frame)
@@ -58,13 +69,14 @@ async def test_same_replies_as_the_tutorial(stack, tutorial, path, frames, repli
             assert [type(g) for g in got] == [type(e) for e in expected]
 
 
-async def test_chat_same_frames_as_the_tutorial(stack, tutorial) -> None:
+@COMPRESSION
+async def test_chat_same_frames_as_the_tutorial(stack, tutorial, compression) -> None:
     # A unique name keeps the tutorial's shared in-process room free of other tests.
     name = f"u{uuid.uuid4().hex[:8]}"
     script = ['{"message": "hello"}', '{"message": 42}', '{"message": "multi\\nline é"}']
     transcripts = []
     for base in (tutorial, ws_base(stack)):
-        async with connect(f"{base}/ws/chat?username={name}") as ws:
+        async with connect(f"{base}/ws/chat?username={name}", compression=compression) as ws:
             seen = [await recv(ws)]
             for frame in script:
                 await ws.send(frame)
@@ -86,8 +98,9 @@ async def test_anonymous_chat_user(stack, tutorial) -> None:
     assert seen[-1] == expected, seen
 
 
-async def test_pipelined_frames_come_back_in_order(stack) -> None:
-    async with connect(ws_base(stack) + "/ws") as ws:
+@COMPRESSION
+async def test_pipelined_frames_come_back_in_order(stack, compression) -> None:
+    async with connect(ws_base(stack) + "/ws", compression=compression) as ws:
         for i in range(300):
             await ws.send(f"m{i}")
         got = await recv_n(ws, 300)

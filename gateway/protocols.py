@@ -1,0 +1,130 @@
+"""uvicorn's protocols, as the gateway runs them (``python -m gateway`` passes these classes
+to uvicorn): reads parsed in bounded slices, a deadline for the HTTP request, and a direct
+write path for frames encoded once (:mod:`gateway.wsframe`)."""
+
+from __future__ import annotations
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
+
+from gateway.wsframe import DIRECT_WRITE
+
+# -- reading: bounded parsing per event-loop turn -------------------------------------
+
+PARSE_SLICE = 512  # bytes of one read parsed per loop turn (~45 frames of 5 bytes)
+
+
+class BoundedReadProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's ``websockets-sansio`` protocol, with each read parsed in slices of
+    :data:`PARSE_SLICE` bytes, the next slice only once the app has taken every message
+    the previous one produced.
+
+    uvicorn pauses reading once a message is queued, but parses a whole read at once: one
+    256 KiB read of tiny frames from a flooding client is ~24,000 frames parsed and queued
+    in one go (~0.3 s of this loop, for every connection). Sliced, the flooder costs at
+    most one slice's worth of work per loop turn, and the rate limiter sees its frames one
+    slice at a time. Idle connections carry nothing extra (``_rest`` is a class default)."""
+
+    _rest: memoryview | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._rest is None and len(data) <= PARSE_SLICE:
+            super().data_received(data)
+            return
+        if self.close_sent:  # a backlog after our close: not worth parsing for its reply
+            self._rest = None
+            self.transport.close()
+            return
+        pending = self._rest
+        self._rest = memoryview(data if pending is None else bytes(pending) + data)
+        self.transport.pause_reading()
+        if pending is None:  # else a _feed is already due (scheduled, or by receive())
+            self._feed()
+
+    def _feed(self) -> None:
+        while self._rest is not None:
+            if self.close_sent or self.transport.is_closing():
+                self._rest = None
+                self.transport.close()
+                return
+            chunk, rest = self._rest[:PARSE_SLICE], self._rest[PARSE_SLICE:]
+            self._rest = rest if len(rest) else None
+            super().data_received(bytes(chunk))
+            if self.conn.parser_exc is not None:
+                self._rest = None
+                return
+            if not self.queue.empty():
+                break  # the app has work: the next slice once it has taken it
+        if self._rest is None:
+            if self.queue.empty():
+                self.read_paused = False
+                self.transport.resume_reading()
+            else:
+                self.read_paused = True  # receive() resumes once the app has taken them
+
+    def handle_connect(self, event) -> None:  # type: ignore[no-untyped-def]
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)  # none if the handshake was refused
+        if scope is not None and not self.conn.extensions:  # agreed by accept() above
+            scope["extensions"][DIRECT_WRITE] = self.write_frame
+
+    def write_frame(self, frame: bytes) -> bool:
+        """Write an encoded data frame (:mod:`gateway.wsframe`) now, if the connection is
+        open and its transport below its high-water mark. False means: send it the
+        ordinary way, through the app's queue and ``send``, which waits for the transport
+        to drain. (Offered only to connections without extensions: with
+        permessage-deflate, ``send`` compresses.)"""
+        if (
+            self.close_sent
+            or not self.writable.is_set()
+            or self.conn.state is not State.OPEN
+            or self.transport.is_closing()
+        ):
+            return False
+        self.transport.write(frame)
+        return True
+
+    async def receive(self):  # as uvicorn's, resuming reading only when no slice is left
+        message = await self.queue.get()
+        if self.queue.empty():
+            if self._rest is not None:
+                self.loop.call_soon(self._feed)
+            elif self.read_paused:
+                self.read_paused = False
+                self.transport.resume_reading()
+        return message
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._rest = None
+        super().connection_lost(exc)
+
+
+# -- handshake deadline ---------------------------------------------------------------
+
+
+class HandshakeDeadline(HttpToolsProtocol):
+    """uvicorn's httptools protocol, closing a connection that has not sent a complete
+    request (the WebSocket upgrade, or any HTTP request) within :attr:`timeout` seconds.
+    uvicorn itself waits forever: a client could hold sockets that never upgrade, out of
+    reach of the connection caps, which count WebSockets. Set from
+    ``SB_GATEWAY_HANDSHAKE_TIMEOUT`` by ``python -m gateway``."""
+
+    timeout = 10.0
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._deadline = self.loop.call_later(self.timeout, self._expire)
+
+    def handle_websocket_upgrade(self) -> None:
+        self._deadline.cancel()  # the timer would keep this protocol object alive
+        super().handle_websocket_upgrade()
+
+    def _expire(self) -> None:
+        transport = self.transport
+        if self.cycle is None and transport.get_protocol() is self and not transport.is_closing():
+            transport.close()  # no request yet (once upgraded, the transport has moved on)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._deadline.cancel()
+        super().connection_lost(exc)
