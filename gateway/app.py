@@ -20,6 +20,7 @@ from gateway.relay import RelayEndpoint
 from gateway.settings import GatewaySettings
 from gateway.stats import LiveStats
 from gateway.v2 import V2Endpoint
+from wire.gcpolicy import freeze_startup_heap
 from wire.metrics import GatewayMetrics
 
 STATIC = Path(__file__).parent / "static"
@@ -41,6 +42,7 @@ def create_app(settings: GatewaySettings, registry: CollectorRegistry | None = N
         await hub.start()
         assert hub.nc is not None
         await live.start(hub.nc)
+        freeze_startup_heap()
         try:
             yield
         finally:

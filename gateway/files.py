@@ -560,7 +560,7 @@ class FilesEndpoint(RelayEndpoint):
                     tg.cancel_scope.cancel()
 
                 async def sender() -> None:
-                    await self._send_files(conn, files, send)
+                    await self._send(conn, send, on_empty=files.drained.set)
                     tg.cancel_scope.cancel()
 
                 tg.start_soon(receiver)
@@ -597,32 +597,6 @@ class FilesEndpoint(RelayEndpoint):
                 await files.on_chunk(data)
             except WireError as exc:
                 files.send_error(None, exc)
-
-    async def _send_files(self, conn: Connection, files: FilesSocket, send) -> None:
-        out = conn.out
-        while True:
-            if not out:
-                files.drained.set()
-                conn.wake.clear()
-                await conn.wake.wait()
-                continue
-            message = out.popleft()
-            text = message.get("text")
-            if text is not None:
-                self.out_text.inc()
-                self.out_text_bytes.inc(len(text))
-            elif message["type"] == "websocket.send":
-                self.out_binary.inc()
-                self.out_binary_bytes.inc(len(message["bytes"]))
-            try:
-                await send(message)
-            except Exception:  # the peer is gone; the receiver sees the disconnect
-                return
-            conn.sent(message)
-            if not out:
-                files.drained.set()
-            if message["type"] == "websocket.close":
-                return
 
 
 def mount(app: FastAPI, hub: Hub, settings: GatewaySettings, metrics: GatewayMetrics) -> None:

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -264,11 +264,17 @@ class RelayEndpoint:
         if pending is not None:
             self.hops.sent(pending)
 
-    async def _send(self, conn: Connection, send) -> None:
+    async def _send(
+        self, conn: Connection, send, on_empty: Callable[[], None] | None = None
+    ) -> None:
+        """The sender: writes what ``conn.out`` holds, in order; ``on_empty`` is called
+        each time the queue runs dry."""
         out = conn.out
         wake = conn.wake
         while True:
             if not out:
+                if on_empty is not None:
+                    on_empty()
                 wake.clear()
                 await wake.wait()
                 continue

@@ -30,6 +30,7 @@ from wire import logs, natsconn
 from wire import stats as live
 from wire.errors import ErrorCode, WireError
 from wire.frames import Reply, Request, decode_request
+from wire.gcpolicy import freeze_startup_heap
 from wire.metrics import ServiceMetrics, Status
 from wire.subjects import Op, Service, service_subject, stats_subject
 
@@ -160,6 +161,7 @@ async def serve(
         )
         log.info("service ready", extra={"service": str(service), "id": svc.id})
         # For supervisors (switchboard.localstack), whatever the log level: one line.
+        freeze_startup_heap()
         print(f"{READY_LINE} {service} {svc.id}", flush=True)
         await stop.wait()
         publisher.cancel()
