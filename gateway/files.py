@@ -25,7 +25,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
 
 import anyio
 import orjson
@@ -40,7 +39,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.routing import WebSocketRoute
 
-from gateway.auth import SUBPROTOCOL, Authenticator, token_from
+from gateway.auth import SUBPROTOCOL, Authenticator
 from gateway.connection import Connection
 from gateway.endpoints import EndpointSpec
 from gateway.hub import Hub
@@ -49,10 +48,9 @@ from gateway.settings import GatewaySettings
 from wire import errors
 from wire import files as wf
 from wire import headers as h
-from wire.errors import CloseCode, ErrorCode, WireError
+from wire.errors import ErrorCode, WireError
 from wire.frames import FrameDecodeError, decode_frames, request_headers
 from wire.metrics import GatewayMetrics
-from wire.names import check_username
 from wire.subjects import Op, Service, service_subject, upload_subject
 
 log = logging.getLogger(__name__)
@@ -526,28 +524,10 @@ class FilesEndpoint(RelayEndpoint):
         if (await receive())["type"] != "websocket.connect":
             return
         hub = self.hub
-        ip = await self.admit(scope, send)
-        if ip is None:
+        admitted = await self.authenticate(scope, send, self.auth, (FILES_SUBPROTOCOL, SUBPROTOCOL))
+        if admitted is None:
             return
-        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), True))
-        offered = scope.get("subprotocols") or []
-        accept: dict[str, object] = {"type": "websocket.accept"}
-        for proto in (FILES_SUBPROTOCOL, SUBPROTOCOL):
-            if proto in offered:
-                accept["subprotocol"] = proto
-                break
-        try:
-            username = query.get("username")
-            if username is not None:
-                check_username(username)
-            identity = self.auth.identify(token_from(query, offered), username)
-        except WireError as exc:
-            await send(accept)
-            code = int(CloseCode.POLICY_VIOLATION)
-            await send({"type": "websocket.close", "code": code, "reason": exc.description})
-            hub.admission.release(ip)
-            return
-        await send(accept)
+        ip, identity = admitted
         conn = self.connection(ip, identity.user, None)
         files = FilesSocket(
             conn, hub, identity.user, self.config, self.file_metrics, self.max_chunk

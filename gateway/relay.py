@@ -11,13 +11,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 from urllib.parse import parse_qsl
 
 import anyio
 from starlette.routing import WebSocketRoute
 
+from gateway.auth import Authenticator, Identity, token_from
 from gateway.connection import Connection
 from gateway.endpoints import CHAT_JOIN, CHAT_LEAVE, EndpointSpec
 from gateway.hops import HOP_KEY
@@ -26,9 +27,10 @@ from gateway.limits import RATE_LIMITED, RateLimiter, client_ip, origin_allowed
 from gateway.settings import GatewaySettings
 from gateway.wsframe import DIRECT_WRITE
 from wire import headers as h
-from wire.errors import CloseCode, ErrorCode
+from wire.errors import CloseCode, ErrorCode, WireError
 from wire.frames import request_headers
 from wire.metrics import DropReason, GatewayMetrics
+from wire.names import check_username
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +158,38 @@ class RelayEndpoint:
             await send({"type": "websocket.close", "code": code, "reason": reason})
             return None
         return ip
+
+    async def authenticate(
+        self, scope, send, auth: Authenticator, subprotocols: Sequence[str]
+    ) -> tuple[str, Identity] | None:
+        """:meth:`admit`, then who the client is (a JWT from ``?token=`` or the
+        ``bearer.<jwt>`` subprotocol, or a ``?username=``), then accept, choosing the first
+        of ``subprotocols`` the client offered. Returns the address and identity, or None
+        after refusing: accepted and closed 1008 with the reason, so that a browser sees
+        it (a refused handshake would only say 1006)."""
+        ip = await self.admit(scope, send)
+        if ip is None:
+            return None
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), True))
+        offered = scope.get("subprotocols") or []
+        accept: dict[str, object] = {"type": "websocket.accept"}
+        for proto in subprotocols:
+            if proto in offered:
+                accept["subprotocol"] = proto
+                break
+        try:
+            username = query.get("username")
+            if username is not None:
+                check_username(username)
+            identity = auth.identify(token_from(query, offered), username)
+        except WireError as exc:
+            await send(accept)
+            code = int(CloseCode.POLICY_VIOLATION)
+            await send({"type": "websocket.close", "code": code, "reason": exc.description})
+            self.hub.admission.release(ip)
+            return None
+        await send(accept)
+        return ip, identity
 
     def connection(
         self, ip: str, user: str | None, room: str | None, scope: dict | None = None

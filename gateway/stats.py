@@ -174,7 +174,7 @@ class LiveStats:
                 live.publish_forever(
                     nc,
                     stats_subject("gateway", self.gateway_id),
-                    lambda: live.gateway_snapshot(self.registry, self.gateway_id),
+                    lambda: live.gateway_snapshot(self.metrics, self.gateway_id),
                     self.interval,
                 )
             ),

@@ -12,16 +12,14 @@ import contextlib
 import functools
 import logging
 from collections.abc import Mapping
-from urllib.parse import parse_qsl
 
-import anyio
 import orjson
 
-from gateway.auth import SUBPROTOCOL, Authenticator, Identity, token_from
+from gateway.auth import SUBPROTOCOL, Authenticator, Identity
 from gateway.connection import Connection, Message
 from gateway.endpoints import HISTORY, PRESENCE, PUBLISH, ROOM_JOIN, ROOM_LEAVE, V2, Route
 from gateway.hub import Hub
-from gateway.relay import RelayEndpoint
+from gateway.relay import RelayEndpoint, both
 from gateway.rooms import Member, Rooms, seq_header
 from gateway.settings import GatewaySettings
 from wire import envelope
@@ -29,7 +27,6 @@ from wire import headers as h
 from wire.errors import CloseCode, ErrorCode, WireError
 from wire.frames import quoted, request_headers
 from wire.metrics import GatewayMetrics
-from wire.names import check_username
 
 log = logging.getLogger(__name__)
 
@@ -60,40 +57,13 @@ class V2Endpoint(RelayEndpoint):
         if message["type"] != "websocket.connect":
             return
         hub = self.hub
-        ip = await self.admit(scope, send)
-        if ip is None:
+        admitted = await self.authenticate(scope, send, self.auth, (SUBPROTOCOL,))
+        if admitted is None:
             return
-        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), True))
-        offered = scope.get("subprotocols") or []
-        accept: dict[str, object] = {"type": "websocket.accept"}
-        if SUBPROTOCOL in offered:
-            accept["subprotocol"] = SUBPROTOCOL
-        try:
-            username = query.get("username")
-            if username is not None:
-                check_username(username)
-            identity = self.auth.identify(token_from(query, offered), username)
-        except WireError as exc:
-            await send(accept)
-            code = int(CloseCode.POLICY_VIOLATION)
-            await send({"type": "websocket.close", "code": code, "reason": exc.description})
-            hub.admission.release(ip)
-            return
-        await send(accept)
+        ip, identity = admitted
         conn = self.connection(ip, identity.user, None, scope)
         try:
-            async with anyio.create_task_group() as tg:
-
-                async def receiver() -> None:
-                    await self._receive_v2(conn, identity, receive)
-                    tg.cancel_scope.cancel()
-
-                async def sender() -> None:
-                    await self._send(conn, send)
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(receiver)
-                tg.start_soon(sender)
+            await both(self._receive_v2(conn, identity, receive), self._send(conn, send))
         finally:
             hub.unregister(conn)
             self.open.dec()

@@ -156,7 +156,7 @@ async def serve(
             live.publish_forever(
                 nc,
                 stats_subject(service, svc.id),
-                lambda: live.service_snapshot(registry, str(service), svc.id),
+                lambda: live.service_snapshot(metrics, str(service), svc.id),
             )
         )
         log.info("service ready", extra={"service": str(service), "id": svc.id})

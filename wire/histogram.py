@@ -5,8 +5,9 @@ the gateway observes several hops per frame, all from its event loop thread, and
 ``/metrics`` endpoint is served by the same loop. :class:`LoopHistogram` keeps plain
 per-bucket counts (``observe`` = one ``bisect`` and two additions, about 0.25 µs) and is
 exposed exactly as a client_python histogram is: cumulative ``_bucket{le}``, ``_count``,
-``_sum``, same ``le`` spelling. Not for values observed from several threads (the
-workers, whose metrics server runs in a thread, keep ``prometheus_client.Histogram``).
+``_sum``, same ``le`` spelling. Observe from one thread only; reading from another (a
+worker's metrics server thread) is fine: each bucket's count is read as it stands, so a
+scrape may miss the last value or two, and cumulative counts stay monotonic.
 """
 
 from __future__ import annotations
@@ -61,6 +62,25 @@ class LoopHistogram(Collector):
         if child is None:
             child = self._children[key] = LoopHistogramChild(self.bounds)
         return child
+
+    def cumulative_by(self, label: str | None) -> dict[str, list[int]]:
+        """Cumulative bucket counts (+Inf last) summed by one label (``None``: all in
+        one, under ``""``), children without observations left out. For the live
+        figures (wire/stats.py): no samples built, so a once-a-second snapshot does not
+        hold the event loop (a full ``registry.collect()`` of the gateway took ~6 ms)."""
+        index = self.labelnames.index(label) if label is not None else None
+        sums: dict[str, list[int]] = {}
+        for key, child in list(self._children.items()):
+            counts = child.counts
+            if not any(counts):
+                continue
+            name = key[index] if index is not None else ""
+            total = sums.get(name)
+            if total is None:
+                sums[name] = list(counts)
+            else:
+                sums[name] = [a + b for a, b in zip(total, counts, strict=True)]
+        return {name: list(accumulate(counts)) for name, counts in sums.items()}
 
     def describe(self) -> list[HistogramMetricFamily]:
         return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]

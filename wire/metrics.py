@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from wire.errors import ErrorCode
 from wire.histogram import LoopHistogram
@@ -163,14 +163,17 @@ class ServiceMetrics:
             ["service", "operation", "status"],
             registry=registry,
         )
-        self.handling_seconds = Histogram(
+        # LoopHistogram, as the gateway's: observed from the event loop only (no lock
+        # per value); the metrics thread reading them sees each bucket's count as of
+        # its read, which can only make a scrape a frame or two behind.
+        self.handling_seconds = LoopHistogram(
             "switchboard_service_handling_duration_seconds",
             "Time inside the handler, reply included, by outcome",
             ["service", "operation", "status"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        self.transit_seconds = Histogram(
+        self.transit_seconds = LoopHistogram(
             "switchboard_service_transit_duration_seconds",
             "NATS transit from gateway publish to worker receipt (Sb-Sent-At header), "
             "by the frame's outcome",

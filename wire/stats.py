@@ -21,8 +21,10 @@ Gateway figures: counters ``frames_in`` by endpoint, ``frames`` (answered) by st
 ``send`` and ``total`` (end to end). Worker figures: counters ``requests`` by status;
 gauges ``in_flight``; hops ``transit`` and ``handling``.
 
-Snapshots are read from the process's own Prometheus registry (``registry.collect()``
-once a second), so the hot path pays nothing for them. Values are cumulative, so a lost
+Snapshots are read once a second from the process's own metric objects (the
+histograms' counts directly, not a ``registry.collect()``, which takes milliseconds of
+the event loop for the gateway's ~2,000 histogram samples), so the hot path pays nothing
+for them. Values are cumulative, so a lost
 snapshot only widens the next interval.
 """
 
@@ -38,9 +40,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
-from prometheus_client import CollectorRegistry
 
-from wire.metrics import LATENCY_BUCKETS
+from wire.metrics import LATENCY_BUCKETS, GatewayMetrics, ServiceMetrics
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +51,6 @@ STALE_AFTER = 3.5  # an instance not heard from for this long is gone
 BOUNDS = (*LATENCY_BUCKETS, math.inf)
 
 Snapshot = dict[str, Any]
-
-
-def _samples(registry: CollectorRegistry) -> dict[str, list[Any]]:
-    by_name: dict[str, list[Any]] = defaultdict(list)
-    for family in registry.collect():
-        for sample in family.samples:
-            by_name[sample.name].append(sample)
-    return by_name
 
 
 def _sum_by(
@@ -71,28 +64,17 @@ def _sum_by(
     return dict(out)
 
 
-_BOUND_INDEX = {b: i for i, b in enumerate(BOUNDS)}
+def _samples_of(metric: Any, suffix: str = "") -> list[Any]:
+    """One metric's samples; a counter's are ``_total`` (not ``_created``)."""
+    return [s for f in metric.collect() for s in f.samples if s.name.endswith(suffix)]
 
 
-def _buckets_by(samples: Iterable[Any], label: str | None) -> dict[str, list[float]]:
-    """Cumulative bucket counts of ``<histogram>_bucket`` samples, summed by ``label``."""
-    out: dict[str, list[float]] = {}
-    for s in samples:
-        index = _BOUND_INDEX.get(float(s.labels["le"]))
-        if index is None:  # a histogram with other buckets: not ours
-            continue
-        key = s.labels.get(label, "") if label else ""
-        counts = out.get(key)
-        if counts is None:
-            counts = out[key] = [0.0] * len(BOUNDS)
-        counts[index] += s.value
-    return out
-
-
-def gateway_snapshot(registry: CollectorRegistry, instance: str) -> Snapshot:
-    by = _samples(registry)
-    hops = _buckets_by(by["switchboard_gateway_hop_duration_seconds_bucket"], "hop")
-    total = _buckets_by(by["switchboard_gateway_frame_duration_seconds_bucket"], None)
+def gateway_snapshot(metrics: GatewayMetrics, instance: str) -> Snapshot:
+    """Read from the metric objects themselves, not ``registry.collect()``: the hop
+    histograms alone are ~2,000 samples, ~6 ms of the gateway's event loop to build."""
+    hops: dict[str, list[float]] = dict(metrics.hop_seconds.cumulative_by("hop"))
+    by_status = metrics.frame_seconds.cumulative_by("status")
+    total = metrics.frame_seconds.cumulative_by(None)
     if "" in total:
         hops["total"] = total[""]
     return {
@@ -102,31 +84,30 @@ def gateway_snapshot(registry: CollectorRegistry, instance: str) -> Snapshot:
         "at": time.time(),
         "counters": {
             "frames_in": _sum_by(
-                by["switchboard_gateway_frames_total"], "endpoint", {"direction": "in"}
+                _samples_of(metrics.frames, "_total"), "endpoint", {"direction": "in"}
             ),
-            "frames": _sum_by(by["switchboard_gateway_frame_duration_seconds_count"], "status"),
-            "errors": _sum_by(by["switchboard_gateway_errors_total"], "code"),
+            "frames": {status: counts[-1] for status, counts in by_status.items()},
+            "errors": _sum_by(_samples_of(metrics.errors, "_total"), "code"),
         },
         "gauges": {
-            "connections": _sum_by(by["switchboard_gateway_connections_open"], "endpoint"),
+            "connections": _sum_by(_samples_of(metrics.connections), "endpoint"),
         },
         "hops": hops,
     }
 
 
-def service_snapshot(registry: CollectorRegistry, service: str, instance: str) -> Snapshot:
-    by = _samples(registry)
+def service_snapshot(metrics: ServiceMetrics, service: str, instance: str) -> Snapshot:
     hops = {
-        "transit": _buckets_by(by["switchboard_service_transit_duration_seconds_bucket"], None),
-        "handling": _buckets_by(by["switchboard_service_handling_duration_seconds_bucket"], None),
+        "transit": metrics.transit_seconds.cumulative_by(None),
+        "handling": metrics.handling_seconds.cumulative_by(None),
     }
     return {
         "v": VERSION,
         "component": service,
         "id": instance,
         "at": time.time(),
-        "counters": {"requests": _sum_by(by["switchboard_service_requests_total"], "status")},
-        "gauges": {"in_flight": _sum_by(by["switchboard_service_in_flight_requests"], "service")},
+        "counters": {"requests": _sum_by(_samples_of(metrics.requests, "_total"), "status")},
+        "gauges": {"in_flight": _sum_by(_samples_of(metrics.in_flight), "service")},
         "hops": {hop: counts[""] for hop, counts in hops.items() if "" in counts},
     }
 

@@ -31,7 +31,7 @@ def test_quantile_matches_promql_histogram_quantile() -> None:
     assert live.quantile(0.99, everything_slow) == live.BOUNDS[-2]
 
 
-def test_snapshots_read_the_registry() -> None:
+def test_snapshots_read_the_metrics() -> None:
     registry = CollectorRegistry()
     gw = GatewayMetrics(registry)
     gw.frames.labels("/ws", "in", "text").inc(7)
@@ -39,7 +39,7 @@ def test_snapshots_read_the_registry() -> None:
     gw.connections.labels("/ws").set(2)
     gw.hop_seconds.labels("/ws", "send", Status.OK).observe(0.0002)
     gw.frame_seconds.labels("/ws", Status.TIMEOUT).observe(2.0)
-    snap = live.gateway_snapshot(registry, "gw1")
+    snap = live.gateway_snapshot(gw, "gw1")
     assert snap["component"] == "gateway" and snap["id"] == "gw1"
     assert snap["counters"]["frames_in"] == {"/ws": 7}
     assert snap["counters"]["frames"]["timeout"] == 1
@@ -55,7 +55,7 @@ def test_snapshots_read_the_registry() -> None:
     svc.requests.labels("codec", "echo", Status.OK).inc(5)
     svc.handling_seconds.labels("codec", "echo", Status.OK).observe(0.001)
     svc.transit_seconds.labels("codec", "echo", Status.OK).observe(0.0004)
-    snap = live.service_snapshot(registry, "codec", "abc")
+    snap = live.service_snapshot(svc, "codec", "abc")
     assert snap["counters"]["requests"] == {"ok": 5}
     assert snap["hops"]["handling"][-1] == 1 and snap["hops"]["transit"][-1] == 1
 
