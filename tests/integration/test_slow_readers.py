@@ -10,8 +10,11 @@ Bounds (documented in docs/security.md, "Slow consumers"):
   room event is one object shared by every member's queue;
 - the readers' p99 latency (publish -> delivered) stays under :data:`P99_BOUND` seconds.
 
-The stuck readers use a 4 KiB socket receive buffer, no permessage-deflate and
-incompressible payloads, so the bytes really pile up in the gateway.
+The messages are published like any client's: four ``/ws/v2`` sockets send ``publish``
+frames on a fixed schedule, the chat service stores each in JetStream and JetStream
+republishes it to the gateway. The stuck readers use a 4 KiB socket receive buffer, no
+permessage-deflate and incompressible payloads, so the bytes really pile up in the
+gateway.
 """
 
 from __future__ import annotations
@@ -24,21 +27,18 @@ import socket
 import time
 from collections.abc import Iterator
 
-import nats
 import pytest
 import websockets
 
 from switchboard.localstack import LocalStack, running
 from tests.integration.client import connect, recv, sample, scrape
 from tests.integration.v2client import V2
-from wire import envelope
-from wire import headers as h
-from wire.subjects import live_subject
 
 ROOM = "slow-readers"
 STUCK = 50
 READERS = 5
-RATE = 1000  # messages per second into the room, in all
+RATE = 1000  # messages per second into the room, in all ...
+PUBLISHERS = 4  # ... from this many sockets (250/s each, under the 500 frames/s limit)
 SECONDS = 4.0
 PAYLOAD = 1500  # bytes of base64 text per message (incompressible)
 RSS_GROWTH_MIB = 32  # measured: +5.4 to +6.5 MiB
@@ -95,27 +95,38 @@ async def reader(member: V2, latencies: list[float], done: asyncio.Future) -> li
     return seqs
 
 
-async def inject(nats_url: str, first: int, count: int) -> float:
-    """The room's events at a steady RATE per second, where JetStream republishes them
-    (``sb.live.<room>``, each with its ``Sb-Seq``, as the chat service stores them);
-    returns the seconds it took."""
-    nc = await nats.connect(nats_url)
+async def inject(url: str, count: int) -> tuple[float, float, int]:
+    """The room's messages, published through the gateway like any client's (``/ws/v2``
+    ``publish`` -> chat -> JetStream -> ``sb.live.<room>`` -> the gateway): RATE per
+    second in all from PUBLISHERS sockets, each on a fixed schedule without waiting for
+    its acks. Returns the seconds the sending took, the seconds until every message was
+    acked (stored), and the room seq of the last one."""
     text = base64.b64encode(os.urandom(PAYLOAD * 3 // 4)).decode()
-    subject = live_subject(ROOM)
+    publishers = [
+        await V2.open(f"{url}/ws/v2?username=injector{k}", compression=None)
+        for k in range(PUBLISHERS)
+    ]
     started = time.perf_counter()
-    for n in range(count):
-        seq = first + n
-        payload = {"text": text, "sender": "injector", "ts": int(time.time() * 1000)}
-        payload["t"] = time.time()
-        frame = envelope.event("message", ROOM, seq, payload).encode()
-        await nc.publish(subject, frame, headers={h.SEQ: str(seq)})
-        if n % 10 == 9:
-            await nc.flush()
-            await asyncio.sleep(max(0.0, started + (n + 1) / RATE - time.perf_counter()))
-    await nc.flush()
-    elapsed = time.perf_counter() - started
-    await nc.close()
-    return elapsed
+
+    async def publish(k: int, publisher: V2) -> list[str]:
+        rids = []
+        for n in range(k, count, PUBLISHERS):
+            await asyncio.sleep(max(0.0, started + n / RATE - time.perf_counter()))
+            rids.append(await publisher.send("publish", ROOM, text=text, t=time.time()))
+        return rids
+
+    sent = await asyncio.gather(*(publish(k, p) for k, p in enumerate(publishers)))
+    sending = time.perf_counter() - started
+    last = 0
+    for publisher, rids in zip(publishers, sent, strict=True):
+        for rid in rids:
+            ack = await publisher.reply(rid, timeout=10)
+            assert ack["type"] == "ack", ack
+            last = max(last, ack["payload"]["seq"])
+    storing = time.perf_counter() - started
+    for publisher in publishers:
+        await publisher.close()
+    return sending, storing, last
 
 
 async def test_stuck_readers_closed_1013_memory_bounded_others_unaffected(stack) -> None:
@@ -140,8 +151,7 @@ async def test_stuck_readers_closed_1013_memory_bounded_others_unaffected(stack)
     done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     readers = [asyncio.create_task(reader(m, latencies, done)) for m in members]
     count = int(RATE * SECONDS)
-    last = heads[-1] + count
-    elapsed = await inject(stack.nats_url, heads[-1] + 1, count)
+    elapsed, stored, last = await inject(url, count)
     done.set_result(last)
 
     # The stuck members: disconnected with 1013, per the room-event policy. They read
@@ -169,14 +179,18 @@ async def test_stuck_readers_closed_1013_memory_bounded_others_unaffected(stack)
     latencies.sort()
     p99 = latencies[int(len(latencies) * 0.99)]
     report = (
-        f"{count} messages in {elapsed:.2f} s ({count / elapsed:.0f}/s); "
+        f"{count} messages sent in {elapsed:.2f} s ({count / elapsed:.0f}/s), all stored "
+        f"after {stored:.2f} s ({count / stored:.0f}/s); "
         f"gateway RSS {baseline:.1f} MiB before, peak {peak:.1f} MiB (+{peak - baseline:.1f}); "
         f"readers' latency p50 {latencies[len(latencies) // 2] * 1e3:.1f} ms, "
         f"p99 {p99 * 1e3:.1f} ms, max {latencies[-1] * 1e3:.1f} ms; "
         f"stuck members closed: {sum(1 for c in codes if c and c[0] == 1013)}/{STUCK}"
     )
     print(report)
-    assert count / elapsed > 0.9 * RATE, report
+    # The room really took ~RATE messages a second: sent on schedule, and stored (chat,
+    # JetStream) at that pace too, not piling up in front of the chat service.
+    assert count / elapsed > 0.9 * RATE and count / stored > 0.8 * RATE, report
+    assert last - heads[-1] == count, report  # nothing else was published to the room
     reason = "slow consumer: reconnect and rejoin with since"
     assert codes == [(1013, reason)] * STUCK, report
     # Every reader got every event after its join, in order, none twice, none missing.
