@@ -85,6 +85,7 @@ class Admission:
         self.count = 0
         self.by_ip: Counter[str] = Counter()
         self.recent: dict[str, RateLimiter] = {}  # each address's newest rate limiter
+        self.bans: dict[str, float] = {}  # address -> monotonic time its ban ends
 
     def limiter(self, ip: str, limiter: RateLimiter) -> RateLimiter:
         """``limiter`` for a new connection from ``ip``, carrying on from the address's
@@ -100,6 +101,26 @@ class Admission:
                     del self.recent[old]
         self.recent[ip] = limiter
         return limiter
+
+    def ban(self, ip: str, seconds: float) -> None:
+        """``ip`` had a connection closed for rate abuse: refuse its new connections for
+        ``seconds`` (:meth:`banned`). Reconnecting in a loop then costs the gateway one
+        handshake per attempt and no frames."""
+        now = time.monotonic()
+        if len(self.bans) >= 1024:  # forget the expired ones
+            self.bans = {a: t for a, t in self.bans.items() if t > now}
+        self.bans[ip] = now + seconds
+
+    def banned(self, ip: str) -> float:
+        """Seconds until ``ip`` may connect again (0: it may)."""
+        until = self.bans.get(ip)
+        if until is None:
+            return 0.0
+        left = until - time.monotonic()
+        if left <= 0:
+            del self.bans[ip]
+            return 0.0
+        return left
 
     def admit(self, ip: str) -> bool:
         if self.count >= self.total or self.by_ip[ip] >= self.per_ip:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -142,15 +143,24 @@ class RelayEndpoint:
                 await hub.notify(CHAT_LEAVE, self._member_headers(conn))
 
     async def admit(self, scope, send) -> str | None:
-        """Origin and connection-count checks before accepting. Returns the client's
-        address, or None after refusing (bad Origin: HTTP 403 before the handshake;
-        full: accept, then close 1013 so the client sees why)."""
+        """Origin, rate-ban and connection-count checks before accepting. Returns the
+        client's address, or None after refusing (bad Origin: HTTP 403 before the
+        handshake; an address closed for rate abuse in the last ``rate_ban_seconds``:
+        accept, then close 1008; full: accept, then close 1013 so the client sees why)."""
         hub = self.hub
         if not origin_allowed(scope, self.settings.allowed_origins):
             hub.metrics.errors.labels(ErrorCode.FORBIDDEN).inc()
             await send({"type": "websocket.close", "code": int(CloseCode.POLICY_VIOLATION)})
             return None
         ip = client_ip(scope)
+        banned = hub.admission.banned(ip)
+        if banned:
+            hub.metrics.errors.labels(ErrorCode.RATE_LIMITED).inc()
+            await send({"type": "websocket.accept"})
+            reason = f"rate limit exceeded: retry in {math.ceil(banned)} s"
+            code = int(CloseCode.POLICY_VIOLATION)
+            await send({"type": "websocket.close", "code": code, "reason": reason})
+            return None
         if not hub.accepting or hub.nc is None or not hub.admission.admit(ip):
             await send({"type": "websocket.accept"})
             reason = "server busy, try again later" if hub.accepting else "server shutting down"
@@ -233,6 +243,8 @@ class RelayEndpoint:
         to write the close frame)."""
         limiter = conn.limiter
         if limiter.exhausted:
+            if self.settings.rate_ban_seconds:
+                self.hub.admission.ban(conn.ip, self.settings.rate_ban_seconds)
             # In request order: replies already owed to the client go out first.
             close = {"type": "websocket.close", "code": int(CloseCode.POLICY_VIOLATION)}
             close["reason"] = "rate limit exceeded"

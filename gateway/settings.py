@@ -68,6 +68,12 @@ class GatewaySettings(BaseSettings):
     rate_close_after: int = Field(
         200, ge=1, description="refused frames beyond accepted ones: close 1008"
     )
+    rate_ban_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="after a 1008 for rate abuse, the address's new connections are "
+        "closed 1008 at once for this long; 0 = off",
+    )
     idle_timeout: float = Field(300.0, ge=0, description="no frame from the client: close; 0 = off")
     handshake_timeout: float = Field(
         10.0, gt=0, description="seconds to send a complete request (the upgrade): else closed"

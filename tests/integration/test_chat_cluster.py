@@ -76,12 +76,12 @@ async def test_fan_out_is_one_nats_message_per_gateway(cluster) -> None:
         for name in names:
             sockets.append(await connect(chat_url(cluster, 0, name)))
             for ws in sockets:  # every member sees the newcomer, the newcomer itself too
-                assert await recv_json(ws) == system(f"{name} has joined the chat")
+                assert await recv_own(ws, suffix) == system(f"{name} has joined the chat")
         before = sample(scrape(port), "switchboard_gateway_room_events_total")
         await sockets[0].send(json.dumps({"message": "to everyone"}))
         expected = {"message": f"{names[0]}: to everyone", "sender": names[0], "type": "message"}
         for ws in sockets:
-            assert await recv_json(ws) == expected
+            assert await recv_own(ws, suffix) == expected
         after = sample(scrape(port), "switchboard_gateway_room_events_total")
         assert after - before == 1  # eight sockets, one NATS message
     finally:

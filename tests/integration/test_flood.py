@@ -2,22 +2,26 @@
 p99 latency at most doubles) nor goes unpunished (error frames, then close 1008).
 
 Ten well-behaved clients each send a frame every 50 ms (200 frames/s in all) and time
-each echo. The flooder, a process of its own, writes pre-built frames as fast as the
-socket takes them and reconnects when closed (at most :data:`RECONNECTS` times a second:
-connection rate per address is the edge's to limit, docs/security.md). Three kinds of
-window alternate in the same run: quiet; "hog", the flooder's process only burning CPU
-(it shares this machine's two cores with the gateway, which a remote attacker would not);
-and flood. A flood window begins once the flooder's first connection has spent its burst
-allowance (1,000 frames by default, which any client may send at once) and been closed;
-the p99 during that burst is reported, not bounded. The medians of the windows' p99s are
-compared: flood against hog, the effect of the traffic itself; flood against quiet is
-reported too. On a shared 2-core machine a single window's p99 swings 2-8x with no flood
-at all (another process's time slice is enough), so while the comparison fails another
-round is measured and the medians taken over all of them, up to :data:`MAX_ROUNDS`: a
-flood that really doubles the latency fails every round and still fails the test.
+each echo. The flooder, a process of its own at ``nice 19`` (a remote attacker's CPU is
+not this machine's), writes pre-built frames as fast as the socket takes them and
+reconnects when closed (at most :data:`RECONNECTS` times a second: connection rate per
+address is the edge's to limit, docs/security.md). Three kinds of window alternate in the
+same run: quiet; "hog", the flooder's process only burning CPU (reported, for reference);
+and flood. The first flood window begins once the flooder's first connection has spent
+its burst allowance (1,000 frames by default, which any client may send at once) and
+been closed 1008; the p99 during that burst is reported, not bounded. From then on the
+address is banned (``SB_GATEWAY_RATE_BAN_SECONDS``, 10 s): each reconnection is closed
+1008 at once. (When a ban has ended, the flood window's first connection spends a new
+burst and is banned again; its burst, again, is not in the window.) The medians of the windows' p99s are
+compared: flood at most twice quiet. On a shared 2-core machine a single window's p99
+swings 2-8x with no flood at all (another process's time slice is enough), so while the
+comparison fails another round is measured and the medians taken over all of them, up
+to :data:`MAX_ROUNDS`: a flood that really doubles the latency fails every round and
+still fails the test.
 
 The gateway runs with its default rate limits (``SB_GATEWAY_RATE_*``: 500 frames/s,
-burst 1000, close once refusals outnumber accepted frames by 200; docs/security.md).
+burst 1000, close once refusals outnumber accepted frames by 200, then the 10 s ban;
+docs/security.md).
 
 ``python -m tests.integration.test_flood flood|hog <url> <seconds>`` is the flooder.
 """
@@ -42,7 +46,7 @@ CLIENTS = 10
 PERIOD = 0.05  # seconds between two frames of a well-behaved client
 WINDOW = 2.0  # seconds per measuring window
 ROUNDS = 4  # windows quiet, hog, flood: this many times each ...
-MAX_ROUNDS = 9  # ... and one more at a time, up to this many, while flood > 2 x hog
+MAX_ROUNDS = 9  # ... and one more at a time, up to this many, while flood > 2 x quiet
 RATE_ERROR = "Error: rate limit exceeded"
 RECONNECTS = 10  # per second at most, as an edge's per-address limit_req would allow
 
@@ -121,7 +125,7 @@ async def test_flooder_does_not_starve_others_and_is_closed_1008(stack: LocalSta
     try:
         await asyncio.sleep(1.0)  # warm up
         while rounds < ROUNDS or (
-            rounds < MAX_ROUNDS and (m := medians()[1])["flood"] > 2 * m["hog"]
+            rounds < MAX_ROUNDS and (m := medians()[1])["flood"] > 2 * m["quiet"]
         ):
             for kind in ("quiet", "hog", "flood"):
                 await window(kind)
@@ -152,13 +156,14 @@ async def test_flooder_does_not_starve_others_and_is_closed_1008(stack: LocalSta
     print(report)
     # The flooder was rate-limited: error frames, closed with 1008 in every window, and
     # no more echoes than one connection's allowance (reconnecting does not reset it).
+    # (A window that begins within the address's ban, SB_GATEWAY_RATE_BAN_SECONDS after
+    # its last 1008, gets no frame through at all: 1008 at once.)
+    assert sum(f["rate_errors"] for f in floods) > 0, report
     for f in floods:
-        assert f["rate_errors"] > 0 and f["closes"].get("1008", 0) >= 1, report
+        assert f["closes"].get("1008", 0) >= 1, report
         assert f["echoes"] <= 1000 + 500 * f["seconds"] + 50, report  # burst + rate x time
-    # ... and the others barely noticed: at most twice the p99 of the windows where the
-    # flooder's process only used the CPU (on this 2-core machine it shares the cores
-    # with the gateway; a remote attacker would not).
-    assert median["flood"] <= 2 * median["hog"], report
+    # ... and the others barely noticed: at most twice the p99 of the quiet windows.
+    assert median["flood"] <= 2 * median["quiet"], report
 
 
 # -- the flooder ----------------------------------------------------------------------------

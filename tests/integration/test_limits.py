@@ -26,6 +26,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         "SB_GATEWAY_RATE_FRAMES": "50",
         "SB_GATEWAY_RATE_FRAMES_BURST": "20",
         "SB_GATEWAY_RATE_CLOSE_AFTER": "30",
+        "SB_GATEWAY_RATE_BAN_SECONDS": "2",
         "SB_GATEWAY_IDLE_TIMEOUT": "3",
     }
     with running(tmp_path_factory.mktemp("limits"), env=env) as s:
@@ -83,6 +84,16 @@ async def test_flooding_gets_error_frames_then_close_1008(stack) -> None:
     assert (
         sample(scrape(stack.gateways[0].port), "switchboard_gateway_errors_total", code="429") > 0
     )
+    # Reconnecting at once: closed 1008 before any frame, for the ban's 2 s ...
+    closed_at = time.monotonic()
+    async with connect(base(stack) + "/ws") as again:
+        code, reason = await closed_with(again)
+    assert (code, reason) == (1008, "rate limit exceeded: retry in 2 s")
+    # ... after which the address may connect, and send, again.
+    await asyncio.sleep(max(0.0, closed_at + 2.2 - time.monotonic()))
+    async with connect(base(stack) + "/ws") as back:
+        await back.send("back")
+        assert await recv(back) == "Echo: back"
 
 
 async def test_idle_connection_closed(stack) -> None:

@@ -62,6 +62,24 @@ def test_admission_per_ip_and_total() -> None:
     assert admission.admit("c")
 
 
+def test_ban_after_rate_abuse_is_per_address_and_expires() -> None:
+    admission = Admission(total=10, per_ip=10)
+    assert admission.banned("a") == 0.0
+    admission.ban("a", 0.2)  # as RelayEndpoint.refuse_rate does on its 1008
+    assert 0.0 < admission.banned("a") <= 0.2
+    assert admission.banned("b") == 0.0
+    time.sleep(0.25)
+    assert admission.banned("a") == 0.0 and "a" not in admission.bans
+
+
+def test_expired_bans_are_forgotten() -> None:
+    admission = Admission(total=10, per_ip=10)
+    for i in range(1024):
+        admission.ban(f"10.0.{i // 256}.{i % 256}", -1.0)  # already over
+    admission.ban("a", 5)
+    assert list(admission.bans) == ["a"]
+
+
 def msg(n: int) -> dict:
     return {"type": "websocket.send", "text": "x" * n}
 
