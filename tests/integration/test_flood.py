@@ -158,9 +158,13 @@ async def test_flooder_does_not_starve_others_and_is_closed_1008(stack: LocalSta
     # no more echoes than one connection's allowance (reconnecting does not reset it).
     # (A window that begins within the address's ban, SB_GATEWAY_RATE_BAN_SECONDS after
     # its last 1008, gets no frame through at all: 1008 at once.)
+    # A banned reconnection is closed 1008 right after its handshake; the flooder, already
+    # writing, may get the reset before it reads that close frame, so 1008s are counted
+    # over the run, and per window it is enough that it was closed again and again.
     assert sum(f["rate_errors"] for f in floods) > 0, report
+    assert closes["1008"] >= len(floods), report
     for f in floods:
-        assert f["closes"].get("1008", 0) >= 1, report
+        assert f["connections"] >= 2, report
         assert f["echoes"] <= 1000 + 500 * f["seconds"] + 50, report  # burst + rate x time
     # ... and the others barely noticed: at most twice the p99 of the quiet windows.
     assert median["flood"] <= 2 * median["quiet"], report
