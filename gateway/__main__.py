@@ -35,6 +35,7 @@ def main() -> None:
     logs.configure(settings.log_level, "gateway")
     app = create_app(settings)
     HandshakeDeadline.timeout = settings.handshake_timeout
+    BoundedReadProtocol.context_takeover = settings.deflate_context_takeover
     config = uvicorn.Config(
         direct_websockets(app),  # WebSockets past FastAPI's middleware (gateway/relay.py)
         host=settings.host,

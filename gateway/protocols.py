@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.protocol import State
+from websockets.server import ServerProtocol
 
 from gateway.wsframe import DIRECT_WRITE
 
@@ -27,6 +29,29 @@ class BoundedReadProtocol(WebSocketsSansIOProtocol):
     slice at a time. Idle connections carry nothing extra (``_rest`` is a class default)."""
 
     _rest: memoryview | None = None
+    # permessage-deflate with context takeover (uvicorn's choice) keeps a zlib compressor
+    # and decompressor per connection, ~34 KiB even while idle. Without it (the gateway's
+    # default; SB_GATEWAY_DEFLATE_CONTEXT_TAKEOVER, set by ``python -m gateway``) both
+    # sides compress each message on its own: nothing held between messages, a worse
+    # ratio, and a zlib set-up per compressed message.
+    context_takeover = True
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        if self.config.ws_per_message_deflate and not self.context_takeover:
+            self.conn = ServerProtocol(
+                extensions=[
+                    ServerPerMessageDeflateFactory(
+                        server_max_window_bits=12,
+                        client_max_window_bits=12,
+                        server_no_context_takeover=True,
+                        client_no_context_takeover=True,
+                        compress_settings={"memLevel": 5},
+                    )
+                ],
+                max_size=self.config.ws_max_size,
+                logger=self.conn.logger,
+            )
 
     def data_received(self, data: bytes) -> None:
         if self._rest is None and len(data) <= PARSE_SLICE:

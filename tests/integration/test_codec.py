@@ -161,13 +161,34 @@ async def test_bomb_refused_with_bounded_memory(stack, path, fmt, bomb, cap) -> 
 
 async def test_permessage_deflate_negotiated_and_working(stack) -> None:
     async with connect(base(stack) + "/ws", compression="deflate") as ws:
-        assert "permessage-deflate" in ws.response.headers.get("Sec-WebSocket-Extensions", "")
-        text = TEXT.decode() * 2
-        await ws.send(text)
-        assert await recv(ws) == f"Echo: {text}"
+        agreed = ws.response.headers.get("Sec-WebSocket-Extensions", "")
+        assert "permessage-deflate" in agreed
+        # By default without context takeover, both ways: no zlib state per idle socket
+        # (SB_GATEWAY_DEFLATE_CONTEXT_TAKEOVER; docs/benchmarks.md, capacity).
+        assert "server_no_context_takeover" in agreed
+        assert "client_no_context_takeover" in agreed
+        for n in (1, 2, 3):  # several messages: each compressed on its own
+            text = TEXT.decode() * n
+            await ws.send(text)
+            assert await recv(ws) == f"Echo: {text}"
     async with connect(base(stack) + "/ws/codec", compression="deflate") as ws:
         _, packed = await transform(ws, encode_request("compress", "zstd", TEXT))
         assert DECOMPRESS[Format.ZSTD](packed) == TEXT
+
+
+async def test_permessage_deflate_with_context_takeover(stack) -> None:
+    gateway = stack.start_gateway(env={"SB_GATEWAY_DEFLATE_CONTEXT_TAKEOVER": "true"})
+    try:
+        url = f"ws://127.0.0.1:{gateway.port}/ws"
+        async with connect(url, compression="deflate") as ws:
+            agreed = ws.response.headers.get("Sec-WebSocket-Extensions", "")
+            assert "permessage-deflate" in agreed and "no_context_takeover" not in agreed
+            for n in (1, 2, 3):
+                text = TEXT.decode() * n
+                await ws.send(text)
+                assert await recv(ws) == f"Echo: {text}"
+    finally:
+        gateway.stop()
 
 
 async def test_permessage_deflate_off(stack) -> None:
