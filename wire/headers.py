@@ -15,7 +15,7 @@ errors as nats.micro sends them (``Nats-Service-Error``, ``Nats-Service-Error-Co
 
 from __future__ import annotations
 
-import os
+import random
 import time
 
 SENT_AT = "Sb-Sent-At"
@@ -45,14 +45,20 @@ ERROR = "Nats-Service-Error"
 ERROR_CODE = "Nats-Service-Error-Code"
 STATUS = "Status"  # set by the NATS server itself, e.g. 503 no responders
 
+_bits = random.getrandbits
+
 FRAME_TEXT = "t"
 FRAME_BINARY = "b"
 
 
 def new_traceparent() -> str:
-    """A fresh W3C ``traceparent``: version 00, random trace and span ids, sampled."""
-    raw = os.urandom(24).hex()
-    return f"00-{raw[:32]}-{raw[32:]}-01"
+    """A fresh W3C ``traceparent``: version 00, random trace and span ids, sampled.
+
+    From ``random`` (as OpenTelemetry's SDK does), not ``os.urandom``: ids must be unique,
+    not secret, and this runs for every frame (no system call per frame). A zero id,
+    which W3C forbids, is replaced."""
+    trace, span = _bits(128) or 1, _bits(64) or 1
+    return f"00-{trace:032x}-{span:016x}-01"
 
 
 def trace_id(traceparent: str | None) -> str | None:
