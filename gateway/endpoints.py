@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from wire import envelope
+from wire.batch import BATCH_OPS
 from wire.errors import ErrorCode, WireError
-from wire.subjects import Op, Service, service_subject
+from wire.subjects import Op, Service, batch_subject, service_subject
 
 Message = dict[str, Any]  # an ASGI "websocket.send" message
 
@@ -51,13 +52,15 @@ class Route:
     op: Op
     subject: str
     idempotent: bool = False  # safe to send twice: retried once if a replica dies
+    batch: str | None = None  # where frames for it go batched (wire.batch), if they may
 
 
 _IDEMPOTENT = {Op.ECHO, Op.JSON, Op.INFLATE, Op.INSPECT, Op.MIXED, Op.HISTORY, Op.PRESENCE}
 
 
 def _route(service: Service, op: Op) -> Route:
-    return Route(service, op, service_subject(service, op), op in _IDEMPOTENT)
+    batch = batch_subject(service) if op in BATCH_OPS else None
+    return Route(service, op, service_subject(service, op), op in _IDEMPOTENT, batch)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,8 @@
 - One wildcard subscription (``sb.gw.<id>.>``) receives every reply for this gateway;
   the subject says which connection and which request it answers, so no Python future
   is spent per frame.
+- Frames for the same stateless operation received in one event-loop pass leave as one
+  batch (``wire.batch``), answered by one reply; a pass with one frame sends it alone.
 - One subscription per room that has local members receives that room's events once,
   whatever the number of local sockets in it.
 - A sweeper answers requests that outlive the timeout with an error.
@@ -34,13 +36,15 @@ from gateway.hops import HopTable
 from gateway.limits import Admission
 from gateway.rooms import Rooms
 from gateway.settings import GatewaySettings
-from wire import envelope, errors, natsconn
+from wire import batch, envelope, errors, natsconn
+from wire import headers as h
 from wire.errors import CloseCode, ErrorCode, WireError
 from wire.frames import FrameDecodeError, decode_frames
-from wire.headers import TRACEPARENT
 from wire.metrics import GatewayMetrics, Status
 from wire.subjects import (
     Service,
+    batch_reply_prefix,
+    batch_reply_subject,
     discovery_subject,
     parse_reply_subject,
     reply_prefix,
@@ -57,6 +61,8 @@ RETRY_AFTER = 0.5  # of the request timeout: when an idempotent request is sent 
 
 # hook(messages, reply headers, error): see Hub.request
 Hook = Callable[[list[Message], Mapping[str, str] | None, WireError | None], None]
+# A frame waiting for its batch: connection, request seq, its Pending, bytes, headers.
+Queued = tuple[Connection, int, Pending, bytes, dict[str, str]]
 
 
 def frames_to_messages(payload: bytes) -> list[Message]:
@@ -79,6 +85,12 @@ class Hub:
         self._room_subs: dict[str, Subscription] = {}
         self._ids = itertools.count(1)
         self._prefix = reply_prefix(settings.id)
+        self._batch_prefix = batch_reply_prefix(self._prefix)
+        self._batch_ids = itertools.count(1)
+        self._outbox: dict[Route, list[Queued]] = {}  # frames of this loop pass, to batch
+        self._flushing: asyncio.Task[None] | None = None
+        # batch number -> (deadline, whose frames it holds), until its reply comes
+        self._batches: dict[int, tuple[float, list[tuple[Connection, int]]]] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._discovery: tuple[float, dict[str, int]] | None = None
         self.accepting = True
@@ -183,7 +195,7 @@ class Hub:
             route.service,
             tag,
             hook,
-            headers.get(TRACEPARENT),
+            headers.get(h.TRACEPARENT),
         )
         seq = conn.allocate(pending)
         self.in_flight += 1
@@ -198,12 +210,25 @@ class Hub:
         if route.idempotent:
             pending.retry_at = loop_now + self.settings.request_timeout * RETRY_AFTER
             pending.retry = (route.subject, data, headers)
+        if route.batch is not None and self.settings.batch:
+            if len(data) <= self.settings.batch_max_bytes:
+                self._queue(route, (conn, seq, pending, data, headers))
+                return
+        await self._publish(conn, seq, pending, route.subject, data, headers)
+
+    async def _publish(
+        self,
+        conn: Connection,
+        seq: int,
+        pending: Pending,
+        subject: str,
+        data: bytes,
+        headers: dict[str, str],
+    ) -> None:
+        assert self.nc is not None
         try:
-            await nc.publish(
-                route.subject,
-                data,
-                reply=reply_subject(self._prefix, conn.id, seq),
-                headers=headers,
+            await self.nc.publish(
+                subject, data, reply=reply_subject(self._prefix, conn.id, seq), headers=headers
             )
         except MaxPayloadError:
             self._fail(conn, seq, WireError(ErrorCode.TOO_LARGE, "frame too large"))
@@ -212,6 +237,124 @@ class Hub:
             self._fail(conn, seq, WireError(ErrorCode.UNAVAILABLE, "service unavailable"))
         else:
             self.hops[conn.spec.path].published(pending, conn.id, seq)
+
+    # -- batches (wire.batch) ------------------------------------------------------
+    def _queue(self, route: Route, item: Queued) -> None:
+        """Hold a frame until the end of this loop pass, with the others for its route."""
+        queued = self._outbox.get(route)
+        if queued is None:
+            queued = self._outbox[route] = []
+        queued.append(item)
+        if self._flushing is None:
+            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        """Send what this loop pass queued: per route, batches of at most
+        ``batch_max_frames`` frames and ``batch_max_bytes`` bytes; a lone frame as an
+        ordinary request."""
+        outbox, self._outbox = self._outbox, {}
+        self._flushing = None  # frames queued from here on go in the next flush
+        most, room = self.settings.batch_max_frames, self.settings.batch_max_bytes
+        for route, queued in outbox.items():
+            # not failed nor closed since they were queued
+            conns = self.connections
+            live = [q for q in queued if q[0].pending.get(q[1]) is q[2] and q[0].id in conns]
+            start = 0
+            while start < len(live):
+                end, size = start, 0
+                while end < len(live) and end - start < most and size + len(live[end][3]) <= room:
+                    size += len(live[end][3])
+                    end += 1
+                end = max(end, start + 1)
+                if end - start == 1:
+                    conn, seq, pending, data, headers = live[start]
+                    await self._publish(conn, seq, pending, route.subject, data, headers)
+                else:
+                    await self._publish_batch(route, live[start:end])
+                start = end
+
+    async def _publish_batch(self, route: Route, queued: list[Queued]) -> None:
+        assert self.nc is not None and route.batch is not None
+        number = next(self._batch_ids)
+        items = [
+            (
+                batch.key(conn.id, seq),
+                data,
+                headers.get(h.FRAME) != h.FRAME_BINARY,
+                headers.get(h.TRACEPARENT) or "-",
+            )
+            for conn, seq, _, data, headers in queued
+        ]
+        payload, hdrs = batch.encode_request(route.op, items)
+        self._batches[number] = (queued[0][2].deadline, [(q[0], q[1]) for q in queued])
+        reply = batch_reply_subject(self._batch_prefix, number)
+        try:
+            await self.nc.publish(route.batch, payload, reply=reply, headers=hdrs)
+        except Exception as exc:  # connection closed or reconnecting with a full buffer
+            log.warning("publish failed: %s", exc)
+            self._batches.pop(number, None)
+            error = WireError(ErrorCode.UNAVAILABLE, "service unavailable")
+            for conn, seq, _, _, _ in queued:
+                self._fail(conn, seq, error)
+            return
+        self.metrics.batches.labels(route.service).inc()
+        self.metrics.batched_frames.labels(route.service).inc(len(queued))
+        for conn, seq, pending, _, _ in queued:
+            self.hops[conn.spec.path].published(pending, conn.id, seq)
+
+    def _on_batch_reply(self, msg: Msg) -> None:
+        try:
+            number = int(msg.subject[len(self._batch_prefix) :])
+        except ValueError:
+            return
+        entry = self._batches.pop(number, None)
+        if entry is None:  # its frames timed out, were answered by a retry, or were closed
+            self.metrics.late_replies.inc()
+            return
+        members = entry[1]
+        hdrs = msg.headers
+        results: list[bytes | WireError]
+        error = errors.from_headers(hdrs) if hdrs else None
+        if error is None:
+            try:
+                results = batch.decode_reply(msg.data, hdrs, len(members))
+            except FrameDecodeError as exc:
+                error = WireError(ErrorCode.INTERNAL, f"bad reply: {exc}")
+        if error is not None:
+            results = [error] * len(members)
+        stamp = {h.HANDLED_AT: hdrs[h.HANDLED_AT]} if hdrs and h.HANDLED_AT in hdrs else None
+        for (conn, seq), result in zip(members, results, strict=True):
+            pending = conn.pending.pop(seq, None)
+            if pending is None or self.connections.get(conn.id) is not conn:
+                self.metrics.late_replies.inc()
+                continue
+            self.in_flight -= 1
+            if isinstance(result, WireError):
+                self._deliver(
+                    conn,
+                    seq,
+                    b"",
+                    stamp,
+                    result,
+                    pending.service,
+                    pending.started,
+                    pending.tag,
+                    pending.hook,
+                    pending,
+                )
+            else:
+                self._deliver(
+                    conn,
+                    seq,
+                    result,
+                    stamp,
+                    None,
+                    pending.service,
+                    pending.started,
+                    pending.tag,
+                    pending.hook,
+                    pending,
+                )
 
     async def request_future(
         self,
@@ -236,7 +379,8 @@ class Hub:
         except NatsTimeout:
             error = WireError(ErrorCode.TIMEOUT, "service timed out")
         else:
-            self._deliver(conn, seq, msg, route.service, started)
+            error = errors.from_headers(msg.headers) if msg.headers else None
+            self._deliver(conn, seq, msg.data, msg.headers, error, route.service, started)
             return
         self._rtt[(route.service, _status(error))].observe(time.perf_counter() - started)
         self._fail(conn, seq, error)
@@ -273,6 +417,9 @@ class Hub:
             conn.complete(seq, [message])
 
     async def _on_reply(self, msg: Msg) -> None:
+        if msg.subject.startswith(self._batch_prefix):
+            self._on_batch_reply(msg)
+            return
         try:
             cid, seq = parse_reply_subject(msg.subject)
         except ValueError:
@@ -287,25 +434,38 @@ class Hub:
             self.metrics.late_replies.inc()
             return
         self.in_flight -= 1
+        error = errors.from_headers(msg.headers) if msg.headers else None
         self._deliver(
-            conn, seq, msg, pending.service, pending.started, pending.tag, pending.hook, pending
+            conn,
+            seq,
+            msg.data,
+            msg.headers,
+            error,
+            pending.service,
+            pending.started,
+            pending.tag,
+            pending.hook,
+            pending,
         )
 
     def _deliver(
         self,
         conn: Connection,
         seq: int,
-        msg: Msg,
+        data: bytes,
+        headers: Mapping[str, str] | None,
+        error: WireError | None,
         service: str,
         started: float,
         tag: str | None = None,
         hook: Hook | None = None,
         pending: Pending | None = None,
     ) -> None:
-        error = errors.from_headers(msg.headers) if msg.headers else None
+        """Send (or hand to ``hook``) a worker's reply: its payload ``data`` and
+        ``headers``, or the ``error`` it carries."""
         if error is None:
             try:
-                messages = frames_to_messages(msg.data)
+                messages = frames_to_messages(data)
             except FrameDecodeError as exc:
                 error = WireError(ErrorCode.INTERNAL, f"bad reply: {exc}")
         self._rtt[(service, _status(error))].observe(time.perf_counter() - started)
@@ -315,9 +475,9 @@ class Hub:
                 messages = []
             if pending is not None:
                 self.hops[conn.spec.path].replied(
-                    pending, conn.id, seq, msg.headers, _status(error), []
+                    pending, conn.id, seq, headers, _status(error), []
                 )
-            conn.complete(seq, functools.partial(hook, messages, msg.headers, error))
+            conn.complete(seq, functools.partial(hook, messages, headers, error))
             return
         if error is not None:
             self.metrics.errors.labels(error.code).inc()
@@ -329,7 +489,7 @@ class Hub:
             messages = [conn.spec.error_message(error, tag)]
         if pending is not None:
             self.hops[conn.spec.path].replied(
-                pending, conn.id, seq, msg.headers, _status(error), messages
+                pending, conn.id, seq, headers, _status(error), messages
             )
         conn.complete(seq, messages)
 
@@ -356,7 +516,8 @@ class Hub:
                         await self._retry(conn, seq, pending)
 
     def _housekeeping(self) -> None:
-        """Once a second: close idle connections, sample send-queue depth."""
+        """Once a second: close idle connections, sample send-queue depth, forget batches
+        whose frames have all timed out."""
         idle = self.settings.idle_timeout
         cutoff = time.monotonic() - idle
         total = largest = 0
@@ -367,6 +528,9 @@ class Hub:
                 conn.close(int(CloseCode.NORMAL), "idle timeout")
         self.metrics.send_queue_bytes.labels("sum").set(total)
         self.metrics.send_queue_bytes.labels("max").set(largest)
+        now = asyncio.get_running_loop().time()
+        for number in [n for n, (deadline, _) in self._batches.items() if deadline < now]:
+            del self._batches[number]
 
     async def _retry(self, conn: Connection, seq: int, pending: Pending) -> None:
         """Publish an idempotent request once more; whichever reply comes first wins,

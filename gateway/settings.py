@@ -37,6 +37,15 @@ class GatewaySettings(BaseSettings):
         description="subscription: one reply subscription per gateway (default); "
         "request: one nats request() and future per frame (kept for the benchmark)",
     )
+    batch: bool = Field(
+        True,
+        description="send the frames of one event-loop pass for the same stateless operation "
+        "as one NATS message (wire/batch.py); a pass with one frame sends it alone",
+    )
+    batch_max_frames: int = Field(64, ge=2, description="frames per batch at most")
+    batch_max_bytes: int = Field(
+        64 * 1024, ge=1, description="bytes of frames per batch at most; larger frames go alone"
+    )
     per_message_deflate: bool = Field(True, description="offer permessage-deflate")
     deflate_context_takeover: bool = Field(
         False,

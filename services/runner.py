@@ -25,14 +25,15 @@ from nats.micro.request import Request as MicroRequest
 from prometheus_client import CollectorRegistry, start_http_server
 
 from services.settings import ServiceSettings
+from wire import batch, logs, natsconn
 from wire import headers as h
-from wire import logs, natsconn
 from wire import stats as live
+from wire.batch import BATCH_OPS
 from wire.errors import ErrorCode, WireError
 from wire.frames import Reply, Request, decode_request
 from wire.gcpolicy import freeze_startup_heap
 from wire.metrics import ServiceMetrics, Status
-from wire.subjects import Op, Service, service_subject, stats_subject
+from wire.subjects import Op, Service, batch_subject, service_subject, stats_subject
 
 log = logging.getLogger(__name__)
 
@@ -51,64 +52,115 @@ def _stamp(req: Request) -> dict[str, str]:
     return stamp
 
 
-def wrap(service: Service, op: Op, handler: Handler, metrics: ServiceMetrics):
-    """The one place a handler's result or WireError becomes a NATS reply.
+class OpCall:
+    """One operation's handler with its share of observability: the transit and handling
+    hops of each frame, labelled by outcome (children resolved once, here); the frame's
+    trace id in ``wire.logs.TRACE_ID`` while it is handled, so every log line about it
+    carries it; DEBUG lines per frame. Used by :func:`wrap` (one request) and
+    :func:`wrap_batch` (each frame of a batch)."""
 
-    Also the worker's share of observability: the transit and handling hops of each
-    frame, labelled by outcome (children resolved once, here); the frame's trace id in
-    ``wire.logs.TRACE_ID`` while it is handled, so every log line about it carries it;
-    DEBUG lines per frame.
-    """
-    ok = metrics.requests.labels(service, op, Status.OK)
-    failed = metrics.requests.labels(service, op, Status.ERROR)
-    outcomes = (Status.OK, Status.ERROR)
-    handling = {st: metrics.handling_seconds.labels(service, op, st) for st in outcomes}
-    transit = {st: metrics.transit_seconds.labels(service, op, st) for st in outcomes}
-    in_flight = metrics.in_flight.labels(service)
-    fields = {"service": str(service), "op": str(op)}
+    def __init__(self, service: Service, op: Op, handler: Handler, metrics: ServiceMetrics) -> None:
+        self.handler = handler
+        self.ok = metrics.requests.labels(service, op, Status.OK)
+        self.failed = metrics.requests.labels(service, op, Status.ERROR)
+        outcomes = (Status.OK, Status.ERROR)
+        self.handling = {st: metrics.handling_seconds.labels(service, op, st) for st in outcomes}
+        self.transit = {st: metrics.transit_seconds.labels(service, op, st) for st in outcomes}
+        self.in_flight = metrics.in_flight.labels(service)
+        self.fields = {"service": str(service), "op": str(op)}
 
-    async def endpoint(msg: MicroRequest) -> None:
-        received = time.time_ns()
+    async def __call__(self, req: Request, received: int) -> bytes | Reply | WireError:
+        """The handler's reply, or the WireError to send instead (an unexpected exception
+        is logged and becomes an internal error)."""
         start = time.perf_counter()
-        req = decode_request(msg.data, msg.headers)
         age = h.age_seconds(req.sent_at, received)
         token = logs.TRACE_ID.set(h.trace_id(req.traceparent))
         debug = log.isEnabledFor(logging.DEBUG)
+        fields = self.fields
         if debug:
             log.debug("request received", extra={**fields, "hop": "transit", "seconds": age})
-        in_flight.inc()
+        self.in_flight.inc()
         status = Status.OK
         try:
-            payload = await handler(req)
+            result: bytes | Reply | WireError = await self.handler(req)
         except WireError as exc:
-            status = Status.ERROR
-            failed.inc()
+            result = exc
             if debug:
                 log.debug("request refused", extra={**fields, "code": str(exc.code)})
-            await msg.respond_error(str(exc.code), exc.description, headers=_stamp(req))
         except Exception:
-            status = Status.ERROR
-            failed.inc()
             log.exception("handler failed", extra=fields)  # trace_id from TRACE_ID
-            await msg.respond_error(str(ErrorCode.INTERNAL), "internal error", headers=_stamp(req))
-        else:
-            ok.inc()
-            if isinstance(payload, Reply):
-                await msg.respond(payload.payload, headers={**_stamp(req), **payload.headers})
-            else:
-                await msg.respond(payload, headers=_stamp(req))
+            result = WireError(ErrorCode.INTERNAL, "internal error")
         finally:
-            in_flight.dec()
-            elapsed = time.perf_counter() - start
-            handling[status].observe(elapsed)
-            if age is not None:
-                transit[status].observe(age)
-            if debug:
-                log.debug(
-                    "request handled",
-                    extra={**fields, "hop": "handling", "status": str(status), "seconds": elapsed},
-                )
-            logs.TRACE_ID.reset(token)
+            self.in_flight.dec()
+        if isinstance(result, WireError):
+            status = Status.ERROR
+            self.failed.inc()
+        else:
+            self.ok.inc()
+        elapsed = time.perf_counter() - start
+        self.handling[status].observe(elapsed)
+        if age is not None:
+            self.transit[status].observe(age)
+        if debug:
+            log.debug(
+                "request handled",
+                extra={**fields, "hop": "handling", "status": str(status), "seconds": elapsed},
+            )
+        logs.TRACE_ID.reset(token)
+        return result
+
+
+def wrap(service: Service, op: Op, handler: Handler, metrics: ServiceMetrics):
+    """The one place a handler's result or WireError becomes a NATS reply."""
+    call = OpCall(service, op, handler, metrics)
+
+    async def endpoint(msg: MicroRequest) -> None:
+        received = time.time_ns()
+        req = decode_request(msg.data, msg.headers)
+        result = await call(req, received)
+        if isinstance(result, WireError):
+            await msg.respond_error(str(result.code), result.description, headers=_stamp(req))
+        elif isinstance(result, Reply):
+            await msg.respond(result.payload, headers={**_stamp(req), **result.headers})
+        else:
+            await msg.respond(result, headers=_stamp(req))
+
+    return endpoint
+
+
+def wrap_batch(service: Service, handlers: Mapping[Op, Handler], metrics: ServiceMetrics):
+    """The batch endpoint (:mod:`wire.batch`): each frame through its operation's
+    :class:`OpCall`, in order, then one reply with every frame's result. A batch that
+    cannot be read is refused whole, with the ordinary error headers."""
+    calls = {op: OpCall(service, op, handlers[op], metrics) for op in BATCH_OPS & handlers.keys()}
+
+    async def endpoint(msg: MicroRequest) -> None:
+        received = time.time_ns()
+        hdrs = msg.headers or {}
+        try:
+            op, items = batch.decode_request(msg.data, hdrs)
+            call = calls.get(op)
+            if call is None:
+                raise batch.BatchDecodeError(f"{service} has no operation {op}")
+        except batch.BatchDecodeError as exc:
+            log.warning("bad batch: %s", exc, extra={"service": str(service)})
+            await msg.respond_error(str(ErrorCode.BAD_REQUEST), f"bad batch: {exc}")
+            return
+        sent_at = hdrs.get(h.SENT_AT)
+        results: list[bytes | WireError] = []
+        for item in items:
+            frame = h.FRAME_TEXT if item.frame == "text" else h.FRAME_BINARY
+            req = Request(
+                item.data,
+                item.frame,
+                traceparent=item.traceparent,
+                sent_at=sent_at,
+                headers={h.FRAME: frame},
+            )
+            result = await call(req, received)
+            results.append(result.payload if isinstance(result, Reply) else result)
+        payload, reply_headers = batch.encode_reply(results)
+        await msg.respond(payload, headers=reply_headers)
 
     return endpoint
 
@@ -150,6 +202,12 @@ async def serve(
                 name=str(op),
                 subject=service_subject(service, op),
                 handler=wrap(service, op, handler, metrics),
+            )
+        if BATCH_OPS & handlers.keys():
+            await svc.add_endpoint(
+                name="batch",
+                subject=batch_subject(service),
+                handler=wrap_batch(service, handlers, metrics),
             )
         # Live figures for the gateways' dashboard page, once a second (wire.stats).
         publisher = asyncio.create_task(

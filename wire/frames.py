@@ -20,7 +20,7 @@ Room events (chat -> every gateway, ``sb.room.<room>``) carry the same layout.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import quote, unquote
@@ -70,8 +70,9 @@ def encode_text(text: str) -> bytes:
     return _HEADER.pack(_TEXT, len(data)) + data
 
 
-def decode_frames(payload: bytes) -> list[Frame]:
-    frames: list[Frame] = []
+def raw_frames(payload: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """``(kind, data)`` of each frame, text left as bytes; raises FrameDecodeError for a
+    truncated payload (the kind is not checked)."""
     view = memoryview(payload)
     pos, end = 0, len(payload)
     while pos < end:
@@ -81,8 +82,13 @@ def decode_frames(payload: bytes) -> list[Frame]:
         pos += 5
         if end - pos < length:
             raise FrameDecodeError(f"frame at byte {pos - 5} claims {length} bytes")
-        data = bytes(view[pos : pos + length])
+        yield kind, bytes(view[pos : pos + length])
         pos += length
+
+
+def decode_frames(payload: bytes) -> list[Frame]:
+    frames: list[Frame] = []
+    for kind, data in raw_frames(payload):
         if kind == _TEXT:
             try:
                 frames.append(TextFrame(data.decode()))

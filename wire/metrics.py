@@ -12,8 +12,10 @@ from enum import StrEnum
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from wire.batch import BATCH_OPS
 from wire.errors import ErrorCode
 from wire.histogram import LoopHistogram
+from wire.subjects import SERVICE_OPS
 
 # 50 µs .. 10 s: the hot path is sub-millisecond, timeouts are seconds.
 LATENCY_BUCKETS = (
@@ -135,6 +137,21 @@ class GatewayMetrics:
             ["stat"],
             registry=registry,
         )
+        self.batches = Counter(
+            "switchboard_gateway_batches_total",
+            "Batches of frames sent to workers as one NATS message (wire/batch.py)",
+            ["service"],
+            registry=registry,
+        )
+        self.batched_frames = Counter(
+            "switchboard_gateway_batched_frames_total",
+            "Frames sent inside batches (divided by batches_total: frames per batch)",
+            ["service"],
+            registry=registry,
+        )
+        for service in {s for s, ops in SERVICE_OPS.items() if BATCH_OPS & set(ops)}:
+            self.batches.labels(service)  # a bounded label set: its series exist at 0
+            self.batched_frames.labels(service)
         self.retries = Counter(
             "switchboard_gateway_retries_total",
             "Idempotent requests sent once more after no reply within half the timeout",
@@ -168,7 +185,7 @@ class ServiceMetrics:
         # its read, which can only make a scrape a frame or two behind.
         self.handling_seconds = LoopHistogram(
             "switchboard_service_handling_duration_seconds",
-            "Time inside the handler, reply included, by outcome",
+            "Time inside the handler, by outcome (for a batch: each frame's own)",
             ["service", "operation", "status"],
             buckets=LATENCY_BUCKETS,
             registry=registry,

@@ -1,9 +1,11 @@
 """Every NATS subject Switchboard uses, built only by the functions here.
 
     sb.svc.<service>.<op>              request to a worker (queue group = service name)
+    sb.svc.<service>.batch             frames of one stateless op, batched (wire.batch)
     sb.svc.binary.chunk.<file>         an upload's chunks, to the one binary replica that
                                        owns the upload (queue group binary, one member)
     sb.gw.<gateway>.<conn>.<seq>       reply to request <seq> of connection <conn>
+    sb.gw.<gateway>.b.<n>              reply to the gateway's batch <n>
     sb.room.<room>                     the tutorial chat's frames, to every gateway (core)
     sb.hist.<room>                     a room's events, stored in the JetStream stream ROOMS
     sb.live.<room>                     a room's stored events, republished by JetStream once
@@ -101,6 +103,11 @@ def service_subject(service: Service, op: Op) -> str:
     return f"{PREFIX}.svc.{service}.{op}"
 
 
+def batch_subject(service: Service) -> str:
+    """Where a gateway sends batches of frames for one of ``service``'s stateless ops."""
+    return f"{PREFIX}.svc.{service}.batch"
+
+
 def service_wildcard(service: Service) -> str:
     return f"{PREFIX}.svc.{service}.>"
 
@@ -118,6 +125,15 @@ def reply_prefix(gateway: str) -> str:
 
 def reply_subject(prefix: str, conn: int, seq: int) -> str:
     return f"{prefix}{conn}.{seq}"
+
+
+def batch_reply_prefix(prefix: str) -> str:
+    """Prefix of a gateway's batch reply subjects, from its :func:`reply_prefix`."""
+    return f"{prefix}b."
+
+
+def batch_reply_subject(batch_prefix: str, batch: int) -> str:
+    return f"{batch_prefix}{batch}"
 
 
 def reply_wildcard(gateway: str) -> str:

@@ -5,6 +5,8 @@ escapes but the documented ones.
 Documented exceptions, per decoder:
 
 - ``wire.frames.decode_frames``: ``FrameDecodeError``;
+- ``wire.batch.decode_request``: ``BatchDecodeError``; ``wire.batch.decode_reply``:
+  ``FrameDecodeError``;
 - ``wire.frames.decode_request``: ``ValueError`` (``UnicodeDecodeError``) for a
   percent-encoded header that is not UTF-8; ``Request.text``: ``UnicodeDecodeError``;
 - ``wire.envelope.decode_client``, ``wire.files.decode_client`` and ``unpack_chunk``,
@@ -45,13 +47,14 @@ from gateway.relay import RelayEndpoint
 from gateway.rooms import Member, seq_header
 from gateway.settings import GatewaySettings
 from gateway.v2 import V2Endpoint
-from wire import codec, envelope, errors, frames, names, subjects
+from wire import batch, codec, envelope, errors, frames, names, subjects
 from wire import files as wf
 from wire import headers as h
 from wire.errors import ErrorCode, WireError
 from wire.frames import BinaryFrame, FrameDecodeError, TextFrame
 from wire.metrics import GatewayMetrics
 from wire.presence import Heartbeat
+from wire.subjects import Op
 
 # Bounded so the file runs in seconds; SB_FUZZ_EXAMPLES=5000 for a deeper search.
 EXAMPLES = int(os.environ.get("SB_FUZZ_EXAMPLES", "200"))
@@ -170,6 +173,70 @@ def test_decode_frames_raises_only_frame_decode_error(data: bytes) -> None:
     except FrameDecodeError:
         return
     assert frames.encode_frames(decoded) == data  # whatever decodes re-encodes to itself
+
+
+batch_headers = st.fixed_dictionaries(
+    {},
+    optional={
+        batch.OP: st.sampled_from([str(op) for op in Op]) | st.text(max_size=8),
+        batch.KEYS: st.lists(st.from_regex(r"[0-9]{1,3}\.[0-9]{1,3}", fullmatch=True)).map(" ".join)
+        | st.text(max_size=20),
+        batch.TRACES: st.text(max_size=60),
+        batch.ERRORS: st.text(max_size=40)
+        | st.lists(st.tuples(st.integers(-1, 5), st.sampled_from(list(ErrorCode)), st.text())).map(
+            lambda es: " ".join(f"{i}:{c}:{d.replace(' ', '%20')}" for i, c, d in es)
+        ),
+    },
+)
+
+
+@FUZZ
+@given(payloads, batch_headers)
+def test_batch_request_decoder_raises_only_batch_decode_error(data: bytes, hdrs: dict) -> None:
+    try:
+        op, items = batch.decode_request(data, hdrs)
+    except batch.BatchDecodeError:
+        return
+    assert op in batch.BATCH_OPS
+    assert len(items) == len(hdrs[batch.KEYS].split())
+
+
+@FUZZ
+@given(st.binary(max_size=300), st.none() | batch_headers, st.integers(0, 6))
+def test_batch_reply_decoder_raises_only_frame_decode_error(
+    data: bytes, hdrs: dict | None, count: int
+) -> None:
+    try:
+        results = batch.decode_reply(data, hdrs, count)
+    except FrameDecodeError:
+        return
+    assert len(results) == count
+
+
+@FUZZ
+@given(
+    st.sampled_from(sorted(batch.BATCH_OPS)),
+    st.lists(st.tuples(st.binary(max_size=40), st.booleans()), min_size=1, max_size=8),
+    st.lists(
+        st.binary(max_size=40)
+        | st.text(max_size=30).map(lambda t: WireError(ErrorCode.BAD_REQUEST, t)),
+        min_size=1,
+        max_size=8,
+    ),
+)
+def test_batch_round_trip(op: Op, sent: list, answers: list) -> None:
+    items = [
+        (batch.key(i, i * 7), data, text, h.new_traceparent())
+        for i, (data, text) in enumerate(sent)
+    ]
+    payload, hdrs = batch.encode_request(op, items)
+    got_op, got = batch.decode_request(payload, hdrs)
+    assert got_op == op
+    assert [(g.data, g.frame == "text", g.traceparent) for g in got] == [
+        (data, text, trace) for _, data, text, trace in items
+    ]
+    reply, reply_headers = batch.encode_reply(answers)
+    assert batch.decode_reply(reply, reply_headers, len(answers)) == answers
 
 
 @FUZZ
@@ -514,9 +581,13 @@ def settle(hub: Hub, conn: Connection) -> list[dict[str, Any]]:
 
 
 async def run_relay(
-    spec: EndpointSpec, received: list[dict], replies: list[tuple], strays: list[tuple]
+    spec: EndpointSpec,
+    received: list[dict],
+    replies: list[tuple],
+    strays: list[tuple],
+    batching: bool = False,
 ) -> None:
-    hub, settings, metrics = make_hub()
+    hub, settings, metrics = make_hub(batch=batching)
     relay = RelayEndpoint(spec, hub, settings, metrics)
     conn = relay.connection("10.0.0.1", "fuzzer" if spec.chat else None, None)
     queue = [*received, {"type": "websocket.disconnect"}]
@@ -525,17 +596,27 @@ async def run_relay(
         return queue.pop(0)
 
     await asyncio.wait_for(relay._receive(conn, receive), 5)
-    # Each frame is either relayed byte for byte to its worker or refused locally.
+    if hub._flushing is not None:  # frames held for a batch leave at the end of the pass
+        await hub._flushing
+    # Each frame is either relayed byte for byte to its worker, alone or in a batch, or
+    # refused locally.
     requests = hub.nc.requests()
-    relayed = iter(requests)
+    frames: list[tuple[str, Op, bytes]] = []
+    for subject, data, _, hdrs in requests:
+        if subject.endswith(".batch"):
+            op, items = batch.decode_request(data, hdrs)
+            frames += [(subject, op, item.data) for item in items]
+        else:
+            frames.append((subject, Op(subject.rsplit(".", 1)[1]), data))
+    relayed = iter(frames)
     refused = 0
     for frame in received:
         route = spec.text if "text" in frame else spec.binary
         if route is None:
             refused += 1
             continue
-        subject, data, _, _ = next(relayed)
-        assert subject == route.subject
+        subject, op, data = next(relayed)
+        assert subject in (route.subject, route.batch) and op == route.op
         assert data == (frame["text"].encode() if "text" in frame else frame["bytes"])
     assert next(relayed, None) is None
     assert conn.next_seq == len(received)
@@ -557,9 +638,12 @@ async def run_relay(
     ws_frames,
     st.lists(st.tuples(payloads, st.none() | headers_maps), max_size=20),
     st.lists(st.tuples(st.text(max_size=40), payloads, st.none() | headers_maps), max_size=3),
+    st.booleans(),
 )
-def test_relay_endpoints_handle_any_frames_and_replies(spec, received, replies, strays) -> None:
-    asyncio.run(run_relay(spec, received, replies, strays))
+def test_relay_endpoints_handle_any_frames_and_replies(
+    spec, received, replies, strays, batching
+) -> None:
+    asyncio.run(run_relay(spec, received, replies, strays, batching))
 
 
 async def run_relay_asgi(spec: EndpointSpec, received: list[dict], **limits: Any) -> list[dict]:

@@ -16,9 +16,9 @@ from gateway.hops import HOP_KEY
 from gateway.hub import Hub
 from gateway.relay import RelayEndpoint
 from gateway.settings import GatewaySettings
-from services.runner import wrap
+from services.runner import wrap, wrap_batch
+from wire import batch, logs
 from wire import headers as h
-from wire import logs
 from wire.errors import ErrorCode, WireError
 from wire.frames import Request, encode_text
 from wire.metrics import GatewayMetrics, ServiceMetrics
@@ -46,7 +46,7 @@ class Msg:
 @pytest.fixture
 def gateway():
     registry = CollectorRegistry()
-    settings = GatewaySettings(id="gwtest", request_timeout=2.0)
+    settings = GatewaySettings(id="gwtest", request_timeout=2.0, batch=False)
     metrics = GatewayMetrics(registry)
     hub = Hub(settings, metrics)
     hub.nc = FakeNats()  # type: ignore[assignment]
@@ -78,6 +78,11 @@ async def drain(relay: RelayEndpoint, conn: Connection) -> list[dict]:
     return sent
 
 
+# What the socket gets for four frames: two answered, one refused by the worker, one
+# timed out, then the close.
+EXPECTED = ["Echo: m0", "Echo: m1", "Error: internal error", "Error: service unavailable", None]
+
+
 async def test_gateway_hops_after_known_traffic(gateway, caplog) -> None:
     registry, hub, relay = gateway
     conn = Connection(hub.new_id(), ECHO, 16)
@@ -98,13 +103,7 @@ async def test_gateway_hops_after_known_traffic(gateway, caplog) -> None:
     hub._fail(conn, 3, WireError(ErrorCode.TIMEOUT, "service timed out"))  # as the sweeper
     sent = await drain(relay, conn)
 
-    assert [m.get("text") for m in sent] == [
-        "Echo: m0",
-        "Echo: m1",
-        "Error: internal error",
-        "Error: service unavailable",
-        None,  # the close
-    ]
+    assert [m.get("text") for m in sent] == EXPECTED
     assert all(HOP_KEY not in m for m in sent), "the hop marker must not reach the socket"
 
     hop = "switchboard_gateway_hop_duration_seconds_count"
@@ -145,6 +144,95 @@ async def test_gateway_hops_after_known_traffic(gateway, caplog) -> None:
     timed_out = h.trace_id(published[3][3][h.TRACEPARENT])
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert [getattr(r, "trace_id", None) for r in warnings] == [timed_out]
+
+
+async def test_gateway_hops_of_batched_frames(gateway, caplog) -> None:
+    """The same traffic as above, batched: one NATS message out, one back; every frame
+    still gets its own hops, outcome, trace lines, and the timed-out one a late reply."""
+    registry, hub, relay = gateway
+    hub.settings.batch = True
+    conn = Connection(hub.new_id(), ECHO, 16)
+    hub.register(conn)
+    caplog.set_level(logging.DEBUG, logger="gateway.frames")
+
+    await feed(relay, conn, [{"type": "websocket.receive", "text": f"m{i}"} for i in range(4)])
+    assert hub.nc.published == []  # held until the end of the loop pass
+    await hub._flushing
+    [(subject, payload, reply, headers)] = hub.nc.published
+    assert subject == "sb.svc.codec.batch" and reply == "sb.gw.gwtest.b.1"
+    op, items = batch.decode_request(payload, headers)
+    assert op == Op.ECHO and [i.data for i in items] == [b"m0", b"m1", b"m2", b"m3"]
+    assert headers[batch.KEYS] == " ".join(f"{conn.id}.{seq}" for seq in range(4))
+    hub._fail(conn, 3, WireError(ErrorCode.TIMEOUT, "service timed out"))  # as the sweeper
+    results = [encode_text("Echo: m0"), encode_text("Echo: m1")]
+    results += [WireError(ErrorCode.INTERNAL, "internal error"), encode_text("Echo: m3")]
+    data, reply_headers = batch.encode_reply(results)
+    await hub._on_reply(Msg(reply, data, reply_headers))
+    sent = await drain(relay, conn)
+
+    assert [m.get("text") for m in sent] == EXPECTED
+    hop = "switchboard_gateway_hop_duration_seconds_count"
+    assert value(registry, hop, endpoint="/ws", hop="receive", status="ok") == 4
+    assert value(registry, hop, endpoint="/ws", hop="return", status="ok") == 2
+    assert value(registry, hop, endpoint="/ws", hop="return", status="error") == 1
+    assert value(registry, hop, endpoint="/ws", hop="send", status="timeout") == 1
+    assert value(registry, "switchboard_gateway_errors_total", code="500") == 1
+    assert value(registry, "switchboard_gateway_late_replies_total") == 1
+    assert hub.in_flight == 0 and not hub._batches
+    traces = [t for t in headers[batch.TRACES].split()]
+    first = h.trace_id(traces[0])
+    lines = [r for r in caplog.records if getattr(r, "trace_id", None) == first]
+    assert [r.getMessage() for r in lines] == ["frame published", "reply received", "reply sent"]
+
+
+async def test_a_batch_refused_whole_fails_each_frame(gateway) -> None:
+    """No worker (the server's 503 carries no payload) or a worker refusing the batch:
+    every frame in it gets the error frame, in order."""
+    registry, hub, relay = gateway
+    hub.settings.batch = True
+    conn = Connection(hub.new_id(), ECHO, 16)
+    hub.register(conn)
+    for status in ({h.STATUS: "503"}, {h.ERROR_CODE: "400", h.ERROR: "bad batch: x"}):
+        await feed(relay, conn, [{"type": "websocket.receive", "text": "a"}] * 2)
+        await hub._flushing
+        await hub._on_reply(Msg(hub.nc.published[-1][2], b"", status))
+    sent = await drain(relay, conn)
+    assert [m.get("text") for m in sent] == ["Error: service unavailable"] * 2 + [
+        "Error: bad batch: x"
+    ] * 2 + [None]
+    assert value(registry, "switchboard_gateway_errors_total", code="503") == 2
+    assert hub.in_flight == 0
+
+
+async def test_a_lone_frame_goes_unbatched(gateway) -> None:
+    _, hub, relay = gateway
+    hub.settings.batch = True
+    conn = Connection(hub.new_id(), ECHO, 16)
+    hub.register(conn)
+    await feed(relay, conn, [{"type": "websocket.receive", "text": "x"}])
+    await hub._flushing
+    [(subject, payload, reply, _)] = hub.nc.published
+    assert (subject, payload, reply) == ("sb.svc.codec.echo", b"x", f"sb.gw.gwtest.{conn.id}.0")
+
+
+async def test_batches_are_bounded_by_frames_and_bytes(gateway) -> None:
+    _, hub, relay = gateway
+    hub.settings.batch = True
+    hub.settings.batch_max_frames = 3
+    hub.settings.batch_max_bytes = 10
+    conn = Connection(hub.new_id(), ECHO, 64)
+    hub.register(conn)
+    texts = ["a", "b", "c", "d", "e", "fffff", "gggggg", "hhhhhhhhhhhh"]
+    await feed(relay, conn, [{"type": "websocket.receive", "text": t} for t in texts])
+    await hub._flushing
+    sizes = []
+    for subject, payload, _, headers in hub.nc.published:
+        if subject.endswith(".batch"):
+            sizes.append([i.data.decode() for i in batch.decode_request(payload, headers)[1]])
+        else:
+            sizes.append([payload.decode()])
+    # 3 frames at most, 10 bytes at most; a frame over 10 bytes goes alone, at once
+    assert sizes == [["hhhhhhhhhhhh"], ["a", "b", "c"], ["d", "e", "fffff"], ["gggggg"]]
 
 
 async def test_empty_reply_ends_the_frame_on_arrival(gateway) -> None:
@@ -249,6 +337,54 @@ async def test_service_wrapper_hops_and_trace(caplog) -> None:
         assert "inside the handler" in messages
     crashed = [r for r in caplog.records if r.getMessage() == "handler failed"]
     assert len(crashed) == 1 and crashed[0].trace_id == traces[3]
+
+
+async def test_service_batch_wrapper() -> None:
+    """Each frame of a batch through the operation's handler, with the per-request
+    metrics and trace of a lone request, answered together; a bad batch refused whole."""
+    registry = CollectorRegistry()
+    metrics = ServiceMetrics(registry, Service.CODEC)
+    seen: list[str | None] = []
+
+    async def handler(req: Request) -> bytes:
+        seen.append(logs.TRACE_ID.get())
+        if req.data == b"bad":
+            raise WireError(ErrorCode.BAD_REQUEST, "bad input")
+        if req.data == b"boom":
+            raise RuntimeError("boom")
+        return encode_text(f"{req.frame}:{req.data.decode()}")
+
+    endpoint = wrap_batch(Service.CODEC, {Op.ECHO: handler, Op.TRANSFORM: handler}, metrics)
+    traces = [h.new_traceparent() for _ in range(4)]
+    items = [(f"1.{i}", d, i != 1, traces[i]) for i, d in enumerate([b"a", b"b", b"bad", b"boom"])]
+    payload, hdrs = batch.encode_request(Op.ECHO, items)
+    request = MicroRequest(payload, hdrs)
+    await endpoint(request)
+    [(data, reply_headers)] = request.replies
+    assert batch.decode_reply(data, reply_headers, 4) == [
+        encode_text("text:a"),
+        encode_text("binary:b"),
+        WireError(ErrorCode.BAD_REQUEST, "bad input"),
+        WireError(ErrorCode.INTERNAL, "internal error"),
+    ]
+    assert int(reply_headers[h.HANDLED_AT]) >= int(hdrs[h.SENT_AT])
+    assert seen == [h.trace_id(t) for t in traces]
+    labels = {"service": "codec", "operation": "echo"}
+    ok = registry.get_sample_value("switchboard_service_requests_total", labels | {"status": "ok"})
+    failed = registry.get_sample_value(
+        "switchboard_service_requests_total", labels | {"status": "error"}
+    )
+    transit = registry.get_sample_value(
+        "switchboard_service_transit_duration_seconds_count", labels | {"status": "ok"}
+    )
+    assert (ok, failed, transit) == (2, 2, 2)
+
+    # not a batched operation, an operation this service lacks, a broken payload
+    for op, body in ((Op.TRANSFORM, payload), (Op.INSPECT, payload), (Op.ECHO, b"\x00")):
+        bad = MicroRequest(body, {**hdrs, batch.OP: str(op)})
+        await endpoint(bad)
+        [(_, bad_headers)] = bad.replies
+        assert bad_headers[h.ERROR_CODE] == "400" and "bad batch" in bad_headers[h.ERROR]
 
 
 def test_loop_histogram_exposes_what_client_python_does() -> None:
