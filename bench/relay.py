@@ -2,7 +2,9 @@
 over NATS to the codec worker, with both gateway reply designs.
 
 (a)  ``uvicorn bench.tutorial_app:app``, uvicorn's defaults, echoing in-process;
-(b)  the gateway with one reply subscription per gateway (the default);
+(b)  the gateway as it ships: one reply subscription per gateway, and the frames of one
+     event-loop pass for the same operation sent as one NATS message (wire/batch.py);
+(b1) the same without batches (``SB_GATEWAY_BATCH=false``): one NATS message per frame;
 (b') the gateway with ``SB_GATEWAY_REPLY_MODE=request``: one ``nc.request()`` per frame.
 
 For each: closed loop with 1, 10 and 100 connections (msgs/s), then an open loop at a
@@ -41,10 +43,12 @@ TARGET_P99_MS = 2.0  # at 1,000 msg/s
 OTHER_LOAD_WARNING = 25.0  # % of a core busy outside servers and load generator
 CODE_UNDER_TEST = ("gateway", "services", "wire", "switchboard", "bench", "infra")
 
-LABELS = {"a": "(a)", "b": "(b)", "b'": "(b')"}
+LABELS = {"a": "(a)", "b": "(b)", "b1": "(b1)", "b'": "(b')"}
 DESIGNS = {
     "a": "(a)  tutorial: uvicorn bench.tutorial_app:app, defaults, echo in-process",
-    "b": "(b)  switchboard /ws -> NATS -> codec worker, one reply subscription per gateway",
+    "b": "(b)  switchboard /ws -> NATS -> codec worker, one reply subscription per gateway, "
+    "frames batched per loop pass (the default)",
+    "b1": "(b1) switchboard, SB_GATEWAY_BATCH=false: one NATS message per frame",
     "b'": "(b') switchboard, SB_GATEWAY_REPLY_MODE=request: one nc.request() future per frame",
 }
 
@@ -233,13 +237,17 @@ def report(rows: list[Row], plan: Plan, quick: bool, elapsed: float) -> str:
                 f"  {LABELS[d]} p99 at {OPEN_RATE:,.0f} msg/s <= {TARGET_P99_MS:g} ms: "
                 f"{r.p99:.3f} ms  {_verdict(r.p99 <= TARGET_P99_MS)}"
             )
-    if "b" in designs and "b'" in designs:
+    for mine, other, what in (
+        ("b1", "b'", "reply subscription vs request() per frame, (b1)/(b')"),
+        ("b", "b1", "batches vs one message per frame, (b)/(b1)"),
+    ):
         parts = []
         for n in LEVELS:
-            sub, req = closed.get(("b", n)), closed.get(("b'", n))
-            if sub is not None and req is not None and req.rate > 0:
-                parts.append(f"{sub.rate / req.rate:.2f} at {n}")
-        lines.append(f"  reply subscription vs request() per frame, (b)/(b'): {', '.join(parts)}")
+            one, two = closed.get((mine, n)), closed.get((other, n))
+            if one is not None and two is not None and two.rate > 0:
+                parts.append(f"{one.rate / two.rate:.2f} at {n}")
+        if parts:
+            lines.append(f"  {what}: {', '.join(parts)}")
     busy = [r.usage.other for r in rows if r.usage is not None]
     if busy and max(busy) > OTHER_LOAD_WARNING:
         lines += [
@@ -294,7 +302,7 @@ def _loadavg() -> str:
 
 
 def run(quick: bool, results_dir: Path) -> str:
-    """Run (a), (b), (b'); print and save the report; return it."""
+    """Run (a), (b), (b1), (b'); print and save the report; return it."""
     plan = Plan.make(quick)
     began = time.monotonic()
     var_dir = Path(tempfile.mkdtemp(prefix="switchboard-bench-", dir="/tmp"))
@@ -304,8 +312,12 @@ def run(quick: bool, results_dir: Path) -> str:
         with servers.tutorial(var_dir) as server:
             rows += measure("a", server, plan)
         with servers.switchboard(var_dir) as stack:
-            for design, mode in (("b", "subscription"), ("b'", "request")):
-                with servers.gateway(stack, {"SB_GATEWAY_REPLY_MODE": mode}) as server:
+            for design, env in (
+                ("b", {}),
+                ("b1", {"SB_GATEWAY_BATCH": "false"}),
+                ("b'", {"SB_GATEWAY_REPLY_MODE": "request"}),
+            ):
+                with servers.gateway(stack, env) as server:
                     rows += measure(design, server, plan)
     except Exception:
         print(f"relay: failed; logs kept in {var_dir}/logs", file=sys.stderr)

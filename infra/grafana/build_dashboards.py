@@ -401,6 +401,22 @@ def service_red() -> dict[str, Any]:
                     ),
                 ],
             ),
+            timeseries(
+                "Frames per batch (gateways -> service)",
+                [
+                    (
+                        "sum by (service) (rate(switchboard_gateway_batched_frames_total"
+                        '{service=~"$service"}[$__rate_interval])) / sum by (service) '
+                        "(rate(switchboard_gateway_batches_total"
+                        '{service=~"$service"}[$__rate_interval]))',
+                        "{{service}}",
+                    ),
+                ],
+                description="Frames the gateways sent inside batches (the frames of one "
+                "event-loop pass for one stateless operation, as one NATS message: "
+                "docs/protocol.md), per batch. No line: every frame travels alone (light "
+                "load, chat, or SB_GATEWAY_BATCH=false).",
+            ),
         ],
         [
             variable(
