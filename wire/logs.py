@@ -13,11 +13,15 @@ frame's W3C ``traceparent``), in every process:
 
 Per-frame lines are DEBUG (INFO would cost throughput); errors and timeouts of a frame are
 WARNING or ERROR, with the trace id. Levels come from ``SB_LOG_LEVEL``.
+
+Secrets in query strings (``?token=<JWT>``, which uvicorn puts in its line about every
+accepted WebSocket) are replaced with ``[redacted]`` before any line is written.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from contextvars import ContextVar
 
@@ -37,9 +41,33 @@ class TraceFilter(logging.Filter):
         return True
 
 
+_SECRET = re.compile(r"([?&;](?:token|access_token|password|secret)=)[^&;\s\"']+", re.IGNORECASE)
+REDACTED = "[redacted]"
+
+
+def redact(text: str) -> str:
+    """``text`` with the values of secret query parameters replaced."""
+    return _SECRET.sub(rf"\g<1>{REDACTED}", text) if "=" in text else text
+
+
+class RedactFilter(logging.Filter):
+    """Redacts secret query parameters in a record's message and string arguments."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        args = record.args
+        if isinstance(args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in args)
+        elif isinstance(args, dict):
+            record.args = {k: redact(v) if isinstance(v, str) else v for k, v in args.items()}
+        return True
+
+
 def configure(level: str, component: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(TraceFilter())
+    handler.addFilter(RedactFilter())
     handler.setFormatter(
         JsonFormatter(
             "%(asctime)s %(levelname)s %(name)s %(message)s",

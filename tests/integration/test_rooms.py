@@ -295,6 +295,9 @@ async def test_jwt_identity_and_room_permissions(stack) -> None:
         assert denied["type"] == "error" and denied["payload"]["code"] == "403"
     finally:
         await client.close()
+    # uvicorn logs every accepted WebSocket with its query string: not the token, though
+    log = stack.gateways[0].log()
+    assert "token=[redacted]" in log and good.split(".")[2] not in log
 
 
 async def test_rs256_token_in_subprotocol(stack) -> None:

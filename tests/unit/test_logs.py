@@ -1,0 +1,57 @@
+"""The JSON log setup (wire/logs.py): one JSON object per line, with the component, and
+no secret from a query string."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from wire import logs
+
+TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJl"
+
+
+@pytest.fixture
+def configured() -> Iterator[io.StringIO]:
+    """``logs.configure`` as a process calls it, writing to a buffer instead of stderr."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    logs.configure("info", "gateway")
+    out = io.StringIO()
+    [handler] = root.handlers
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(out)
+    try:
+        yield out
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def lines(out: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_query_string_secrets_are_redacted(configured) -> None:
+    # as uvicorn logs an accepted WebSocket
+    logging.getLogger("uvicorn.error").info(
+        '%s - "WebSocket %s" [accepted]', "127.0.0.1:5000", f"/ws/v2?username=al&token={TOKEN}"
+    )
+    logging.getLogger("x").warning(f"GET /ws/files?access_token={TOKEN}&x=1")
+    logging.getLogger("x").info("%(path)s", {"path": f"/p;password={TOKEN}"})
+    out = lines(configured)
+    assert [o["message"] for o in out] == [
+        '127.0.0.1:5000 - "WebSocket /ws/v2?username=al&token=[redacted]" [accepted]',
+        "GET /ws/files?access_token=[redacted]&x=1",
+        "/p;password=[redacted]",
+    ]
+    assert all(o["component"] == "gateway" and "time" in o and "level" in o for o in out)
+
+
+def test_other_text_is_left_alone(configured) -> None:
+    logging.getLogger("x").info("tokens=3 a=b ?name=token=x")
+    assert lines(configured)[0]["message"] == "tokens=3 a=b ?name=token=x"
