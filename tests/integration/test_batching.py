@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import zlib
 
+import nats
+
 from tests.integration.client import connect, recv_n, sample, scrape
+from wire import batch
+from wire.subjects import Service, batch_subject
 
 
 def ws_base(stack) -> str:
@@ -70,3 +75,35 @@ async def test_many_clients_get_the_tutorials_replies(stack, tutorial) -> None:
     after = [batched(port, s) for s in ("codec", "binary")]
     for (b0, f0), (b1, f1) in zip(before, after, strict=True):
         assert b1 > b0 and f1 - f0 >= 2 * (b1 - b0)
+
+
+async def test_a_batch_lost_with_its_replica_is_retried_frame_by_frame(stack) -> None:
+    """A codec replica that takes a batch and never answers (killed with it in flight):
+    each frame of the batch is sent again on its own after half the request timeout,
+    another replica answers, and the client gets every reply, in order, well within
+    the timeout."""
+    nc = await nats.connect(stack.nats_url)
+    swallowed: list[int] = []
+
+    async def black_hole(msg) -> None:
+        swallowed.append(len(msg.headers[batch.KEYS].split()))
+
+    sub = await nc.subscribe(batch_subject(Service.CODEC), queue="codec", cb=black_hole)
+    port = stack.gateways[0].port
+    retries = sample(scrape(port), "switchboard_gateway_retries_total", service="codec")
+    try:
+        async with connect(ws_base(stack) + "/ws") as ws:
+            for attempt in range(12):  # the queue group picks the black hole at random
+                frames = [f"{attempt}:{i}" for i in range(20)]
+                started = time.monotonic()
+                await asyncio.gather(*(ws.send(f) for f in frames))
+                assert await recv_n(ws, 20, timeout=5) == [f"Echo: {f}" for f in frames]
+                if swallowed:
+                    assert time.monotonic() - started < 2.0  # SB_GATEWAY_REQUEST_TIMEOUT
+                    break
+    finally:
+        await sub.unsubscribe()
+        await nc.close()
+    assert swallowed, "no batch reached the stand-in replica in 12 tries"
+    after = sample(scrape(port), "switchboard_gateway_retries_total", service="codec")
+    assert after - retries >= sum(swallowed)
