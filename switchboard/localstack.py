@@ -81,6 +81,10 @@ class Process:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
+            # A process group of its own: Ctrl-C in a terminal reaches the runner only,
+            # which stops the stack in order (gateways, workers, then NATS), instead of
+            # every process at once (NATS gone before the workers could drain).
+            start_new_session=True,
             # PR_SET_PDEATHSIG fires when the *thread* that started the child ends, so
             # only children started from the main thread get it.
             preexec_fn=_die_with_parent

@@ -127,7 +127,10 @@ def query(port: int, expr: str, at: float | None = None) -> dict[str, Any]:
 
 
 def port_free(port: int) -> bool:
+    """Nobody listens on ``port``. (SO_REUSEADDR, as the servers themselves set it:
+    connections of an earlier run still in TIME_WAIT do not make it busy.)"""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
