@@ -329,32 +329,19 @@ class Hub:
                 self.metrics.late_replies.inc()
                 continue
             self.in_flight -= 1
-            if isinstance(result, WireError):
-                self._deliver(
-                    conn,
-                    seq,
-                    b"",
-                    stamp,
-                    result,
-                    pending.service,
-                    pending.started,
-                    pending.tag,
-                    pending.hook,
-                    pending,
-                )
-            else:
-                self._deliver(
-                    conn,
-                    seq,
-                    result,
-                    stamp,
-                    None,
-                    pending.service,
-                    pending.started,
-                    pending.tag,
-                    pending.hook,
-                    pending,
-                )
+            data, failed = (b"", result) if isinstance(result, WireError) else (result, None)
+            self._deliver(
+                conn,
+                seq,
+                data,
+                stamp,
+                failed,
+                pending.service,
+                pending.started,
+                pending.tag,
+                pending.hook,
+                pending,
+            )
 
     async def request_future(
         self,
