@@ -15,6 +15,7 @@ from gateway.wsframe import DIRECT_WRITE
 # -- reading: bounded parsing per event-loop turn -------------------------------------
 
 PARSE_SLICE = 512  # bytes of one read parsed per loop turn (~45 frames of 5 bytes)
+LINGER = 2.0  # seconds a connection we closed may still send to us (see _linger)
 
 
 class BoundedReadProtocol(WebSocketsSansIOProtocol):
@@ -29,6 +30,7 @@ class BoundedReadProtocol(WebSocketsSansIOProtocol):
     slice at a time. Idle connections carry nothing extra (``_rest`` is a class default)."""
 
     _rest: memoryview | None = None
+    _lingering = False
     # permessage-deflate with context takeover (uvicorn's choice) keeps a zlib compressor
     # and decompressor per connection, ~34 KiB even while idle. Without it (the gateway's
     # default; SB_GATEWAY_DEFLATE_CONTEXT_TAKEOVER, set by ``python -m gateway``) both
@@ -54,12 +56,11 @@ class BoundedReadProtocol(WebSocketsSansIOProtocol):
             )
 
     def data_received(self, data: bytes) -> None:
+        if self.close_sent:  # after our close frame: dropped unparsed (see _linger)
+            self._linger()
+            return
         if self._rest is None and len(data) <= PARSE_SLICE:
             super().data_received(data)
-            return
-        if self.close_sent:  # a backlog after our close: not worth parsing for its reply
-            self._rest = None
-            self.transport.close()
             return
         pending = self._rest
         self._rest = memoryview(data if pending is None else bytes(pending) + data)
@@ -70,8 +71,7 @@ class BoundedReadProtocol(WebSocketsSansIOProtocol):
     def _feed(self) -> None:
         while self._rest is not None:
             if self.close_sent or self.transport.is_closing():
-                self._rest = None
-                self.transport.close()
+                self._linger()
                 return
             chunk, rest = self._rest[:PARSE_SLICE], self._rest[PARSE_SLICE:]
             self._rest = rest if len(rest) else None
@@ -110,6 +110,39 @@ class BoundedReadProtocol(WebSocketsSansIOProtocol):
         self.transport.write(frame)
         return True
 
+    def handle_parser_exception(self) -> None:
+        """As uvicorn's (a frame over the size limit, bad UTF-8, a protocol error: the
+        close frame with its code, 1009, 1007, 1002...), but closing with :meth:`_linger`."""
+        assert self.conn.close_sent is not None
+        close = self.conn.close_sent
+        disconnect = {"type": "websocket.disconnect", "code": close.code, "reason": close.reason}
+        self.queue.put_nowait(disconnect)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close a connection whose peer may still be sending, without losing our close
+        frame. Closing a socket with unread data makes the kernel reset the connection,
+        and a reset can destroy the close frame still in flight to the peer: the client of
+        an oversize frame saw 1006 instead of 1009. So: our close frame, then FIN, then
+        whatever the peer still sends is read and dropped unparsed, until it closes its
+        side too or :data:`LINGER` seconds pass. (The timer is uvicorn's ``close_timer``:
+        uvicorn then leaves the closing to it when the app returns.)"""
+        self._rest = None
+        transport = self.transport
+        if self._lingering or transport.is_closing():
+            return
+        self._lingering = True
+        self.stop_keepalive()
+        if transport.can_write_eof():
+            transport.write_eof()
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+        self.close_timer = self.loop.call_later(LINGER, transport.close)
+        self.read_paused = False
+        transport.resume_reading()
+
     async def receive(self):  # as uvicorn's, resuming reading only when no slice is left
         message = await self.queue.get()
         if self.queue.empty():
@@ -122,7 +155,7 @@ class BoundedReadProtocol(WebSocketsSansIOProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._rest = None
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # cancels close_timer
 
 
 # -- handshake deadline ---------------------------------------------------------------

@@ -315,6 +315,9 @@ def transport_cases(path: str) -> list[Case]:
         ),
         c("oversize-text", [text("x" * (MAX + 1))], 1009),
         c("oversize-binary", [binary(b"x" * (MAX + 1))], 1009),
+        # more than the socket buffers hold: the gateway refuses it while the client is
+        # still writing, and must not reset the connection under its close frame
+        c("oversize-still-sending", [binary(b"x" * (32 * MAX))], 1009),
         c(
             "fragmented-over-the-limit",
             [binary(b"x" * (MAX // 2), fin=False), cont(b"x" * (MAX // 2), fin=False), cont(b"x")],
