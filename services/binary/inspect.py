@@ -46,10 +46,13 @@ def media_type(head: bytes) -> str:
         found = puremagic.magic_string(head)
     except (puremagic.PureError, ValueError):
         found = []
+    text = _looks_like_text(head)
     for match in found:
-        if match.mime_type:
+        # puremagic names a file JSON on its first byte alone (``{``): one byte is no
+        # signature, so a one-byte match counts only for text.
+        if match.mime_type and (text or len(match.byte_match) > 1):
             return match.mime_type
-    return "text/plain" if _looks_like_text(head) else OCTET_STREAM
+    return "text/plain" if text else OCTET_STREAM
 
 
 def kind(head: bytes) -> Kind:

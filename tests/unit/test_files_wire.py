@@ -103,6 +103,9 @@ def test_inspect_by_content_not_name() -> None:
     assert inspect.kind("plain text, ünïcode\n".encode()).media_type == "text/plain"
     assert inspect.kind(bytes(range(256))).media_type == inspect.OCTET_STREAM
     assert inspect.kind(b"").media_type == inspect.OCTET_STREAM
+    # one byte is no signature: binary that happens to start with "{" is not JSON
+    assert inspect.kind(b"{" + bytes(range(256))).media_type == inspect.OCTET_STREAM
+    assert inspect.kind(b'{"a": [1, 2]}').media_type == "application/json"
 
 
 def test_inspect_truncated_image_has_no_dimensions() -> None:
