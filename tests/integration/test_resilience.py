@@ -74,6 +74,7 @@ async def test_two_codec_replicas_share_the_work(stack) -> None:
     async with connect(url(stack, "/ws")) as ws:
         for i in range(400):
             await ws.send(str(i))
+            await asyncio.sleep(0.001)  # apart, not batched: each balanced on its own
         assert await recv_n(ws, 400) == [f"Echo: {i}" for i in range(400)]
     after = [
         sample(scrape(p.metrics_port), "switchboard_service_requests_total", operation="echo")
