@@ -259,31 +259,30 @@ class Hub:
             # not failed nor closed since they were queued
             conns = self.connections
             live = [q for q in queued if q[0].pending.get(q[1]) is q[2] and q[0].id in conns]
-            start = 0
-            while start < len(live):
-                end, size = start, 0
-                while end < len(live) and end - start < most and size + len(live[end][3]) <= room:
-                    size += len(live[end][3])
-                    end += 1
-                end = max(end, start + 1)
-                if end - start == 1:
-                    conn, seq, pending, data, headers = live[start]
-                    await self._publish(conn, seq, pending, route.subject, data, headers)
-                else:
-                    await self._publish_batch(route, live[start:end])
-                start = end
+            chunk: list[Queued] = []
+            size = 0
+            for item in live:  # each fits alone: request() sends larger frames at once
+                if chunk and (len(chunk) == most or size + len(item[3]) > room):
+                    await self._send(route, chunk)
+                    chunk, size = [], 0
+                chunk.append(item)
+                size += len(item[3])
+            if chunk:
+                await self._send(route, chunk)
+
+    async def _send(self, route: Route, chunk: list[Queued]) -> None:
+        if len(chunk) > 1:
+            await self._publish_batch(route, chunk)
+        else:
+            conn, seq, pending, data, headers = chunk[0]
+            await self._publish(conn, seq, pending, route.subject, data, headers)
 
     async def _publish_batch(self, route: Route, queued: list[Queued]) -> None:
         assert self.nc is not None and route.batch is not None
         number = next(self._batch_ids)
         items = [
-            (
-                batch.key(conn.id, seq),
-                data,
-                headers.get(h.FRAME) != h.FRAME_BINARY,
-                headers.get(h.TRACEPARENT) or "-",
-            )
-            for conn, seq, _, data, headers in queued
+            (batch.key(c.id, seq), data, hdrs.get(h.FRAME) != h.FRAME_BINARY, p.trace or "-")
+            for c, seq, p, data, hdrs in queued
         ]
         payload, hdrs = batch.encode_request(route.op, items)
         self._batches[number] = (queued[0][2].deadline, [(q[0], q[1]) for q in queued])

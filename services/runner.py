@@ -149,14 +149,7 @@ def wrap_batch(service: Service, handlers: Mapping[Op, Handler], metrics: Servic
         sent_at = hdrs.get(h.SENT_AT)
         results: list[bytes | WireError] = []
         for item in items:
-            frame = h.FRAME_TEXT if item.frame == "text" else h.FRAME_BINARY
-            req = Request(
-                item.data,
-                item.frame,
-                traceparent=item.traceparent,
-                sent_at=sent_at,
-                headers={h.FRAME: frame},
-            )
+            req = Request(item.data, item.frame, traceparent=item.traceparent, sent_at=sent_at)
             result = await call(req, received)
             results.append(result.payload if isinstance(result, Reply) else result)
         payload, reply_headers = batch.encode_reply(results)

@@ -42,7 +42,7 @@ from urllib.parse import quote, unquote
 
 from wire import headers as h
 from wire.errors import ErrorCode, WireError
-from wire.frames import FrameDecodeError, raw_frames
+from wire.frames import BINARY, TEXT, FrameDecodeError, encode_raw_frames, raw_frames
 from wire.subjects import Op
 
 OP = "Sb-Op"
@@ -52,9 +52,8 @@ ERRORS = "Sb-Errors"
 
 BATCH_OPS = frozenset({Op.ECHO, Op.JSON, Op.INFLATE, Op.INSPECT, Op.MIXED})
 
-_FRAME = struct.Struct(">cI")
 _LENGTH = struct.Struct(">I")
-_KINDS: dict[bytes, Literal["text", "binary"]] = {b"t": "text", b"b": "binary"}
+_KINDS: dict[bytes, Literal["text", "binary"]] = {TEXT: "text", BINARY: "binary"}
 
 
 class BatchDecodeError(ValueError):
@@ -74,12 +73,6 @@ def key(conn: int, seq: int) -> str:
     return f"{conn}.{seq}"
 
 
-def parse_key(value: str) -> tuple[int, int]:
-    """``"<conn>.<seq>"`` -> ``(conn, seq)``; ValueError if malformed."""
-    conn, seq = value.split(".")
-    return int(conn), int(seq)
-
-
 # -- request ---------------------------------------------------------------------------
 
 
@@ -87,17 +80,14 @@ def encode_request(
     op: Op, items: Sequence[tuple[str, bytes, bool, str]]
 ) -> tuple[bytes, dict[str, str]]:
     """Payload and headers of a batch of ``(key, data, is_text, traceparent)``."""
-    parts: list[bytes] = []
-    for _, data, is_text, _ in items:
-        parts.append(_FRAME.pack(b"t" if is_text else b"b", len(data)))
-        parts.append(data)
+    payload = encode_raw_frames((TEXT if text else BINARY, data) for _, data, text, _ in items)
     headers = {
         OP: str(op),
         h.SENT_AT: h.now_ns(),
         KEYS: " ".join(item[0] for item in items),
         TRACES: " ".join(item[3] for item in items),
     }
-    return b"".join(parts), headers
+    return payload, headers
 
 
 def decode_request(payload: bytes, headers: Mapping[str, str]) -> tuple[Op, list[BatchItem]]:

@@ -28,8 +28,8 @@ from urllib.parse import quote, unquote
 from wire import headers as h
 
 _HEADER = struct.Struct(">cI")
-_TEXT = b"t"
-_BINARY = b"b"
+TEXT = b"t"  # frame kinds
+BINARY = b"b"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,23 +51,25 @@ class FrameDecodeError(ValueError):
     """A reply payload that does not follow the layout above."""
 
 
-def encode_frames(frames: Iterable[Frame]) -> bytes:
+def encode_raw_frames(frames: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """``(kind, data)`` pairs (:data:`TEXT`, :data:`BINARY`) in the layout above."""
     parts: list[bytes] = []
-    for frame in frames:
-        if frame.kind == "text":
-            data = frame.data.encode()
-            parts.append(_HEADER.pack(_TEXT, len(data)))
-        else:
-            data = frame.data
-            parts.append(_HEADER.pack(_BINARY, len(data)))
+    for kind, data in frames:
+        parts.append(_HEADER.pack(kind, len(data)))
         parts.append(data)
     return b"".join(parts)
+
+
+def encode_frames(frames: Iterable[Frame]) -> bytes:
+    return encode_raw_frames(
+        (TEXT, f.data.encode()) if f.kind == "text" else (BINARY, f.data) for f in frames
+    )
 
 
 def encode_text(text: str) -> bytes:
     """One text frame: the common reply, without building a list."""
     data = text.encode()
-    return _HEADER.pack(_TEXT, len(data)) + data
+    return _HEADER.pack(TEXT, len(data)) + data
 
 
 def raw_frames(payload: bytes) -> Iterator[tuple[bytes, bytes]]:
@@ -89,12 +91,12 @@ def raw_frames(payload: bytes) -> Iterator[tuple[bytes, bytes]]:
 def decode_frames(payload: bytes) -> list[Frame]:
     frames: list[Frame] = []
     for kind, data in raw_frames(payload):
-        if kind == _TEXT:
+        if kind == TEXT:
             try:
                 frames.append(TextFrame(data.decode()))
             except UnicodeDecodeError as exc:
                 raise FrameDecodeError("text frame is not UTF-8") from exc
-        elif kind == _BINARY:
+        elif kind == BINARY:
             frames.append(BinaryFrame(data))
         else:
             raise FrameDecodeError(f"unknown frame kind {kind!r}")
