@@ -13,6 +13,10 @@ never fragmented)::
 
 Only for connections without extensions: with permessage-deflate agreed, uvicorn's
 ``send`` compresses each message and this path is not taken.
+
+Frames a client sends have the same header with the mask bit (0x80 in byte 1) set and
+four mask bytes after the length; :func:`cut` reads only their lengths, to tell the
+gateway's reader where each frame ends (:mod:`gateway.protocols`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,48 @@ def header(opcode: int, length: int) -> bytes:
     if length < 65536:
         return _U16.pack(first, 126, length)
     return _U64.pack(first, 127, length)
+
+
+def cut(buf: bytes | memoryview, left: int, limit: int) -> tuple[int, int]:
+    """Where to cut a stream of client frames for the next parse, given ``left``, the
+    bytes of a frame begun earlier that ``buf`` still owes (0 at a frame boundary).
+
+    Returns ``(n, left)``: parse ``buf[:n]`` next, after which ``left`` bytes of the
+    current frame are still to come. ``buf[:n]`` is the rest of a frame already begun,
+    else whole frames totalling at most ``limit`` bytes, else one frame (however large,
+    up to the end of ``buf``). ``n == 0``: ``buf`` starts with a header too short to give
+    the frame's length, to be completed by the next read. No cut splits the bytes that
+    give a length, so the caller always knows where the current frame ends."""
+    size = len(buf)
+    if left:
+        n = left if left < size else size
+        return n, left - n
+    end = 0
+    while end < size:
+        if end + 2 > size:
+            break
+        second = buf[end + 1]
+        length = second & 0x7F
+        head = 6 if second & 0x80 else 2
+        if length == 126:
+            if end + 4 > size:
+                break
+            length = (buf[end + 2] << 8) | buf[end + 3]
+            head += 2
+        elif length == 127:
+            if end + 10 > size:
+                break
+            length = int.from_bytes(buf[end + 2 : end + 10], "big")
+            head += 8
+        after = end + head + length
+        if end and after > limit:
+            break
+        end = after
+        if end >= limit:
+            break
+    if end > size:
+        return size, end - size
+    return end, 0
 
 
 def encode(message: dict[str, Any]) -> bytes | None:
