@@ -159,6 +159,14 @@ def _cpu(usage: Usage | None) -> str:
     return f"{usage.servers:>5.0f} {usage.loadgen:>5.0f} {usage.other:>5.0f}{mark}"
 
 
+def _cpu_per_message(row: Row) -> float | None:
+    """Server CPU microseconds per message: the figure that least depends on what else the
+    two cores are doing (msgs/s falls with any contention; this mostly does not)."""
+    if row.usage is None or row.rate <= 0:
+        return None
+    return row.usage.servers * 1e4 / row.rate
+
+
 def _verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
@@ -186,7 +194,7 @@ def report(rows: list[Row], plan: Plan, quick: bool, elapsed: float) -> str:
         "",
         "Closed loop (each connection: send, wait for the reply, repeat)",
         f"{'conns':>5}  {'design':<6} {'msgs/s':>8} {'p50 ms':>7} {'p99 ms':>7}  "
-        f"{'srv%':>5} {'gen%':>5} {'oth%':>5}  ratio to (a)",
+        f"{'srv%':>5} {'gen%':>5} {'oth%':>5} {'srv us':>6}  ratio to (a)",
     ]
     for n in LEVELS:
         base = closed.get(("a", n))
@@ -197,10 +205,12 @@ def report(rows: list[Row], plan: Plan, quick: bool, elapsed: float) -> str:
             vs_a = ""
             if d != "a" and base is not None and base.rate > 0:
                 vs_a = f"{r.rate / base.rate:.2f}"
+            us = _cpu_per_message(r)
             lines.append(
                 f"{n:>5}  {LABELS[d]:<6} {r.rate:>8,.0f} {r.p50:>7.3f} {r.p99:>7.3f}  "
-                f"{_cpu(r.usage)} {vs_a}"
+                f"{_cpu(r.usage)}{'-' if us is None else f'{us:.1f}':>6}  {vs_a}"
             )
+    lines.append("(srv us: server CPU microseconds per message, all server processes)")
     lines += [
         "",
         f"Open loop: {OPEN_RATE:,.0f} msg/s over {OPEN_CONNECTIONS} connections, "
@@ -229,6 +239,16 @@ def report(rows: list[Row], plan: Plan, quick: bool, elapsed: float) -> str:
             lines.append(
                 f"  {LABELS[d]}/(a) msgs/s at {top} connections >= {TARGET_RATIO:.1f}: "
                 f"{ratio:.2f}  {_verdict(ratio >= TARGET_RATIO)}"
+            )
+    base_us = _cpu_per_message(base) if base is not None else None
+    for d in designs:
+        r = closed.get((d, top))
+        us = _cpu_per_message(r) if r is not None and d != "a" else None
+        if us is not None and base_us:
+            lines.append(
+                f"  server CPU per message at {top} connections (no target; steadier than "
+                f"msgs/s on a busy machine), {LABELS[d]}: {us:.1f} us, "
+                f"{us / base_us:.2f} x (a)'s {base_us:.1f} us"
             )
     for d in designs:
         r = opened.get(d)
