@@ -230,6 +230,7 @@ def report(rows: list[Row], plan: Plan, quick: bool, elapsed: float) -> str:
     lines += ["", "Targets"]
     top = LEVELS[-1]
     base = closed.get(("a", top))
+    base_us = _cpu_per_message(base) if base is not None else None
     for d in designs:
         if d == "a":
             continue
@@ -240,16 +241,12 @@ def report(rows: list[Row], plan: Plan, quick: bool, elapsed: float) -> str:
                 f"  {LABELS[d]}/(a) msgs/s at {top} connections >= {TARGET_RATIO:.1f}: "
                 f"{ratio:.2f}  {_verdict(ratio >= TARGET_RATIO)}"
             )
-    base_us = _cpu_per_message(base) if base is not None else None
-    for d in designs:
-        r = closed.get((d, top))
-        us = _cpu_per_message(r) if r is not None and d != "a" else None
-        if us is not None and base_us:
-            lines.append(
-                f"  server CPU per message at {top} connections (no target; steadier than "
-                f"msgs/s on a busy machine), {LABELS[d]}: {us:.1f} us, "
-                f"{us / base_us:.2f} x (a)'s {base_us:.1f} us"
-            )
+            us = _cpu_per_message(r)
+            if us is not None and base_us:
+                lines.append(
+                    f"    server CPU per message (no target; steadier than msgs/s on a busy "
+                    f"machine): {us:.1f} us, {us / base_us:.2f} x (a)'s {base_us:.1f} us"
+                )
     for d in designs:
         r = opened.get(d)
         if r is not None:

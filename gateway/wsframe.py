@@ -61,15 +61,15 @@ def cut(buf: bytes | memoryview, left: int, limit: int) -> tuple[int, int]:
         second = buf[end + 1]
         length = second & 0x7F
         head = 6 if second & 0x80 else 2
-        if length == 126:
-            if end + 4 > size:
+        if length == 126:  # the layouts header() writes, read back
+            if end + _U16.size > size:
                 break
-            length = (buf[end + 2] << 8) | buf[end + 3]
+            length = _U16.unpack_from(buf, end)[2]
             head += 2
         elif length == 127:
-            if end + 10 > size:
+            if end + _U64.size > size:
                 break
-            length = int.from_bytes(buf[end + 2 : end + 10], "big")
+            length = _U64.unpack_from(buf, end)[2]
             head += 8
         after = end + head + length
         if end and after > limit:

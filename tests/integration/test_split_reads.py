@@ -12,6 +12,7 @@ import socket
 import pytest
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
+from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from tests.integration.client import connect, recv_n
@@ -53,18 +54,17 @@ async def whole(url: str) -> list[str | bytes]:
 
 
 async def split(url: str, seed: int) -> tuple[list[str | bytes], bool]:
-    client = ClientProtocol(parse_uri(url), max_size=None)
     uri = parse_uri(url)
+    client = ClientProtocol(uri, max_size=None)
     reader, writer = await asyncio.open_connection(uri.host, uri.port)
     writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     client.send_request(client.connect())
     writer.write(b"".join(client.data_to_send()))
-    stream = b""
     rng = random.Random(seed)
     replies: list[str | bytes] = []
     pong = False
     try:
-        while client.handshake_exc is None and client.state.name == "CONNECTING":
+        while client.handshake_exc is None and client.state is State.CONNECTING:
             client.receive_data(await asyncio.wait_for(reader.read(65536), 5))
         client.events_received()  # the handshake response
         stream = wire_frames(client)
