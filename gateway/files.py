@@ -7,11 +7,13 @@ binary replica that owns the upload stores it (services/binary/files.py), with a
 socket, so a fast client is held back by TCP, not buffered. Each stored chunk becomes a
 ``progress`` event.
 
-Download: the gateway asks the service for a few chunks at a time (``file_read``) and
-only asks for more when the client has credit (``ack``: bytes it has consumed, plus
-the window) and the socket's send queue is empty (the transport took the previous
-chunk). At most two reads' worth of chunks (the one being written and one prefetched)
-are in the gateway per download, whatever the file size or the reader's speed.
+Download: the gateway asks the service for a batch of chunks at a time (``file_read``);
+the service has nats-server send them straight to the download's inbox here (they never
+pass through the service). The next batch is asked for once the previous one has
+arrived and while the client has credit (``ack``: bytes it has consumed, plus the
+window) and fewer than a batch's worth of chunks wait for the socket; a chunk goes to
+the socket once it has taken the previous one. At most two batches of chunks are in the
+gateway per download, whatever the file size or the reader's speed.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from wire import errors
 from wire import files as wf
 from wire import headers as h
 from wire.errors import ErrorCode, WireError
-from wire.frames import FrameDecodeError, decode_frames, request_headers
+from wire.frames import request_headers
 from wire.metrics import GatewayMetrics
 from wire.subjects import Op, Service, service_subject, upload_subject
 
@@ -72,7 +74,7 @@ class FilesSettings(BaseSettings):
         4 * MIB, ge=1, description="default credit of a download, bytes (client may ask)"
     )
     max_download_window: int = Field(16 * MIB, ge=1, description="largest credit granted")
-    read_chunks: int = Field(4, ge=1, le=16, description="chunks per read from the service")
+    read_chunks: int = Field(4, ge=1, le=16, description="chunks per batch from the store")
     request_timeout: float = Field(10.0, gt=0, description="seconds for a service answer")
 
 
@@ -145,10 +147,20 @@ class UploadState:
 class DownloadState:
     file: str
     size: int
-    acked: int
+    acked: int  # the client's credit: bytes it has consumed
     window: int
+    chunk: int  # the file's chunk size
+    fetched: int  # where the next chunk from the store must start
+    sent: int  # where the next chunk to the client starts
     credit: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    # fetching (FilesSocket.fetch): chunks arrive from nats-server at this inbox
+    inbox: str = ""
+    sub: Subscription | None = None
+    cursor: int | None = None  # stream sequence after the last chunk that arrived
+    reading: asyncio.Task[None] | None = None  # the file_read of the batch on its way
+    heard: float = 0.0  # monotonic time of the last sign of that batch
+    pieces: asyncio.Queue[bytes | memoryview | WireError] = field(default_factory=asyncio.Queue)
 
 
 class FilesSocket:
@@ -248,6 +260,7 @@ class FilesSocket:
                 if dl is not None and dl.file == fid and offset > dl.acked:
                     dl.acked = min(offset, dl.size)
                     dl.credit.set()
+                    self.fetch(dl)
             case wf.Cancel(file=fid):
                 if self.download is not None and self.download.file == fid:
                     self.stop_download("abandoned")
@@ -406,11 +419,11 @@ class FilesSocket:
         chunk = max(info.get("chunk_size") or 0, 1)
         window = req.window or self.config.download_window
         window = max(chunk, min(window, self.config.max_download_window))
-        dl = DownloadState(req.file, size, offset, window)
+        dl = DownloadState(req.file, size, offset, window, chunk, offset, offset)
         self.download = dl
         self.metrics.active.labels("down").inc()
         self.send_text(wf.server("download", id=req.id, file=info, offset=offset, window=window))
-        dl.task = asyncio.create_task(self.pump(dl, offset, info["sha256"]))
+        dl.task = asyncio.create_task(self.pump(dl, info["sha256"]))
 
     def stop_download(self, status: str) -> None:
         dl = self.download
@@ -422,66 +435,126 @@ class FilesSocket:
         if dl.task is not None and dl.task is not asyncio.current_task():
             dl.task.cancel()
 
-    def _read(self, dl: DownloadState, offset: int, cursor: int | None) -> asyncio.Task:
-        extra = {h.FILE: dl.file, h.OFFSET: str(offset), h.COUNT: str(self.config.read_chunks)}
-        if cursor is not None:
-            extra[h.CURSOR] = str(cursor)
-        return asyncio.create_task(self.ask(Op.FILE_READ, extra=extra))
+    def fetch(self, dl: DownloadState) -> None:
+        """Ask for the next batch of chunks, unless one is on its way, the file has
+        arrived, the client's credit is used up or a batch's worth is still waiting for
+        the socket: the gateway holds at most two batches per download, whatever the
+        reader's speed."""
+        if (
+            dl.reading is not None
+            or not dl.inbox
+            or self.download is not dl
+            or dl.fetched >= dl.size
+            or dl.fetched - dl.acked >= dl.window
+            or dl.fetched - dl.sent >= self.config.read_chunks * dl.chunk
+        ):
+            return
+        extra = {
+            h.FILE: dl.file,
+            h.OFFSET: str(dl.fetched),
+            h.COUNT: str(self.config.read_chunks),
+            h.DELIVER: dl.inbox,
+        }
+        if dl.cursor is not None:
+            extra[h.CURSOR] = str(dl.cursor)
+        dl.heard = time.monotonic()
+        dl.reading = task = asyncio.create_task(self._read(dl, extra))
+        _background.add(task)  # may outlive its batch: the chunks can come before the reply
+        task.add_done_callback(_background.discard)
 
-    async def pump(self, dl: DownloadState, offset: int, sha256: str) -> None:
-        position = offset
-        cursor: int | None = None
-        pending: asyncio.Task | None = None
+    async def _read(self, dl: DownloadState, extra: dict[str, str]) -> None:
         try:
-            if position < dl.size:
-                pending = self._read(dl, position, cursor)
-            while pending is not None:
+            await self.ask(Op.FILE_READ, extra=extra)
+        except WireError as exc:
+            dl.pieces.put_nowait(exc)
+
+    async def on_fetched(self, dl: DownloadState, msg: Msg) -> None:
+        """A message of the batch on its way (wire.files.stored_item): a chunk is queued
+        for the pump from where the previous one ended; the end of the batch asks for
+        the next one."""
+        if self.download is not dl:
+            return
+        dl.heard = time.monotonic()
+        try:
+            item = wf.stored_item(msg.headers, msg.data)
+        except WireError as exc:
+            dl.pieces.put_nowait(exc)
+            return
+        if item.kind == "end":
+            dl.reading = None
+            if item.status == 204:
+                self.fetch(dl)
+            else:  # 404: chunks missing from dl.fetched on; else nats-server's error
+                error = f"file {dl.file}: the store answered {item.status} at {dl.fetched}"
+                dl.pieces.put_nowait(WireError(ErrorCode.INTERNAL, error))
+            return
+        if not item.offset <= dl.fetched < item.end:
+            error = WireError(ErrorCode.INTERNAL, f"bad read at {dl.fetched}")
+            dl.pieces.put_nowait(error)
+            return
+        skip = dl.fetched - item.offset  # a download that resumes inside a chunk
+        dl.pieces.put_nowait(memoryview(item.data)[skip:] if skip else item.data)
+        dl.fetched = item.end
+        dl.cursor = item.seq + 1
+
+    async def pump(self, dl: DownloadState, sha256: str) -> None:
+        """Sends the chunks to the client as they arrive, within its credit, one at a
+        time once the socket has taken the previous one."""
+        reported = dl.sent
+        timeout = self.config.request_timeout
+        nc = self.hub.nc
+        try:
+            if dl.sent < dl.size:
+                if nc is None or not nc.is_connected:
+                    raise WireError(ErrorCode.UNAVAILABLE, "service unavailable")
+                dl.inbox = nc.new_inbox()
+                dl.sub = await nc.subscribe(dl.inbox, cb=functools.partial(self.on_fetched, dl))
+                self.fetch(dl)
+            while dl.sent < dl.size:
                 try:
-                    msg = await pending
-                except WireError as exc:
-                    self.send_error(None, exc, dl.file)
-                    self.stop_download("error")
-                    return
-                pending = None
-                first = wf.header_int(msg.headers, h.OFFSET)
-                end = wf.header_int(msg.headers, h.END) or position
-                cursor = wf.header_int(msg.headers, h.CURSOR)
-                try:
-                    pieces = [f.data for f in decode_frames(msg.data) if f.kind == "binary"]
-                except FrameDecodeError:
-                    pieces = []
-                if first != position or not pieces:
-                    error = WireError(ErrorCode.INTERNAL, f"bad read at {position}")
-                    self.send_error(None, error, dl.file)
-                    self.stop_download("error")
-                    return
-                if end < dl.size and end - dl.acked < dl.window:  # prefetch the next read
-                    pending = self._read(dl, end, cursor)
-                for data in pieces:
-                    while position + len(data) - dl.acked > dl.window:  # no credit
-                        dl.credit.clear()
-                        await dl.credit.wait()
-                    await self.until_drained()  # the socket took the previous chunk
-                    self.conn.enqueue(
-                        {"type": "websocket.send", "bytes": wf.pack_chunk(position, data)}
-                    )
-                    self.drained.clear()
-                    self.conn.wake.set()
-                    position += len(data)
-                    self.metrics.bytes.labels("down").inc(len(data))
-                self.send_text(
-                    wf.server(
-                        "progress", file=dl.file, direction="down", offset=position, size=dl.size
-                    )
+                    piece = await asyncio.wait_for(dl.pieces.get(), timeout)
+                except TimeoutError:
+                    if dl.reading is not None and time.monotonic() - dl.heard > timeout:
+                        raise WireError(ErrorCode.TIMEOUT, "service timed out") from None
+                    continue  # waiting for the client's credit, not for the store
+                if isinstance(piece, WireError):
+                    raise piece
+                while dl.sent + len(piece) - dl.acked > dl.window:  # no credit
+                    dl.credit.clear()
+                    await dl.credit.wait()
+                await self.until_drained()  # the socket took the previous chunk
+                self.conn.enqueue(
+                    {"type": "websocket.send", "bytes": wf.pack_chunk(dl.sent, piece)}
                 )
-                if position < dl.size and pending is None:
-                    pending = self._read(dl, position, cursor)
+                self.drained.clear()
+                self.conn.wake.set()
+                dl.sent += len(piece)
+                self.metrics.bytes.labels("down").inc(len(piece))
+                self.fetch(dl)
+                if dl.sent - reported >= self.config.read_chunks * dl.chunk or dl.sent >= dl.size:
+                    reported = dl.sent
+                    self.send_text(
+                        wf.server(
+                            "progress",
+                            file=dl.file,
+                            direction="down",
+                            offset=dl.sent,
+                            size=dl.size,
+                        )
+                    )
             self.send_text(wf.server("done", file=dl.file, size=dl.size, sha256=sha256))
             if self.download is dl:
                 self.stop_download("ok")
+        except WireError as exc:
+            self.send_error(None, exc, dl.file)
+            self.stop_download("error")
         finally:
-            if pending is not None:
-                pending.cancel()
+            if dl.reading is not None:
+                dl.reading.cancel()
+            if dl.sub is not None:
+                task = asyncio.get_running_loop().create_task(_unsubscribe(dl.sub))
+                _background.add(task)
+                task.add_done_callback(_background.discard)
 
     # -- lifecycle ---------------------------------------------------------------------
     async def watchdog(self) -> None:

@@ -30,6 +30,16 @@ Gateway -> client, text frames::
 Between gateway and service (NATS, ``sb.svc.binary.file_*`` and the upload subject),
 requests and replies are JSON or raw chunk bytes, with the ids and offsets in headers
 (:mod:`wire.headers`): see the functions' docstrings in services/binary/files.py.
+
+A download's chunks do not pass through the service: on ``file_read`` it asks nats-server
+for a batch of them (a JetStream direct get, :func:`direct_get_request`), delivered
+straight to the gateway's inbox, one NATS message per stored chunk and then an end of
+batch (:func:`stored_item`)::
+
+    chunk message   payload = the chunk's bytes; headers Sb-Offset, Sb-End (its byte
+                    range in the file), Nats-Sequence (its stream sequence), ...
+    end of batch    no payload; header Status: 204 (EOB), or 404 (nothing stored from
+                    there on), or another status of nats-server's
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ from typing import Any, Literal, get_args
 
 import orjson
 
+from wire import headers as h
 from wire.errors import ErrorCode, WireError
 
 CHUNK_HEADER = struct.Struct(">Q")
@@ -168,6 +179,48 @@ class UploadRecord:
     def decode(cls, data: bytes) -> UploadRecord:
         raw = orjson.loads(data)
         return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
+
+
+# -- download: stored chunks as nats-server delivers them -------------------------------
+def direct_get_request(seq: int, subject: str, count: int) -> bytes:
+    """The body of a batched direct get: up to ``count`` messages stored on ``subject``,
+    from stream sequence ``seq`` on (nats-server 2.11+)."""
+    return orjson.dumps({"seq": seq, "next_by_subj": subject, "batch": count})
+
+
+@dataclass(frozen=True, slots=True)
+class StoredChunk:
+    """One stored chunk: ``data`` is bytes ``[offset, end)`` of the file, ``seq`` its
+    stream sequence (a batch after it starts at ``seq + 1``)."""
+
+    seq: int
+    offset: int
+    end: int
+    data: bytes
+    kind: Literal["chunk"] = "chunk"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchEnd:
+    """The end of a batch: ``status`` 204 when it is complete, 404 when nothing is stored
+    at or after the requested sequence, another of nats-server's statuses on an error."""
+
+    status: int
+    kind: Literal["end"] = "end"
+
+
+def stored_item(headers: dict[str, str] | None, data: bytes) -> StoredChunk | BatchEnd:
+    """One message of a direct get batch; WireError(500) if it is neither a chunk with
+    a consistent byte range nor a status."""
+    status = (headers or {}).get(h.STATUS)
+    if status is not None:
+        return BatchEnd(int(status) if status.isascii() and status.isdigit() else 500)
+    seq = header_int(headers, h.STREAM_SEQUENCE)
+    offset = header_int(headers, h.OFFSET)
+    end = header_int(headers, h.END)
+    if seq is None or offset is None or end is None or end - offset != len(data):
+        raise WireError(ErrorCode.INTERNAL, "a stored chunk without a consistent byte range")
+    return StoredChunk(seq, offset, end, data)
 
 
 # -- client messages -------------------------------------------------------------------

@@ -7,7 +7,8 @@ Request (gateway -> worker):
     Sb-Room        the room (chat), percent-encoded UTF-8
     traceparent    W3C trace context, one trace id per frame
     Sb-Gateway, Sb-Conn, Sb-Request-Id, Sb-Since, Sb-Before, Sb-Limit   rooms (see below)
-    Sb-File, Sb-Offset, Sb-End, Sb-Cursor, Sb-Count, Sb-Control   files (wire/files.py)
+    Sb-File, Sb-Offset, Sb-End, Sb-Cursor, Sb-Count, Sb-Deliver, Sb-Control   files
+                   (wire/files.py)
 
 Reply (worker -> gateway): payload as laid out in :mod:`wire.frames`;
 errors as nats.micro sends them (``Nats-Service-Error``, ``Nats-Service-Error-Code``).
@@ -36,14 +37,16 @@ MORE = "Sb-More"  # on a reply carrying room events: "1" if cut short, more foll
 FILE = "Sb-File"  # a stored file's or an upload's id
 OFFSET = "Sb-Offset"  # byte offset of a chunk's first byte in its file
 END = "Sb-End"  # byte offset after a chunk (stored chunks); durable upload offset (acks)
-CURSOR = "Sb-Cursor"  # download: stream sequence where the next chunk search starts
-COUNT = "Sb-Count"  # download: at most this many chunks in one reply
+CURSOR = "Sb-Cursor"  # download: stream sequence where the next batch starts
+COUNT = "Sb-Count"  # download: at most this many chunks in one batch
+DELIVER = "Sb-Deliver"  # download: the gateway's inbox that nats-server sends the chunks to
 CONTROL = "Sb-Control"  # on an upload subject: "sync" instead of a chunk
 TRACEPARENT = "traceparent"
 
 ERROR = "Nats-Service-Error"
 ERROR_CODE = "Nats-Service-Error-Code"
-STATUS = "Status"  # set by the NATS server itself, e.g. 503 no responders
+STATUS = "Status"  # set by the NATS server itself, e.g. 503 no responders, 204 end of batch
+STREAM_SEQUENCE = "Nats-Sequence"  # set by nats-server on a stored message it sends (direct get)
 
 _bits = random.getrandbits
 

@@ -13,6 +13,9 @@
     sb.presence.<gateway>              a gateway's member list heartbeat (every chat replica)
     sb.stats.<component>.<instance>    an instance's live figures, every second (wire.stats)
     $SRV.PING.<service>                nats.micro discovery (built by nats.micro itself)
+    $JS.API.DIRECT.GET.<stream>        JetStream's direct get (binary asks nats-server to send
+                                       a download's chunks straight to the gateway)
+    _INBOX.<id>                        a gateway's inbox for one upload or download
 
 Tokens are validated so that no client input can smuggle ``.``, ``*`` or ``>`` into a
 subject and reach somebody else's traffic.
@@ -26,6 +29,7 @@ from enum import StrEnum
 PREFIX = "sb"
 
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_INBOX = re.compile(r"_INBOX\.[A-Za-z0-9_-]{1,64}")
 
 
 class Service(StrEnum):
@@ -116,6 +120,18 @@ def upload_subject(file_id: str) -> str:
     """Where the chunks of one upload go: only the binary replica that owns the upload
     subscribes (services/binary/files.py), so its chunks reach one writer, in order."""
     return f"{PREFIX}.svc.{Service.BINARY}.chunk.{_token(file_id, 'file id')}"
+
+
+def direct_get_subject(stream: str) -> str:
+    """JetStream's direct get API for ``stream``: answered by nats-server itself, to the
+    request's reply subject (wire.files.direct_get_request)."""
+    return f"$JS.API.DIRECT.GET.{_token(stream, 'stream name')}"
+
+
+def is_inbox(subject: str) -> bool:
+    """True if ``subject`` is one inbox (``_INBOX.<id>``, as nats-py's ``new_inbox()``
+    makes them): where a worker may have nats-server deliver on a gateway's behalf."""
+    return _INBOX.fullmatch(subject) is not None
 
 
 def reply_prefix(gateway: str) -> str:

@@ -19,8 +19,9 @@ JetStream has stored it. The state that matters lives in JetStream: if the owner
 or lets go, the next ``file_upload`` finds no owner (no responders), claims the upload
 (compare-and-set on the KV record, so only one replica wins), re-reads the stored
 chunks to rebuild the digest and drops anything after a gap, and carries on. Nothing
-holds a whole file: a chunk at a time in the owner, a batch of chunks per download
-request.
+holds a whole file: a chunk at a time in the owner. Downloads do not pass through here
+at all: :meth:`FileStore.read` has nats-server send a batch of chunks straight to the
+gateway.
 
 Digest: checked when the last byte is stored; a mismatch discards the upload. The owner
 also checks that the stream holds exactly the chunks it knows of, so an upload written
@@ -76,11 +77,12 @@ from wire.files import (
     check_file_id,
     check_name,
     check_sha256,
+    direct_get_request,
     file_id,
     header_int,
 )
-from wire.frames import BinaryFrame, Reply, Request, encode_frames
-from wire.subjects import Op, Service, upload_subject
+from wire.frames import Reply, Request
+from wire.subjects import Op, Service, direct_get_subject, is_inbox, upload_subject
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,6 @@ CLAIM_GRACE = 2.0  # s: a claim younger than this is being set up, not abandoned
 BUSY_AFTER = 5.0  # s: file_upload gives up (503, try again) when it cannot settle an owner
 SYNC_TIMEOUT = 2.0
 MAX_READ_CHUNKS = 16
-REPLY_HEADROOM = 64 * 1024
 SWEEP_INTERVAL = 30.0
 ORPHAN_SWEEP_EVERY = 20  # sweeps (10 min)
 HDR_USER, HDR_NAME, HDR_TYPE = "Sb-User", "Sb-Name", "Sb-Media-Type"
@@ -656,11 +657,20 @@ class FileStore:
 
     async def read(self, req: Request) -> Reply:
         """``file_read``: headers ``Sb-File``, ``Sb-Offset``, ``Sb-Count`` (chunks),
-        optional ``Sb-Cursor`` (from the previous reply) -> payload = chunks as binary
-        frames (wire/frames.py layout); headers ``Sb-Offset`` (of the first byte),
-        ``Sb-End`` (after the last), ``Sb-Cursor`` (where the next read starts)."""
+        ``Sb-Deliver`` (an inbox of the gateway), optional ``Sb-Cursor`` (the stream
+        sequence after the last chunk the gateway got) -> empty reply, header
+        ``Sb-Cursor`` (where the batch starts).
+
+        The chunks do not pass through here: this checks the file is the user's, finds
+        where the batch starts (the cursor, or the chunk holding ``Sb-Offset``) and asks
+        nats-server to send up to ``Sb-Count`` chunks from there straight to
+        ``Sb-Deliver``, then an end of batch (wire/files.py). The gateway checks that
+        each chunk starts where the previous one ended."""
         user = _user(req.headers)
         fid = check_file_id(req.header(h.FILE))
+        deliver = req.header(h.DELIVER) or ""
+        if not is_inbox(deliver):
+            raise WireError(ErrorCode.BAD_REQUEST, "file_read delivers to an inbox only")
         meta = await self._meta(fid)
         owner, info = _info(meta) if meta is not None else ("", None)
         if info is None or owner != user:
@@ -668,33 +678,17 @@ class FileStore:
         offset = header_int(req.headers, h.OFFSET) or 0
         count = min(max(header_int(req.headers, h.COUNT) or 1, 1), MAX_READ_CHUNKS)
         if offset >= info.size:
-            return Reply(b"", {h.OFFSET: str(info.size), h.END: str(info.size)})
+            raise WireError(ErrorCode.BAD_REQUEST, f"offset {offset} is not before the end")
         subject = self._chunks(fid)
-        cursor = header_int(req.headers, h.CURSOR)
-        msg = await self._next_chunk(subject, cursor) if cursor else None
-        if msg is None or not _covers(msg, offset):
-            msg = await self._seek(subject, offset)
-        budget = self.nc.max_payload - REPLY_HEADROOM
-        pieces: list[BinaryFrame] = []
-        start = position = offset
-        used = 0
-        while msg is not None:
-            data = msg.data or b""
-            begin = header_int(msg.headers, h.OFFSET) or 0
-            piece = data[position - begin :] if position > begin else data
-            if pieces and used + len(piece) > budget:
-                break
-            pieces.append(BinaryFrame(piece))
-            used += len(piece)
-            position = begin + len(data)
-            cursor = msg.seq + 1
-            if len(pieces) >= count or position >= info.size:
-                break
-            msg = await self._next_chunk(subject, cursor)
-        if not pieces:
-            raise WireError(ErrorCode.INTERNAL, f"file {fid} is missing chunks")
-        headers = {h.OFFSET: str(start), h.END: str(position), h.CURSOR: str(cursor)}
-        return Reply(encode_frames(pieces), headers)
+        start = header_int(req.headers, h.CURSOR) or 0
+        if not start and offset:
+            found = await self._seek(subject, offset)
+            if found is None:
+                raise WireError(ErrorCode.INTERNAL, f"file {fid} is missing chunks")
+            start = found.seq
+        body = direct_get_request(max(start, 1), subject, count)
+        await self.nc.publish(direct_get_subject(self.stream), body, reply=deliver)
+        return Reply(b"", {h.CURSOR: str(max(start, 1))})
 
     async def _seek(self, subject: str, offset: int) -> api.RawStreamMsg | None:
         """The chunk holding byte ``offset``: binary search over the stream sequences

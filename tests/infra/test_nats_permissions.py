@@ -23,6 +23,8 @@ from nats.js.api import RePublish, StreamConfig
 from nats.micro import add_service
 
 from tests.infra.conftest import NATS_CONF, NATS_PASSWORDS, ROOT, NatsServer
+from wire.files import direct_get_request
+from wire.subjects import direct_get_subject
 
 WAIT = 2.0
 
@@ -161,6 +163,31 @@ async def test_binary_replicas_talk_to_the_owner_of_an_upload(connect: Connect) 
         async with connect("codec") as codec:
             await codec.nc.publish("sb.svc.binary.chunk.f2", b"")
             assert "sb.svc.binary.chunk.f2" in await codec.violation()
+
+
+async def test_binary_has_a_download_delivered_to_the_gateway(connect: Connect) -> None:
+    """file_read (services/binary/files.py): binary publishes a batched direct get with
+    the gateway's inbox as reply subject; nats-server sends the chunks and the end of
+    batch there, and the gateway, which has no JetStream rights, receives them."""
+    async with connect("binary") as binary, connect("gateway") as gateway:
+        js = binary.nc.jetstream(timeout=WAIT)
+        await js.add_stream(
+            StreamConfig(name="TEST_OBJ", subjects=["$O.test_dl.>"], allow_direct=True)
+        )
+        for i in range(3):
+            await js.publish("$O.test_dl.C.f", bytes([i]) * 10, headers={"Sb-Offset": str(10 * i)})
+        inbox = gateway.nc.new_inbox()
+        got: asyncio.Queue[Msg] = asyncio.Queue()
+        await gateway.nc.subscribe(inbox, cb=got.put)
+        await gateway.sync()
+        body = direct_get_request(1, "$O.test_dl.C.f", 2)
+        await binary.nc.publish(direct_get_subject("TEST_OBJ"), body, reply=inbox)
+        first, second, end = [await asyncio.wait_for(got.get(), WAIT) for _ in range(3)]
+        assert (first.data, second.data) == (b"\0" * 10, b"\1" * 10)
+        assert second.headers["Sb-Offset"] == "10" and end.headers["Status"] == "204"
+        await binary.no_error()
+        await gateway.no_error()
+        await js.delete_stream("TEST_OBJ")
 
 
 async def test_discovery_of_a_nats_micro_service(connect: Connect) -> None:

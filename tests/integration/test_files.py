@@ -28,7 +28,11 @@ from switchboard.localstack import ROOT, LocalStack, running
 from tests.integration.client import closed_with, connect, recv, sample, scrape
 from tests.integration.dropproxy import DropProxy
 from tests.unit.test_files_wire import png
+from wire import errors
 from wire import files as wf
+from wire import headers as h
+from wire.frames import request_headers
+from wire.subjects import Op, Service, service_subject
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -168,6 +172,57 @@ async def test_download_resumes_from_an_offset(stack) -> None:
         async with await FilesClient.open(url(stack, who)) as client:
             await client.download(info["file"], part, offset=offset, digest=resumed)
         assert part.getvalue() == data[offset:]
+
+
+async def test_download_chunks_go_from_the_store_straight_to_the_gateway(stack) -> None:
+    """file_read answers with an empty reply; nats-server itself sends the chunks, then an
+    end of batch, to the inbox named in Sb-Deliver. Only an inbox is accepted there, and
+    only the owner's files are read."""
+    who = user()
+    data = os.urandom(5 * CHUNK + 3)
+    info = await upload(stack, who, data)
+    nc = await nats.connect(stack.nats_url)
+    try:
+        inbox = nc.new_inbox()
+        got: asyncio.Queue = asyncio.Queue()
+        await nc.subscribe(inbox, cb=got.put)
+
+        async def read(owner: str, deliver: str, offset: int, cursor: int | None = None):
+            extra = {h.FILE: info["file"], h.OFFSET: str(offset), h.COUNT: "2", h.DELIVER: deliver}
+            if cursor is not None:
+                extra[h.CURSOR] = str(cursor)
+            headers = request_headers("text", user=owner, extra=extra)
+            return await nc.request(service_subject(Service.BINARY, Op.FILE_READ), b"",
+                                    headers=headers, timeout=5)  # fmt: skip
+
+        async def batch() -> list[wf.StoredChunk | wf.BatchEnd]:
+            items = [wf.stored_item((m := await asyncio.wait_for(got.get(), 5)).headers, m.data)]
+            while items[-1].kind == "chunk":
+                m = await asyncio.wait_for(got.get(), 5)
+                items.append(wf.stored_item(m.headers, m.data))
+            return items
+
+        reply = await read(who, inbox, CHUNK + 7)  # inside the second chunk
+        assert reply.data == b"" and errors.from_headers(reply.headers) is None
+        first, second, end = await batch()
+        assert end == wf.BatchEnd(204)
+        assert (first.offset, first.end, second.offset) == (CHUNK, 2 * CHUNK, 2 * CHUNK)
+        assert first.data + second.data == data[CHUNK : 3 * CHUNK]
+        await read(who, inbox, 3 * CHUNK, cursor=second.seq + 1)  # from the cursor on
+        third, fourth, end = await batch()
+        assert third.data + fourth.data == data[3 * CHUNK : 5 * CHUNK] and end.status == 204
+        await read(who, inbox, 5 * CHUNK, cursor=fourth.seq + 1)
+        last, end = await batch()
+        assert last.data == data[5 * CHUNK :] and end.status == 204
+
+        for owner, deliver, code in ((who, "sb.room.general", 400), (user(), inbox, 404)):
+            reply = await read(owner, deliver, 0)
+            error = errors.from_headers(reply.headers)
+            assert error is not None and int(error.code) == code, (owner, deliver, error)
+        await asyncio.sleep(0.2)
+        assert got.empty()  # refused reads deliver nothing
+    finally:
+        await nc.close()
 
 
 async def test_wrong_digest_is_refused_and_nothing_kept(stack) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from services.binary import inspect
 from wire import files as wf
+from wire import headers as h
 from wire.errors import ErrorCode, WireError
 
 SHA = "ab" * 32
@@ -40,6 +41,27 @@ def test_chunk_header_round_trip() -> None:
     assert offset == 2**40 + 3 and bytes(data) == b"data"
     with pytest.raises(WireError):
         wf.unpack_chunk(b"short")
+
+
+def test_stored_items_of_a_direct_get_batch() -> None:
+    """What nats-server sends a download's inbox: chunks with their byte range, then an
+    end of batch; anything else is an internal error, not a crash or a wrong range."""
+    hdrs = {h.STREAM_SEQUENCE: "41", h.OFFSET: "1024", h.END: "1028", "Nats-Subject": "x"}
+    assert wf.stored_item(hdrs, b"data") == wf.StoredChunk(41, 1024, 1028, b"data")
+    assert wf.stored_item({h.STATUS: "204", "Description": "EOB"}, b"") == wf.BatchEnd(204)
+    assert wf.stored_item({h.STATUS: "404"}, b"").status == 404
+    assert wf.stored_item({h.STATUS: "²"}, b"").status == 500
+    for bad in (
+        None,
+        {**hdrs, h.END: "1029"},  # range and payload disagree
+        {h.OFFSET: "0", h.END: "4"},  # no sequence
+        {**hdrs, h.OFFSET: "-4"},
+    ):
+        with pytest.raises(WireError) as caught:
+            wf.stored_item(bad, b"data")
+        assert caught.value.code == ErrorCode.INTERNAL
+    body = orjson.loads(wf.direct_get_request(7, "$O.B.C.f", 8))
+    assert body == {"seq": 7, "next_by_subj": "$O.B.C.f", "batch": 8}
 
 
 def test_file_id_is_stable_and_per_user() -> None:

@@ -9,8 +9,8 @@ Documented exceptions, per decoder:
   ``FrameDecodeError``;
 - ``wire.frames.decode_request``: ``ValueError`` (``UnicodeDecodeError``) for a
   percent-encoded header that is not UTF-8; ``Request.text``: ``UnicodeDecodeError``;
-- ``wire.envelope.decode_client``, ``wire.files.decode_client`` and ``unpack_chunk``,
-  ``wire.codec.parse_request``: ``WireError``;
+- ``wire.envelope.decode_client``, ``wire.files.decode_client``, ``unpack_chunk`` and
+  ``stored_item``, ``wire.codec.parse_request``: ``WireError``;
 - ``wire.presence.Heartbeat.decode``: ``ValueError``, ``KeyError``, ``TypeError`` (what its
   caller, ``services/chat/service.py``, catches);
 - ``wire.subjects.parse_reply_subject`` and the subject builders: ``ValueError``;
@@ -147,6 +147,9 @@ header_names = st.sampled_from(
         h.ERROR,
         h.ERROR_CODE,
         h.STATUS,
+        h.OFFSET,
+        h.END,
+        h.STREAM_SEQUENCE,
     ]
 )
 header_values = (
@@ -237,6 +240,21 @@ def test_batch_round_trip(op: Op, sent: list, answers: list) -> None:
     ]
     reply, reply_headers = batch.encode_reply(answers)
     assert batch.decode_reply(reply, reply_headers, len(answers)) == answers
+
+
+@FUZZ
+@given(st.binary(max_size=100), st.none() | headers_maps)
+def test_stored_item(data: bytes, hdrs: dict[str, str] | None) -> None:
+    """A message at a download's inbox: a chunk whose range is its payload's, an end of
+    batch, or WireError."""
+    try:
+        item = wf.stored_item(hdrs, data)
+    except WireError:
+        return
+    if item.kind == "chunk":
+        assert 0 <= item.offset and item.end - item.offset == len(data) and item.seq >= 0
+    else:
+        assert item.status >= 0 and (hdrs or {}).get(h.STATUS) is not None
 
 
 @FUZZ

@@ -15,6 +15,8 @@ from wire.frames import (
 from wire.subjects import (
     Op,
     Service,
+    direct_get_subject,
+    is_inbox,
     is_token,
     parse_reply_subject,
     reply_prefix,
@@ -36,6 +38,18 @@ def test_reply_subject_round_trip() -> None:
     assert subject == "sb.gw.gw1.42.7"
     assert parse_reply_subject(subject) == (42, 7)
     assert reply_wildcard("gw1") == "sb.gw.gw1.>"
+
+
+def test_only_an_inbox_may_receive_a_download() -> None:
+    """binary has nats-server deliver a file's chunks where the gateway says: one inbox,
+    nothing that reaches rooms, services or a wildcard."""
+    assert is_inbox("_INBOX.5pL2fWgRBB9FB6OCFpyQ1k")
+    for bad in ("", "_INBOX", "_INBOX.", "_INBOX.>", "_INBOX.a.b", "_INBOX.*", "sb.room.x",
+                "sb.svc.binary.file_read", "_INBOX.a\r\n", "x_INBOX.a"):  # fmt: skip
+        assert not is_inbox(bad), bad
+    assert direct_get_subject("OBJ_SB_FILES") == "$JS.API.DIRECT.GET.OBJ_SB_FILES"
+    with pytest.raises(ValueError):
+        direct_get_subject("OBJ.>")
 
 
 @pytest.mark.parametrize("bad", ["", "a.b", "*", ">", "a b", "x" * 65, "é", "a\n"])
