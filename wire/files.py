@@ -214,7 +214,8 @@ def stored_item(headers: dict[str, str] | None, data: bytes) -> StoredChunk | Ba
     a consistent byte range nor a status."""
     status = (headers or {}).get(h.STATUS)
     if status is not None:
-        return BatchEnd(int(status) if status.isascii() and status.isdigit() else 500)
+        code = header_int(headers, h.STATUS)  # three digits; not one: nats-server's error
+        return BatchEnd(code if code is not None and code < 1000 else 500)
     seq = header_int(headers, h.STREAM_SEQUENCE)
     offset = header_int(headers, h.OFFSET)
     end = header_int(headers, h.END)
