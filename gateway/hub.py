@@ -183,11 +183,36 @@ class Hub:
         called as ``hook(messages, headers, error)`` when the reply's turn comes in the
         connection's order, instead of sending the reply's frames. ``received``: when
         the relay read the frame (``perf_counter``), where its hop timings start."""
+        todo = self.submit(conn, route, data, headers, tag=tag, hook=hook, received=received)
+        if todo is not None:
+            await self._publish(conn, todo[0], todo[1], route.subject, data, headers)
+
+    def batches(self, route: Route, size: int) -> bool:
+        """True if a frame of ``size`` bytes for ``route`` goes into a batch: submitting
+        it then never leaves a publish to wait for."""
+        settings = self.settings
+        return route.batch is not None and settings.batch and size <= settings.batch_max_bytes
+
+    def submit(
+        self,
+        conn: Connection,
+        route: Route,
+        data: bytes,
+        headers: dict[str, str],
+        *,
+        tag: str | None = None,
+        hook: Hook | None = None,
+        received: float | None = None,
+    ) -> tuple[int, Pending] | None:
+        """What :meth:`request` does without waiting: number the frame, fail it at once
+        (shutting down, NATS down, too much in flight), or queue it in this loop pass's
+        batch (:meth:`batches`). Returns ``(seq, pending)`` when the frame is still to be
+        published on its own."""
         if not self.accepting:
             # Shutting down: what is in flight is being finished, nothing new is
             # started, so the 1001 close comes promptly even under load. A frame left
             # unanswered at that close was not processed: the client sends it again.
-            return
+            return None
         loop_now = asyncio.get_running_loop().time()
         pending = Pending(
             loop_now + self.settings.request_timeout,
@@ -203,18 +228,17 @@ class Hub:
         assert nc is not None
         if not nc.is_connected:  # NATS is down: say so now rather than at the timeout
             self._fail(conn, seq, WireError(ErrorCode.UNAVAILABLE, "service unavailable"))
-            return
+            return None
         if self.in_flight > self.settings.max_in_flight_total:  # workers are not keeping up
             self._fail(conn, seq, BUSY)
-            return
+            return None
         if route.idempotent:
             pending.retry_at = loop_now + self.settings.request_timeout * RETRY_AFTER
             pending.retry = (route.subject, data, headers)
-        if route.batch is not None and self.settings.batch:
-            if len(data) <= self.settings.batch_max_bytes:
-                self._queue(route, (conn, seq, pending, data, headers))
-                return
-        await self._publish(conn, seq, pending, route.subject, data, headers)
+        if self.batches(route, len(data)):
+            self._queue(route, (conn, seq, pending, data, headers))
+            return None
+        return seq, pending
 
     async def _publish(
         self,

@@ -4,13 +4,15 @@ write path for frames encoded once (:mod:`gateway.wsframe`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from gateway.wsframe import DIRECT_WRITE, cut
+from gateway.wsframe import DIRECT_WRITE, FRAME_HOOK, cut
 
 # -- reading: bounded parsing per event-loop turn -------------------------------------
 
@@ -38,6 +40,8 @@ class BoundedReadProtocol(WebSocketsSansIOProtocol):
     _head = b""  # an incomplete frame header at the end of a read, kept for the next
     _framing = False  # past the upgrade request (uvicorn's HTTP protocol hands it over)
     _lingering = False
+    on_frame: Callable[[bool, bytes], bool] | None = None  # the app's hook (FRAME_HOOK)
+    _hooked = 0  # frames the hook took from the slice being parsed
     # permessage-deflate with context takeover (uvicorn's choice) keeps a zlib compressor
     # and decompressor per connection, ~34 KiB even while idle. Without it (the gateway's
     # default; SB_GATEWAY_DEFLATE_CONTEXT_TAKEOVER, set by ``python -m gateway``) both
@@ -97,12 +101,16 @@ class BoundedReadProtocol(WebSocketsSansIOProtocol):
                 self._rest = None
                 break
             self._rest = rest[n:] if n < len(rest) else None
+            self._hooked = 0
             super().data_received(rest[:n])  # type: ignore[arg-type]  # websockets takes views
             if self.conn.parser_exc is not None:
                 self._rest = None
                 return
             if not self.queue.empty():
                 break  # the app has work: the next slice once it has taken it
+            if self._hooked and self._rest is not None:
+                self.loop.call_soon(self._feed)  # the hook took frames: the rest next turn
+                return
         if self._rest is None:
             if self.queue.empty():
                 self.read_paused = False
@@ -113,8 +121,32 @@ class BoundedReadProtocol(WebSocketsSansIOProtocol):
     def handle_connect(self, event) -> None:  # type: ignore[no-untyped-def]
         super().handle_connect(event)
         scope = getattr(self, "scope", None)  # none if the handshake was refused
-        if scope is not None and not self.conn.extensions:  # agreed by accept() above
+        if scope is None:
+            return
+        scope["extensions"][FRAME_HOOK] = self.set_frame_hook
+        if not self.conn.extensions:  # agreed by accept() above
             scope["extensions"][DIRECT_WRITE] = self.write_frame
+
+    def set_frame_hook(self, hook: Callable[[bool, bytes], bool] | None) -> None:
+        self.on_frame = hook
+
+    def send_receive_event_to_app(self) -> None:
+        """A whole message parsed: offered first to the app's frame hook, which handles
+        it at once and returns True, or returns False and it is queued for the app's
+        ``receive()`` as uvicorn does. The hook spares a relayed frame the ASGI queue, a
+        wake-up of the receiving task and a pause and resume of reading. It is offered a
+        frame only while nothing is queued, so frames stay in order. A read of many small
+        frames still costs one slice per loop turn (:meth:`_feed` goes on with the next
+        slice in a later turn once the hook has taken frames, reading paused meanwhile)."""
+        hook = self.on_frame
+        if hook is not None and not self.close_sent and self.queue.empty():
+            frames = self.frames
+            data = frames[0] if len(frames) == 1 else b"".join(frames)
+            if hook(self.curr_msg_data_type == "text", data):
+                self.frames = []
+                self._hooked += 1
+                return
+        super().send_receive_event_to_app()
 
     def write_frame(self, frame: bytes) -> bool:
         """Write an encoded data frame (:mod:`gateway.wsframe`) now, if the connection is
@@ -178,6 +210,7 @@ class BoundedReadProtocol(WebSocketsSansIOProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._rest = None
         self._head = b""
+        self.on_frame = None
         super().connection_lost(exc)  # cancels close_timer
 
 

@@ -26,7 +26,7 @@ from gateway.hops import HOP_KEY
 from gateway.hub import Hub
 from gateway.limits import RATE_LIMITED, RateLimiter, client_ip, origin_allowed
 from gateway.settings import GatewaySettings
-from gateway.wsframe import DIRECT_WRITE
+from gateway.wsframe import DIRECT_WRITE, FRAME_HOOK
 from wire import headers as h
 from wire.errors import CloseCode, ErrorCode, WireError
 from wire.frames import request_headers
@@ -133,7 +133,7 @@ class RelayEndpoint:
                 await hub.join_room(conn, CHAT_ROOM)
                 await hub.request(conn, CHAT_JOIN, b"", self._member_headers(conn))
                 await hub.live.track(conn, CHAT_ROOM, user or "")
-            await both(self._receive(conn, receive), self._send(conn, send))
+            await both(self._receive(conn, receive, scope), self._send(conn, send))
         finally:
             hub.unregister(conn)
             self.open.dec()
@@ -241,6 +241,14 @@ class RelayEndpoint:
         """A frame over the rate limit: an error frame, or after too many in a row, close
         1008. True if the connection is closing (the receiver then waits for the sender
         to write the close frame)."""
+        if self.refuse_now(conn):
+            await anyio.sleep_forever()
+            return True
+        return False
+
+    def refuse_now(self, conn: Connection) -> bool:
+        """:meth:`refuse_rate` without the waiting: True if the connection is closing
+        (then nothing more from the client is to be processed)."""
         limiter = conn.limiter
         if limiter.exhausted:
             if self.settings.rate_ban_seconds:
@@ -250,7 +258,6 @@ class RelayEndpoint:
             close["reason"] = "rate limit exceeded"
             conn.closing = True
             conn.complete(conn.allocate(None), [close])
-            await anyio.sleep_forever()
             return True
         self.hub.answer_locally(conn, RATE_LIMITED)
         return False
@@ -259,43 +266,91 @@ class RelayEndpoint:
         extra = {h.GATEWAY: self.settings.id, h.CONN: str(conn.id)}
         return request_headers("text", user=conn.user, room=CHAT_ROOM, extra=extra)
 
-    async def _receive(self, conn: Connection, receive) -> None:
+    async def _receive(self, conn: Connection, receive, scope: dict | None = None) -> None:
+        """The receiver: each frame from the client, in order, to its worker. Frames for
+        batched routes are taken as they are parsed while this task waits with none in
+        hand (the frame hook, :meth:`BoundedReadProtocol.send_receive_event_to_app
+        <gateway.protocols.BoundedReadProtocol.send_receive_event_to_app>`); the rest,
+        and all of them without the hook, come through ``receive()``."""
         spec = self.spec
         hub = self.hub
-        request = hub.request if self.settings.reply_mode == "subscription" else hub.request_future
+        subscription = self.settings.reply_mode == "subscription"
+        request = hub.request if subscription else hub.request_future
         user, room = conn.user, conn.room
         capacity = conn.capacity
         limiter = conn.limiter
-        while True:
-            if not capacity.is_set():
-                await capacity.wait()
-            message = await receive()
-            if message["type"] != "websocket.receive":
-                return  # websocket.disconnect
-            received = time.perf_counter()
-            text = message.get("text")
-            if text is not None:
-                data = text.encode()
+        waiting = stopped = False  # waiting: in receive() with no frame in hand
+
+        def on_frame(text: bool, data: bytes) -> bool:
+            nonlocal stopped
+            if stopped:
+                return True  # closing for the rate limit: nothing more is processed
+            if not waiting or not capacity.is_set():
+                return False
+            route = spec.text if text else spec.binary
+            if route is None or not hub.batches(route, len(data)):
+                return False
+            if text:
+                try:
+                    data.decode()  # invalid UTF-8: uvicorn's path closes 1007
+                except UnicodeDecodeError:
+                    return False
                 self.in_text.inc()
                 self.in_text_bytes.inc(len(data))
-                route = spec.text
-                frame = "text"
             else:
-                data = message.get("bytes") or b""
                 self.in_binary.inc()
                 self.in_binary_bytes.inc(len(data))
-                route = spec.binary
-                frame = "binary"
             if not limiter.allow(len(data)):
-                await self.refuse_rate(conn)
-                continue
+                stopped = self.refuse_now(conn)
+                return True
             conn.active = limiter.frames.stamp
-            if route is None:
-                hub.answer_locally(conn, spec.wrong_frame(frame))
-                continue
-            await request(
-                conn, route, data, request_headers(frame, user=user, room=room), received=received
-            )
+            frame = "text" if text else "binary"
+            headers = request_headers(frame, user=user, room=room)
+            hub.submit(conn, route, data, headers, received=time.perf_counter())
+            return True
+
+        set_hook = (scope or {}).get("extensions", {}).get(FRAME_HOOK) if subscription else None
+        if set_hook is not None:
+            set_hook(on_frame)
+        try:
+            while True:
+                if not capacity.is_set():
+                    await capacity.wait()
+                waiting = True
+                message = await receive()
+                waiting = False
+                if stopped:
+                    await anyio.sleep_forever()
+                if not capacity.is_set():  # the hook filled it while this task waited
+                    await capacity.wait()
+                if message["type"] != "websocket.receive":
+                    return  # websocket.disconnect
+                received = time.perf_counter()
+                text = message.get("text")
+                if text is not None:
+                    data = text.encode()
+                    self.in_text.inc()
+                    self.in_text_bytes.inc(len(data))
+                    route = spec.text
+                    frame = "text"
+                else:
+                    data = message.get("bytes") or b""
+                    self.in_binary.inc()
+                    self.in_binary_bytes.inc(len(data))
+                    route = spec.binary
+                    frame = "binary"
+                if not limiter.allow(len(data)):
+                    await self.refuse_rate(conn)
+                    continue
+                conn.active = limiter.frames.stamp
+                if route is None:
+                    hub.answer_locally(conn, spec.wrong_frame(frame))
+                    continue
+                headers = request_headers(frame, user=user, room=room)
+                await request(conn, route, data, headers, received=received)
+        finally:
+            if set_hook is not None:
+                set_hook(None)
 
     def wrote(self, message: dict[str, Any]) -> None:
         """Metrics of a message written to the socket, by the sender or directly."""

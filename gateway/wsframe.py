@@ -25,6 +25,9 @@ import struct
 from typing import Any
 
 DIRECT_WRITE = "switchboard.direct_write"  # ASGI scope extension: write(frame) -> bool
+# ASGI scope extension: set(hook | None), hook(text: bool, data: bytes) -> handled (see
+# gateway.protocols.BoundedReadProtocol.send_receive_event_to_app)
+FRAME_HOOK = "switchboard.frame_hook"
 FRAME_KEY = "sb.frame"  # cached on an ASGI message: its encoded frame
 
 _U16 = struct.Struct("!BBH")
