@@ -1,6 +1,8 @@
 """Smoke test of the running compose stack, from the outside: every tutorial endpoint
-through the edge, then Prometheus' view (every target up, every codec replica and every
-gateway served traffic).
+through the edge, chat and rooms, a file uploaded into the object store and downloaded
+back (the chunks come from nats-server to the gateway under the compose NATS users),
+then Prometheus' view (every target up, every codec replica and every gateway served
+traffic).
 
 Run by scripts/compose-test.sh (``make compose-test``) once the stack is up; not a pytest
 module (the stack takes minutes to build). By hand::
@@ -14,6 +16,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import hashlib
+import io
 import json
 import os
 import secrets
@@ -24,12 +28,14 @@ import urllib.parse
 import urllib.request
 import zlib
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
 RECV_TIMEOUT = 10.0
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def log(message: str) -> None:
@@ -262,6 +268,23 @@ async def poll(check: Callable[[], str | None], what: str, timeout: float) -> No
     log(f"ok: {what}")
 
 
+async def files(ws_base: str) -> None:
+    """Upload 3 MiB + 1 byte (13 chunks) through the edge, download it back, delete it."""
+    sys.path.insert(0, str(ROOT))  # run as a script: the repository's client
+    from switchboard.filesclient import FilesClient, files_url
+
+    data = os.urandom(3 * 1024 * 1024 + 1)
+    digest = hashlib.sha256(data).hexdigest()
+    url = files_url(ws_base, user=f"smoke{secrets.token_hex(3)}")
+    async with await FilesClient.open(url) as client:
+        info = await client.upload(io.BytesIO(data), "smoke.bin", len(data), digest)
+        expect(info["sha256"], digest, "stored file's SHA-256")
+        sink = io.BytesIO()
+        await client.download(info["file"], sink)
+        expect(sink.getvalue() == data, True, "downloaded bytes equal the uploaded ones")
+        await client.delete(info["file"])
+
+
 async def step(name: str, action: Awaitable[None]) -> None:
     start = time.monotonic()
     await action
@@ -287,6 +310,7 @@ async def run(args: argparse.Namespace) -> None:
     await step("tutorial endpoints", tutorial_endpoints(ws_base))
     await step("chat between two users", chat(ws_base))
     await step("/ws/v2 rooms between two users", rooms_v2(ws_base))
+    await step("/ws/files: upload, download, delete", files(ws_base))
     for wave in range(1, args.waves + 1):
         if wave > 1:  # past the edge's DNS cache (valid=5s): it must re-resolve
             await asyncio.sleep(6)
