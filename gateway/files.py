@@ -53,7 +53,15 @@ from wire import headers as h
 from wire.errors import ErrorCode, WireError
 from wire.frames import request_headers
 from wire.metrics import GatewayMetrics
-from wire.subjects import Op, Service, service_subject, upload_subject
+from wire.subjects import (
+    Op,
+    Service,
+    delivery_read,
+    delivery_subject,
+    delivery_wildcard,
+    service_subject,
+    upload_subject,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +70,7 @@ PAGE_PATH = "/files"
 PAGE = Path(__file__).parent / "static" / "files.html"
 FILES_SUBPROTOCOL = "switchboard.files"
 MIB = 1024 * 1024
+READ_ATTEMPTS = 4  # per batch of a download, within the request timeout (FilesSocket._read)
 
 
 class FilesSettings(BaseSettings):
@@ -159,6 +168,8 @@ class DownloadState:
     sub: Subscription | None = None
     cursor: int | None = None  # stream sequence after the last chunk that arrived
     reading: asyncio.Task[None] | None = None  # the file_read of the batch on its way
+    read: int = 0  # its number: what is delivered for any other read is stale
+    arrived: bool = False  # something of it has arrived
     heard: float = 0.0  # monotonic time of the last sign of that batch
     pieces: asyncio.Queue[bytes | memoryview | WireError] = field(default_factory=asyncio.Queue)
 
@@ -210,7 +221,15 @@ class FilesSocket:
     def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         return request_headers("text", user=self.user, extra=extra)
 
-    async def ask(self, op: Op, payload: bytes = b"", extra: Mapping[str, str] | None = None):
+    async def ask(
+        self,
+        op: Op,
+        payload: bytes = b"",
+        extra: Mapping[str, str] | None = None,
+        within: float | None = None,
+    ):
+        """One request to the binary service, answered ``within`` seconds (default: the
+        request timeout); its error answer raised as WireError."""
         nc = self.hub.nc
         if nc is None or not nc.is_connected:
             raise WireError(ErrorCode.UNAVAILABLE, "service unavailable")
@@ -218,7 +237,7 @@ class FilesSocket:
             msg = await nc.request(
                 _route_subject(op),
                 payload,
-                timeout=self.config.request_timeout,
+                timeout=within or self.config.request_timeout,
                 headers=self._headers(extra),
             )
         except NoRespondersError:
@@ -449,32 +468,46 @@ class FilesSocket:
             or dl.fetched - dl.sent >= self.config.read_chunks * dl.chunk
         ):
             return
-        extra = {
-            h.FILE: dl.file,
-            h.OFFSET: str(dl.fetched),
-            h.COUNT: str(self.config.read_chunks),
-            h.DELIVER: dl.inbox,
-        }
+        extra = {h.FILE: dl.file, h.OFFSET: str(dl.fetched), h.COUNT: str(self.config.read_chunks)}
         if dl.cursor is not None:
             extra[h.CURSOR] = str(dl.cursor)
-        dl.heard = time.monotonic()
         dl.reading = task = asyncio.create_task(self._read(dl, extra))
         _background.add(task)  # may outlive its batch: the chunks can come before the reply
         task.add_done_callback(_background.discard)
 
     async def _read(self, dl: DownloadState, extra: dict[str, str]) -> None:
-        try:
-            await self.ask(Op.FILE_READ, extra=extra)
-        except WireError as exc:
-            dl.pieces.put_nowait(exc)
+        """One batch's ``file_read``. Reads are idempotent: an attempt that gets no
+        answer within its share of the request timeout (its replica hung, or died with
+        the request) is made again, as a new read, to whichever replica NATS picks; what
+        is delivered for an earlier attempt is then stale (:meth:`on_fetched`)."""
+        me = asyncio.current_task()
+        attempts = READ_ATTEMPTS
+        for attempt in range(attempts):
+            dl.read += 1
+            dl.arrived = False
+            dl.heard = time.monotonic()
+            extra[h.DELIVER] = delivery_subject(dl.inbox, dl.read)
+            try:
+                await self.ask(
+                    Op.FILE_READ, extra=extra, within=self.config.request_timeout / attempts
+                )
+                return
+            except WireError as exc:
+                if dl.reading is not me or self.download is not dl or dl.arrived:
+                    return  # the batch is coming all the same: only the answer was late
+                if exc.code != ErrorCode.TIMEOUT or attempt + 1 == attempts:
+                    dl.pieces.put_nowait(exc)
+                    return
+                log.warning("file_read unanswered, asking again", extra={"file": dl.file})
 
     async def on_fetched(self, dl: DownloadState, msg: Msg) -> None:
         """A message of the batch on its way (wire.files.stored_item): a chunk is queued
         for the pump from where the previous one ended; the end of the batch asks for
         the next one."""
-        if self.download is not dl:
-            return
+        if self.download is not dl or delivery_read(msg.subject) != dl.read:
+            return  # another download's, or an earlier attempt's (see _read)
         dl.heard = time.monotonic()
+        dl.arrived = True
         try:
             item = wf.stored_item(msg.headers, msg.data)
         except WireError as exc:
@@ -508,7 +541,9 @@ class FilesSocket:
                 if nc is None or not nc.is_connected:
                     raise WireError(ErrorCode.UNAVAILABLE, "service unavailable")
                 dl.inbox = nc.new_inbox()
-                dl.sub = await nc.subscribe(dl.inbox, cb=functools.partial(self.on_fetched, dl))
+                dl.sub = await nc.subscribe(
+                    delivery_wildcard(dl.inbox), cb=functools.partial(self.on_fetched, dl)
+                )
                 self.fetch(dl)
             while dl.sent < dl.size:
                 try:

@@ -15,7 +15,9 @@
     $SRV.PING.<service>                nats.micro discovery (built by nats.micro itself)
     $JS.API.DIRECT.GET.<stream>        JetStream's direct get (binary asks nats-server to send
                                        a download's chunks straight to the gateway)
-    _INBOX.<id>                        a gateway's inbox for one upload or download
+    _INBOX.<id>                        a gateway's inbox for one upload
+    _INBOX.<id>.<read>                 the chunks of one read of a download (binary has
+                                       nats-server deliver them there)
 
 Tokens are validated so that no client input can smuggle ``.``, ``*`` or ``>`` into a
 subject and reach somebody else's traffic.
@@ -29,7 +31,7 @@ from enum import StrEnum
 PREFIX = "sb"
 
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_INBOX = re.compile(r"_INBOX\.[A-Za-z0-9_-]{1,64}")
+_INBOX = re.compile(r"_INBOX\.[A-Za-z0-9_-]{1,64}(\.[0-9]{1,12})?")
 
 
 class Service(StrEnum):
@@ -130,8 +132,24 @@ def direct_get_subject(stream: str) -> str:
 
 def is_inbox(subject: str) -> bool:
     """True if ``subject`` is one inbox (``_INBOX.<id>``, as nats-py's ``new_inbox()``
-    makes them): where a worker may have nats-server deliver on a gateway's behalf."""
+    makes them) or one delivery subject under it (:func:`delivery_subject`): where a
+    worker may have nats-server deliver on a gateway's behalf."""
     return _INBOX.fullmatch(subject) is not None
+
+
+def delivery_subject(inbox: str, read: int) -> str:
+    """Where read number ``read`` of a download with inbox ``inbox`` is delivered."""
+    return f"{inbox}.{read}"
+
+
+def delivery_wildcard(inbox: str) -> str:
+    return f"{inbox}.*"
+
+
+def delivery_read(subject: str) -> int | None:
+    """The read number of a :func:`delivery_subject`, or None if it has none."""
+    last = subject.rsplit(".", 1)[-1]
+    return int(last) if last.isascii() and last.isdigit() and len(last) <= 12 else None
 
 
 def reply_prefix(gateway: str) -> str:

@@ -32,7 +32,7 @@ from wire import errors
 from wire import files as wf
 from wire import headers as h
 from wire.frames import request_headers
-from wire.subjects import Op, Service, service_subject
+from wire.subjects import Op, Service, direct_get_subject, service_subject
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -221,6 +221,48 @@ async def test_download_chunks_go_from_the_store_straight_to_the_gateway(stack) 
             assert error is not None and int(error.code) == code, (owner, deliver, error)
         await asyncio.sleep(0.2)
         assert got.empty()  # refused reads deliver nothing
+    finally:
+        await nc.close()
+
+
+async def test_a_download_outlives_a_replica_that_hangs(stack) -> None:
+    """A hung binary replica (or one killed with the request) leaves file_read requests
+    unanswered: the gateway asks again after its share of the request timeout, to
+    whichever replica NATS picks. When the hung one wakes up and has its batch
+    delivered after all, mid-download, the gateway ignores it as stale."""
+    who = user()
+    data = os.urandom(4 * MIB + 3)  # 5 reads of 4 chunks
+    info = await upload(stack, who, data)
+    nc = await nats.connect(stack.nats_url)
+    swallowed: list[str] = []
+    late: list[asyncio.Task] = []
+
+    async def deliver_late(deliver: str) -> None:  # the first chunks, to the old read
+        await asyncio.sleep(2.7)  # just past the gateway's first attempt (10 s / 4)
+        body = wf.direct_get_request(1, f"$O.SB_FILES.C.{info['file']}", 4)
+        await nc.publish(direct_get_subject("OBJ_SB_FILES"), body, reply=deliver)
+
+    async def hung(msg) -> None:  # a member of the binary queue group
+        swallowed.append(msg.headers[h.DELIVER])
+        late.append(asyncio.create_task(deliver_late(swallowed[-1])))
+        if len(swallowed) == 2:  # then it leaves: every read gets an answer in the end
+            late.append(asyncio.create_task(hole.unsubscribe()))
+
+    hole = await nc.subscribe(
+        service_subject(Service.BINARY, Op.FILE_READ), queue="binary", cb=hung
+    )
+
+    async def dawdle(n: int) -> None:  # a download that lasts past the late delivery
+        await asyncio.sleep(0.15)
+
+    try:
+        for _ in range(10):  # NATS picks a queue member at random
+            got = await download(stack, who, info["file"], on_chunk=dawdle)
+            assert got == data
+            if len(swallowed) == 2:
+                break
+        assert len(swallowed) == 2, "the hung replica never got a read: nothing was tested"
+        await asyncio.gather(*late)
     finally:
         await nc.close()
 

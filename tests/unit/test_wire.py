@@ -15,6 +15,9 @@ from wire.frames import (
 from wire.subjects import (
     Op,
     Service,
+    delivery_read,
+    delivery_subject,
+    delivery_wildcard,
     direct_get_subject,
     is_inbox,
     is_token,
@@ -44,8 +47,12 @@ def test_only_an_inbox_may_receive_a_download() -> None:
     """binary has nats-server deliver a file's chunks where the gateway says: one inbox,
     nothing that reaches rooms, services or a wildcard."""
     assert is_inbox("_INBOX.5pL2fWgRBB9FB6OCFpyQ1k")
+    delivery = delivery_subject("_INBOX.5pL2fWgRBB9FB6OCFpyQ1k", 12)
+    assert is_inbox(delivery) and delivery_read(delivery) == 12
+    assert delivery_wildcard("_INBOX.x") == "_INBOX.x.*"
+    assert delivery_read("_INBOX.x") is None and delivery_read("_INBOX.x.²") is None
     for bad in ("", "_INBOX", "_INBOX.", "_INBOX.>", "_INBOX.a.b", "_INBOX.*", "sb.room.x",
-                "sb.svc.binary.file_read", "_INBOX.a\r\n", "x_INBOX.a"):  # fmt: skip
+                "sb.svc.binary.file_read", "_INBOX.a\r\n", "x_INBOX.a", "_INBOX.a.1.2", "_INBOX.a.*"):  # fmt: skip
         assert not is_inbox(bad), bad
     assert direct_get_subject("OBJ_SB_FILES") == "$JS.API.DIRECT.GET.OBJ_SB_FILES"
     with pytest.raises(ValueError):
