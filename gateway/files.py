@@ -438,7 +438,9 @@ class FilesSocket:
         chunk = max(info.get("chunk_size") or 0, 1)
         window = req.window or self.config.download_window
         window = max(chunk, min(window, self.config.max_download_window))
-        dl = DownloadState(req.file, size, offset, window, chunk, offset, offset)
+        dl = DownloadState(
+            req.file, size, acked=offset, window=window, chunk=chunk, fetched=offset, sent=offset
+        )
         self.download = dl
         self.metrics.active.labels("down").inc()
         self.send_text(wf.server("download", id=req.id, file=info, offset=offset, window=window))

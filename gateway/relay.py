@@ -21,7 +21,7 @@ from starlette.routing import WebSocketRoute
 
 from gateway.auth import Authenticator, Identity, token_from
 from gateway.connection import Connection
-from gateway.endpoints import CHAT_JOIN, CHAT_LEAVE, EndpointSpec
+from gateway.endpoints import CHAT_JOIN, CHAT_LEAVE, EndpointSpec, Route
 from gateway.hops import HOP_KEY
 from gateway.hub import Hub
 from gateway.limits import RATE_LIMITED, RateLimiter, client_ip, origin_allowed
@@ -281,8 +281,27 @@ class RelayEndpoint:
         limiter = conn.limiter
         waiting = stopped = False  # waiting: in receive() with no frame in hand
 
-        def on_frame(text: bool, data: bytes) -> bool:
+        def admit(text: bool, data: bytes) -> Route | None:
+            """Count a frame and apply the rate limit: the route to request, or None
+            if it was answered here (refused, or a frame type the endpoint has no
+            route for). A refusal that closes the connection sets ``stopped``."""
             nonlocal stopped
+            if text:
+                self.in_text.inc()
+                self.in_text_bytes.inc(len(data))
+            else:
+                self.in_binary.inc()
+                self.in_binary_bytes.inc(len(data))
+            if not limiter.allow(len(data)):
+                stopped = self.refuse_now(conn)
+                return None
+            conn.active = limiter.frames.stamp
+            route = spec.text if text else spec.binary
+            if route is None:
+                hub.answer_locally(conn, spec.wrong_frame("text" if text else "binary"))
+            return route
+
+        def on_frame(text: bool, data: bytes) -> bool:
             if stopped:
                 return True  # closing for the rate limit: nothing more is processed
             if not waiting or not capacity.is_set():
@@ -295,18 +314,9 @@ class RelayEndpoint:
                     data.decode()  # invalid UTF-8: uvicorn's path closes 1007
                 except UnicodeDecodeError:
                     return False
-                self.in_text.inc()
-                self.in_text_bytes.inc(len(data))
-            else:
-                self.in_binary.inc()
-                self.in_binary_bytes.inc(len(data))
-            if not limiter.allow(len(data)):
-                stopped = self.refuse_now(conn)
-                return True
-            conn.active = limiter.frames.stamp
-            frame = "text" if text else "binary"
-            headers = request_headers(frame, user=user, room=room)
-            hub.submit(conn, route, data, headers, received=time.perf_counter())
+            if admit(text, data) is not None:
+                headers = request_headers("text" if text else "binary", user=user, room=room)
+                hub.submit(conn, route, data, headers, received=time.perf_counter())
             return True
 
         set_hook = (scope or {}).get("extensions", {}).get(FRAME_HOOK) if subscription else None
@@ -319,38 +329,25 @@ class RelayEndpoint:
                 waiting = True
                 message = await receive()
                 waiting = False
-                if stopped:
-                    await anyio.sleep_forever()
-                if not capacity.is_set():  # the hook filled it while this task waited
+                if not stopped and not capacity.is_set():  # the hook filled it meanwhile
                     await capacity.wait()
-                if message["type"] != "websocket.receive":
-                    return  # websocket.disconnect
+                if stopped or message["type"] != "websocket.receive":
+                    break  # closing for the rate limit, or websocket.disconnect
                 received = time.perf_counter()
                 text = message.get("text")
-                if text is not None:
-                    data = text.encode()
-                    self.in_text.inc()
-                    self.in_text_bytes.inc(len(data))
-                    route = spec.text
-                    frame = "text"
-                else:
-                    data = message.get("bytes") or b""
-                    self.in_binary.inc()
-                    self.in_binary_bytes.inc(len(data))
-                    route = spec.binary
-                    frame = "binary"
-                if not limiter.allow(len(data)):
-                    await self.refuse_rate(conn)
-                    continue
-                conn.active = limiter.frames.stamp
-                if route is None:
-                    hub.answer_locally(conn, spec.wrong_frame(frame))
-                    continue
-                headers = request_headers(frame, user=user, room=room)
-                await request(conn, route, data, headers, received=received)
+                data = text.encode() if text is not None else message.get("bytes") or b""
+                route = admit(text is not None, data)
+                if route is not None:
+                    frame = "binary" if text is None else "text"
+                    headers = request_headers(frame, user=user, room=room)
+                    await request(conn, route, data, headers, received=received)
+                elif stopped:
+                    break
         finally:
             if set_hook is not None:
                 set_hook(None)
+        if stopped:  # the sender writes the close frame, then both tasks end
+            await anyio.sleep_forever()
 
     def wrote(self, message: dict[str, Any]) -> None:
         """Metrics of a message written to the socket, by the sender or directly."""
