@@ -345,10 +345,12 @@ class FileStore:
                 await owned.ready.wait()
                 await owned.settle()
                 if owned.error is None and not owned.closed:
-                    return self._upload_reply(owned.record, owned.durable)
+                    return await self._resume(owned)
             end = await self._sync(fid)
             found = await self._record(fid)
-            if end is not None and found is not None:
+            # end == size: the owner is committing the file (or failing to, and then
+            # lets go of it): look again rather than tell the client to send nothing
+            if end is not None and found is not None and end < size:
                 return self._upload_reply(found[0], end)
             if found is None:
                 record = UploadRecord(fid, user, name, size, sha, self.settings.chunk_bytes, _now())
@@ -359,10 +361,34 @@ class FileStore:
                     return orjson.dumps({"state": "stored", "file": info})
                 owned = await self._claim(*found)
                 if owned is not None:
-                    return self._upload_reply(owned.record, owned.durable)
+                    return await self._resume(owned)
             if time.monotonic() > deadline:
                 raise WireError(ErrorCode.UNAVAILABLE, "upload busy; try again")
             await asyncio.sleep(0.1)
+
+    async def _resume(self, owned: Owned) -> bytes:
+        """The reply to ``file_upload`` for an upload this replica owns: where to carry
+        on, or, when every byte is already stored (its owner died between storing the
+        last chunk and committing, or the commit failed), the file, committed now."""
+        if owned.durable < owned.record.size:
+            return self._upload_reply(owned.record, owned.durable)
+        info = await self._commit_or_release(owned)
+        return orjson.dumps({"state": "stored", "file": info.to_dict()})
+
+    async def _commit_or_release(self, owned: Owned) -> FileInfo:
+        """:meth:`_commit`; on a failure other than its own errors (JetStream did not
+        answer), let go of the upload so that the next ``file_upload`` commits it."""
+        try:
+            return await self._commit(owned)
+        except WireError:
+            raise
+        except Exception as exc:
+            log.warning("committing a file failed: %s", exc, extra={"file": owned.record.file})
+            owned.error = WireError(
+                ErrorCode.UNAVAILABLE, "storing failed; send upload again to resume"
+            )
+            await self._drop(owned)
+            raise owned.error from None
 
     def _upload_reply(self, record: UploadRecord, offset: int) -> bytes:
         return orjson.dumps(
@@ -540,7 +566,7 @@ class FileStore:
             await self._respond(msg, **{h.END: str(end)})
             return
         try:
-            info = await self._commit(owned)
+            info = await self._commit_or_release(owned)
         except WireError as exc:
             await self._respond_error(msg, exc)
             return

@@ -13,11 +13,17 @@ import uuid
 from collections.abc import Iterator
 
 import nats
+import orjson
 import pytest
 
+from services.binary.files import FileStore
+from services.binary.settings import BinarySettings
 from switchboard.filesclient import FileError, FilesClient, files_url
 from switchboard.localstack import LocalStack, running
 from wire import files as wf
+from wire import headers as h
+from wire.frames import Request
+from wire.subjects import upload_subject
 
 MIB = 1024 * 1024
 
@@ -79,3 +85,63 @@ async def test_upload_survives_the_death_of_its_owner(stack) -> None:
         assert (await obs.get(fid)).data == data  # digest checked by nats-py too
     finally:
         await nc.close()
+
+
+async def test_an_upload_stored_whole_but_never_committed_is_committed_on_resume(stack) -> None:
+    """Its owner stores every chunk, then cannot commit the file (the metadata write
+    fails: the state an owner killed between its last chunk and the commit leaves
+    too). The last chunk is answered with 503, not left unanswered; the next upload
+    request commits the file instead of asking for bytes that are all there already
+    (``offset == size`` with nothing left to send would hang the client)."""
+    who = f"u{uuid.uuid4().hex[:8]}"
+    data = os.urandom(3 * 256 * 1024 + 5)
+    digest = hashlib.sha256(data).hexdigest()
+    fid = wf.file_id(who, "c.bin", len(data), digest)
+    nc = await nats.connect(stack.nats_url)
+    store = FileStore(nc, BinarySettings(), "a-replica-that-cannot-commit")
+    failed_commits: list[str] = []
+
+    async def write_meta_fails(record, *args, **kwargs):
+        failed_commits.append(record.file)
+        raise TimeoutError("JetStream did not answer")
+
+    store._write_meta = write_meta_fails  # type: ignore[method-assign]
+    try:
+        await store.start()
+        body = orjson.dumps({"name": "c.bin", "size": len(data), "sha256": digest})
+        begun = orjson.loads(await store.upload(Request(body, "text", headers={h.USER: who})))
+        assert (begun["state"], begun["file"], begun["offset"]) == ("upload", fid, 0)
+        step = begun["chunk_size"]
+        replies = [
+            await nc.request(
+                upload_subject(fid),
+                data[offset : offset + step],
+                timeout=5,
+                headers={h.USER: who, h.OFFSET: str(offset)},
+            )
+            for offset in range(0, len(data), step)
+        ]
+    finally:
+        await store.stop()
+        await nc.close()
+    assert failed_commits == [fid]
+    assert [(r.headers or {}).get(h.ERROR_CODE) for r in replies] == [None, None, None, "503"]
+
+    url = files_url(f"ws://127.0.0.1:{stack.gateways[0].port}", user=who)
+    progress: list[int] = []
+    async with await FilesClient.open(url) as client:
+        info = await asyncio.wait_for(
+            client.upload(
+                io.BytesIO(data),
+                "c.bin",
+                len(data),
+                digest,
+                progress=lambda done, total: progress.append(done),
+            ),
+            30,
+        )
+        assert (info["file"], info["sha256"], info["size"]) == (fid, digest, len(data))
+        assert progress == [len(data)]  # stored at once: not one byte sent again
+        sink = io.BytesIO()
+        await client.download(fid, sink)
+    assert sink.getvalue() == data
