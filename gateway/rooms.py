@@ -36,11 +36,16 @@ log = logging.getLogger(__name__)
 
 
 class Member:
-    __slots__ = ("buffer", "conn", "fill", "last", "room", "syncing")
+    __slots__ = ("buffer", "conn", "fill", "key", "last", "room", "syncing")
 
-    def __init__(self, conn: Connection, room: str, fill: Callable[[Member], None]) -> None:
+    def __init__(
+        self, conn: Connection, room: str, fill: Callable[[Member], None], key: int = 0
+    ) -> None:
         self.conn = conn
         self.room = room
+        # This membership's id (``Sb-Member``, and its presence entry's): one per join,
+        # from the gateway's connection ids, so unique among its connections and members
+        self.key = key or conn.id
         self.fill = fill  # asks history for everything after self.last
         self.last = 0
         self.syncing = True
@@ -154,7 +159,7 @@ class Rooms:
             if sub is not None:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
-        await self._delta(Heartbeat(self.gateway, False, left=[(member.conn.id, member.room)]))
+        await self._delta(Heartbeat(self.gateway, False, left=[(member.key, member.room)]))
 
     async def track(self, conn: Connection, room: str, user: str) -> None:
         """A tutorial /ws/chat socket, for presence only."""
@@ -167,7 +172,7 @@ class Rooms:
             await self._delta(Heartbeat(self.gateway, False, left=[(conn.id, entry[0])]))
 
     def _entry(self, member: Member) -> tuple[int, str, str]:
-        return (member.conn.id, member.room, member.conn.user or "")
+        return (member.key, member.room, member.conn.user or "")
 
     # -- NATS ----------------------------------------------------------------------
     async def _on_event(self, msg: Msg) -> None:

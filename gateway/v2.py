@@ -69,7 +69,8 @@ class V2Endpoint(RelayEndpoint):
             self.open.dec()
             for member in list(conn.rooms.values()):
                 await self.rooms.remove(member)
-                await hub.notify(ROOM_LEAVE, self._headers(conn, member.room))
+                leave = self._headers(conn, member.room, **{h.MEMBER: str(member.key)})
+                await hub.notify(ROOM_LEAVE, leave)
 
     def _headers(
         self, conn: Connection, room: str, rid: str | None = None, **extra: str
@@ -123,10 +124,12 @@ class V2Endpoint(RelayEndpoint):
                         ErrorCode.FORBIDDEN,
                         f"at most {self.settings.max_rooms} rooms per connection",
                     )
-                member = Member(conn, room, self._fill)
+                member = Member(conn, room, self._fill, hub.new_id())
                 conn.rooms[room] = member
                 await self.rooms.add(member)
-                extra = {} if since is None else {h.SINCE: str(since)}
+                extra = {h.MEMBER: str(member.key)}
+                if since is not None:
+                    extra[h.SINCE] = str(since)
                 await hub.request(
                     conn,
                     ROOM_JOIN,
@@ -140,7 +143,7 @@ class V2Endpoint(RelayEndpoint):
                 if member is None:
                     raise WireError(ErrorCode.BAD_REQUEST, f"not in {room}")
                 await self.rooms.remove(member)
-                await self._forward(conn, ROOM_LEAVE, b"", room, rid)
+                await self._forward(conn, ROOM_LEAVE, b"", room, rid, {h.MEMBER: str(member.key)})
             case envelope.Publish(id=rid, room=room, payload=payload):
                 if not identity.may_publish(room):
                     raise WireError(ErrorCode.FORBIDDEN, f"not permitted to publish to {room}")

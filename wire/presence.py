@@ -1,9 +1,11 @@
 """Presence heartbeats, gateway -> every chat replica on ``sb.presence.<gateway>``.
 
 JSON: ``{"gateway": id, "full": bool, "joined": [[conn, room, user], ...],
-"left": [[conn, room], ...]}``. A full snapshot (sent every ``presence_interval``)
-replaces everything known about that gateway; a delta (sent on every join and leave)
-applies on top. A gateway whose heartbeats stop is forgotten after the TTL.
+"left": [[conn, room], ...]}``; ``conn`` is the membership's id (``Sb-Member``) for a
+``/ws/v2`` member, the connection's for a tutorial ``/ws/chat`` socket (one id space).
+A full snapshot (sent every ``presence_interval``) replaces everything known about that
+gateway; a delta (sent on every join and leave) applies on top. A gateway whose
+heartbeats stop is forgotten after the TTL.
 """
 
 from __future__ import annotations

@@ -59,11 +59,12 @@ def _request_id(req: Request) -> str:
 
 
 def _member_key(kind: str, req: Request, room: str) -> str | None:
-    """Dedupe id of a join/leave event: one per connection and room, whichever replica
-    (or expiry sweep) writes it."""
+    """Dedupe id of a join/leave event: one per membership (``Sb-Member``, /ws/v2: one
+    per join) or else per connection (/ws/chat) and room, whichever replica (or expiry
+    sweep, :meth:`ChatHandlers.expire`, from the presence entry's id) writes it."""
     hdrs = req.headers or {}
-    gw, conn = hdrs.get(h.GATEWAY), hdrs.get(h.CONN)
-    return f"{kind}:{gw}:{conn}:{room}" if gw and conn else None
+    gw, member = hdrs.get(h.GATEWAY), hdrs.get(h.MEMBER) or hdrs.get(h.CONN)
+    return f"{kind}:{gw}:{member}:{room}" if gw and member else None
 
 
 def _now_ms() -> int:

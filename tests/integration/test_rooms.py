@@ -248,6 +248,30 @@ async def test_presence_across_gateways_and_after_sigkill(stack) -> None:
         stack.processes.remove(extra)
 
 
+async def test_leaving_and_joining_again_on_one_socket_are_new_events(stack) -> None:
+    """Each join is a membership of its own (``Sb-Member``): a leave and a join again on
+    the same socket, within the dedupe window, are new events, not duplicates of the
+    first ones (which would be dropped, and the ack would carry the old seq)."""
+    room = room_name()
+    watcher = await V2.open(url(stack, 0, username="watcher"))
+    mover = await V2.open(url(stack, 1, username="mover"))
+    try:
+        await watcher.request("join", room)
+        kinds = ("join", "leave", "join", "leave", "join")
+        seqs = [(await mover.request(kind, room))["payload"]["seq"] for kind in kinds]
+        assert seqs == sorted(set(seqs)), seqs  # five events, each its own seq
+        events = await watcher.until_seq(room, seqs[-1])
+        moves = [(e["type"], e["seq"]) for e in events if e["payload"].get("user") == "mover"]
+        assert moves == list(zip(kinds, seqs, strict=True))
+        members = (await watcher.request("presence", room))["payload"]["members"]
+        assert sorted(m["user"] for m in members) == ["mover", "watcher"]
+        await mover.close()  # the leave written for a closed socket is new too
+        last = await watcher.until_seq(room, seqs[-1] + 1)
+        assert (last[-1]["type"], last[-1]["payload"]["user"]) == ("leave", "mover")
+    finally:
+        await watcher.close()
+
+
 async def test_tutorial_chat_and_v2_share_general(stack) -> None:
     name = f"tut{uuid.uuid4().hex[:6]}"
     v2 = await V2.open(url(stack, 1, username="modern"))
