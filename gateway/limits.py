@@ -136,10 +136,28 @@ class Admission:
             del self.by_ip[ip]
 
 
+LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def same_host(origin: str, host: str) -> bool:
+    """``origin`` names ``host``, or both are this machine's loopback under two names
+    and the same port: the tutorial's pages, opened at http://127.0.0.1:8000, connect
+    to ws://localhost:8000 as written."""
+    netloc = urlsplit(origin).netloc.lower()
+    host = host.lower()
+    if netloc == host:
+        return True
+    try:
+        a, b = urlsplit("//" + netloc), urlsplit("//" + host)
+        return a.hostname in LOOPBACK and b.hostname in LOOPBACK and a.port == b.port
+    except ValueError:  # a port that is not a number
+        return False
+
+
 def origin_allowed(scope: dict, allowed: list[str]) -> bool:
     """Browsers send ``Origin``; other clients need not. Allowed: no Origin, an Origin
     in ``allowed`` (``*`` = any), or, when ``allowed`` is empty, an Origin naming the
-    host the request was sent to (the pages this gateway serves)."""
+    host the request was sent to (the pages this gateway serves; :func:`same_host`)."""
     origin = host = None
     for name, value in scope.get("headers", ()):
         if name == b"origin":
@@ -152,7 +170,7 @@ def origin_allowed(scope: dict, allowed: list[str]) -> bool:
         return True
     if allowed:
         return False
-    return host is not None and urlsplit(origin).netloc.lower() == host.lower()
+    return host is not None and same_host(origin, host)
 
 
 def client_ip(scope: dict) -> str:

@@ -21,6 +21,12 @@ def scope(origin: str | None, host: str = "127.0.0.1:8000") -> dict:
         ("http://127.0.0.1:8000", [], True),  # the gateway's own pages
         ("http://evil.example", [], False),  # cross-site WebSocket hijacking
         ("http://127.0.0.1:8001", [], False),
+        # the tutorial's pages, opened at 127.0.0.1, connect to ws://localhost:8000
+        ("http://localhost:8000", [], True),
+        ("http://[::1]:8000", [], True),
+        ("http://localhost:8001", [], False),
+        ("http://localhost.evil.example:8000", [], False),
+        ("http://127.0.0.1:80x", [], False),
         ("https://app.example", ["https://app.example"], True),
         ("http://127.0.0.1:8000", ["https://app.example"], False),
         ("http://anything", ["*"], True),
