@@ -130,7 +130,7 @@ class ChatHandlers:
         user = check_username(req.user)
         room = _room(req)
         try:
-            data: Any = json.loads(req.data)
+            data: Any = json.loads(req.data.decode())  # from str, as the tutorial (codec)
         except (ValueError, RecursionError):  # also an int over 4300 digits (ValueError)
             raise WireError(ErrorCode.BAD_REQUEST, "Invalid JSON format") from None
         if not isinstance(data, dict) or "message" not in data:

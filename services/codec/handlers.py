@@ -27,7 +27,9 @@ async def echo(req: Request) -> bytes:
 
 async def inspect_json(req: Request) -> bytes:
     try:
-        data = json.loads(req.data)
+        # from str, as the tutorial does: json.loads(bytes) would also take a UTF-8 BOM
+        # or UTF-16/32 (guessed from NUL bytes), which the tutorial calls invalid
+        data = json.loads(req.data.decode())
     except ValueError:  # JSONDecodeError, UnicodeDecodeError, an int over 4300 digits
         return encode_text("Error: Invalid JSON format")
     except RecursionError:

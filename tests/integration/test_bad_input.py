@@ -72,6 +72,7 @@ async def test_zlib_bomb_refused_without_inflating(stack) -> None:
     ("frame", "message"),
     [
         ("not json", "Invalid JSON format"),
+        ('\ufeff{"message": "after a BOM"}', "Invalid JSON format"),  # as the tutorial's str
         ('{"text": "no message field"}', 'Expected a JSON object with a "message" field'),
         ('["message"]', 'Expected a JSON object with a "message" field'),
     ],

@@ -28,6 +28,8 @@ CASES: list[tuple[str, list[str | bytes], int]] = [
             "{bad json",
             "",
             '{"nested": {"deeper": {"deepest": [true, false]}}}',
+            "\ufeff{}",  # a BOM: json.loads(bytes) would strip it, the tutorial's str does not
+            "\x00[\x00]",  # json.loads(bytes) would read UTF-16 here
         ],
         1,
     ),
