@@ -26,6 +26,28 @@ from wire import headers as h
 from wire.frames import FrameDecodeError, decode_frames, quoted, request_headers
 from wire.subjects import is_token
 
+# A worker's error code (wire.errors.ErrorCode) as the HTTP status of the API's answer:
+# what the caller did wrong stays 4xx, the server's trouble 5xx (retry 503 and 504)
+_HTTP_STATUS: dict[errors.ErrorCode, int] = {
+    errors.ErrorCode.BAD_REQUEST: 400,
+    errors.ErrorCode.UNAUTHORIZED: 401,
+    errors.ErrorCode.FORBIDDEN: 403,
+    errors.ErrorCode.NOT_FOUND: 404,
+    errors.ErrorCode.TIMEOUT: 504,
+    errors.ErrorCode.TOO_LARGE: 413,
+    errors.ErrorCode.RATE_LIMITED: 429,
+    errors.ErrorCode.INTERNAL: 502,
+    errors.ErrorCode.UNAVAILABLE: 503,
+}
+
+
+def http_status(code: str) -> int:
+    """The status for a worker's error ``code``; 502 for one this gateway does not know."""
+    try:
+        return _HTTP_STATUS.get(errors.ErrorCode(code), 502)
+    except ValueError:
+        return 502
+
 
 def router(hub: Hub, settings: GatewaySettings) -> APIRouter:
     api = APIRouter(prefix="/api")
@@ -69,7 +91,7 @@ def router(hub: Hub, settings: GatewaySettings) -> APIRouter:
             raise HTTPException(503, "chat service unavailable") from None
         error = errors.from_headers(reply.headers)
         if error is not None:
-            raise HTTPException(502 if error.code == "500" else 400, error.description)
+            raise HTTPException(http_status(error.code), error.description)
         try:
             (frame,) = decode_frames(reply.data)
             ack = orjson.loads(frame.data)
