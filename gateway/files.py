@@ -434,7 +434,11 @@ class FilesSocket:
         msg = await self.ask(Op.FILE_INFO, extra={h.FILE: req.file})
         info = orjson.loads(msg.data)
         size = info["size"]
-        offset = min(req.offset, size)
+        if req.offset > size:  # offset == size: nothing left, done at once
+            raise WireError(
+                ErrorCode.BAD_REQUEST, f"offset {req.offset} is past the end ({size} bytes)"
+            )
+        offset = req.offset
         chunk = max(info.get("chunk_size") or 0, 1)
         window = req.window or self.config.download_window
         window = max(chunk, min(window, self.config.max_download_window))

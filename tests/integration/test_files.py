@@ -172,6 +172,18 @@ async def test_download_resumes_from_an_offset(stack) -> None:
         async with await FilesClient.open(url(stack, who)) as client:
             await client.download(info["file"], part, offset=offset, digest=resumed)
         assert part.getvalue() == data[offset:]
+    async with await FilesClient.open(url(stack, who)) as client:
+        part = io.BytesIO()
+        await client.download(info["file"], part, offset=len(data), digest=hashlib.sha256(data))
+        assert part.getvalue() == b""  # nothing left: done at once
+        with pytest.raises(FileError) as refused:
+            await client.download(info["file"], io.BytesIO(), offset=len(data) + 1)
+        assert (refused.value.code, refused.value.message) == (
+            "400",
+            f"offset {len(data) + 1} is past the end ({len(data)} bytes)",
+        )
+        await client.download(info["file"], part)  # the socket is still usable
+        assert part.getvalue() == data
 
 
 async def test_download_chunks_go_from_the_store_straight_to_the_gateway(stack) -> None:
