@@ -119,7 +119,7 @@ def parser() -> argparse.ArgumentParser:
     up = sub.add_parser("upload", help="upload a file (resumes after a dropped connection)")
     up.add_argument("file")
     up.add_argument("--name", help="name to store it under (default: the file's name)")
-    down = sub.add_parser("download", help="download a file by id (resumes from FILE.part)")
+    down = sub.add_parser("download", help="download a file by id (resumes from FILE.<id>.part)")
     down.add_argument("id")
     down.add_argument("-o", "--output", help="path or directory (default: its name, here)")
     sub.add_parser("ls", help="list your files and unfinished uploads")

@@ -25,6 +25,9 @@ TRANSIENT = {"408", "429", "503"}  # worth reconnecting and resuming
 READ_SIZE = 1024 * 1024
 
 
+MISMATCH = "downloaded data does not match its SHA-256"
+
+
 class FileError(Exception):
     """The server refused (``code`` is a wire error code, e.g. 413 or 400)."""
 
@@ -232,7 +235,7 @@ class FilesClient:
                         progress(position, msg["size"])
                 case "done" if msg.get("file") == file:
                     if digest.hexdigest() != msg["sha256"]:
-                        raise FileError("400", "downloaded data does not match its SHA-256")
+                        raise FileError("400", MISMATCH)
                     return info
                 case "error":
                     raise FileError(msg["code"], msg["message"], msg.get("offset"))
@@ -277,13 +280,16 @@ async def download_path(
     **connect: Any,
 ) -> Path:
     """Download into ``dest`` (default: the file's name in the current directory) via
-    ``<dest>.part``, resuming from what the part file holds after a dropped connection."""
+    ``<dest>.<file id>.part``, resuming from what the part file holds after a dropped
+    connection. The part file is this file's alone (a stored file never changes); if
+    what it held does not match the file's SHA-256 in the end, it is deleted and the
+    download starts over."""
     async with await FilesClient.open(url, **connect) as client:
         info = await client.inspect(file)
     target = Path(dest) if dest else Path(os.path.basename(info["name"]) or file)
     if target.is_dir():
         target = target / (os.path.basename(info["name"]) or file)
-    part = target.with_name(target.name + ".part")
+    part = target.with_name(f"{target.name}.{file}.part")
     for attempt in itertools.count(1):
         have = part.stat().st_size if part.exists() else 0
         if have > info["size"]:
@@ -300,9 +306,14 @@ async def download_path(
                     await client.download(file, sink, have, progress=progress, digest=digest)
             part.replace(target)
             return target
-        except (OSError, websockets.ConnectionClosed, TimeoutError, FileError) as exc:
-            if isinstance(exc, FileError) and not exc.transient:
+        except FileError as exc:
+            if exc.message == MISMATCH and have:  # the part file was not this file's start
+                part.unlink()
+                continue
+            if not exc.transient or attempt >= attempts:
                 raise
+            await asyncio.sleep(min(backoff * attempt, 5.0))
+        except (OSError, websockets.ConnectionClosed, TimeoutError):
             if attempt >= attempts:
                 raise
             await asyncio.sleep(min(backoff * attempt, 5.0))

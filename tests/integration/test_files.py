@@ -514,6 +514,18 @@ async def test_command_line_resumes_by_itself(stack, tmp_path) -> None:
     code, out, err = await cli(base, who, "-q", "download", file, "-o", str(target))
     assert code == 0, err
     assert target.read_bytes() == data
+    # A download resumes from its part file, named after the file's id: one left by an
+    # interrupted download of this file is carried on; one whose bytes are not this
+    # file's start is found out by the digest, deleted, and the download starts over.
+    again = tmp_path / "again.bin"
+    part = tmp_path / f"again.bin.{file}.part"
+    for left in (data[: MIB + 3], os.urandom(MIB)):
+        part.write_bytes(left)
+        again.unlink(missing_ok=True)
+        code, out, err = await cli(base, who, "-q", "download", file, "-o", str(again))
+        assert code == 0, err
+        assert again.read_bytes() == data
+        assert not part.exists()
     code, out, _ = await cli(base, who, "inspect", file)
     assert code == 0 and re.search(r"^media_type: application/octet-stream$", out, re.M)
     code, _, err = await cli(base, who, "rm", file)
