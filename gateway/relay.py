@@ -126,6 +126,14 @@ class RelayEndpoint:
         if self.spec.chat:
             query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), True))
             user = query.get("username", "Anonymous")
+            try:  # here, before the socket joins the room or chat hears of it
+                check_username(user)
+            except WireError as exc:
+                await send({"type": "websocket.accept"})
+                code = int(CloseCode.POLICY_VIOLATION)
+                await send({"type": "websocket.close", "code": code, "reason": exc.description})
+                hub.admission.release(ip)
+                return
         await send({"type": "websocket.accept"})
         conn = self.connection(ip, user, CHAT_ROOM if self.spec.chat else None, scope)
         try:

@@ -3,13 +3,23 @@ stays usable (or, where continuing makes no sense, a close code with a reason)."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 import zlib
 
 import pytest
+import websockets
 
-from tests.integration.client import closed_with, connect, recv, recv_for, recv_json
+from tests.integration.client import (
+    TIMEOUT,
+    closed_with,
+    connect,
+    recv,
+    recv_for,
+    recv_json,
+    scrape,
+)
 from tests.integration.conftest import ws_base
 
 
@@ -120,8 +130,25 @@ async def test_binary_frame_on_chat(stack) -> None:
     ],
 )
 async def test_bad_usernames_closed_with_1008(stack, query, reason) -> None:
+    """Refused by the gateway itself: the first thing the socket gets is the close (no
+    room message before it), and chat never hears of the name (no join request)."""
+    before = chat_requests(stack)
     async with connect(f"{ws_base(stack)}/ws/chat?{query}") as ws:
-        assert await closed_with(ws) == (1008, reason)
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), TIMEOUT)
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1008, reason)
+    assert chat_requests(stack) == before
+
+
+def chat_requests(stack) -> float:
+    """Requests gateway 0 has sent to chat (its request-duration histogram's count)."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in scrape(stack.gateways[0].port).splitlines()
+        if line.startswith("switchboard_gateway_request_duration_seconds_count")
+        and 'service="chat"' in line
+    )
 
 
 @pytest.mark.parametrize("path", ["/ws", "/ws/binary"])
