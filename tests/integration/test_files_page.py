@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from switchboard.localstack import LocalStack, running
-from tests.integration.test_rooms_page import CHROMIUM, CHROMIUM_ARGS
+from tests.integration.browser import chromium
 from tests.unit.test_files_wire import png
 
 pytestmark = pytest.mark.browser
@@ -30,15 +30,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 
 @pytest.fixture
 async def browser_page() -> AsyncIterator[object]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            context = await browser.new_context(accept_downloads=True)
-            yield await context.new_page()
-        finally:
-            await browser.close()
+    async with chromium() as browser:
+        context = await browser.new_context(accept_downloads=True)
+        yield await context.new_page()
 
 
 async def test_files_page_resumed_upload_download_delete(stack, browser_page, tmp_path) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import shutil
 import time
 import urllib.parse
 import urllib.request
@@ -26,19 +25,10 @@ import yaml
 
 from switchboard import prometheus as prom
 from switchboard.localstack import ROOT, LocalStack, running
+from tests.integration.browser import chromium
 from tests.integration.client import connect, recv, recv_for
 
 GRAFANA = ROOT / "infra" / "grafana" / "dashboards"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @pytest.fixture(scope="module")
@@ -311,44 +301,38 @@ async def load(base: str, seconds: float, connections: int = 4) -> int:
 
 @pytest.mark.browser
 async def test_live_dashboard_page_charts_update_under_load(stack) -> None:
-    from playwright.async_api import async_playwright
-
     http = f"http://127.0.0.1:{stack.gateways[0].port}"
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await page.goto(http + "/dashboard")
+        await page.wait_for_function("window.sbDashboard.updates >= 1", timeout=10_000)
+        idle = await page.evaluate("document.getElementById('c-frames').toDataURL()")
+        traffic = asyncio.create_task(load(ws_base(stack), seconds=6))
         try:
-            page = await browser.new_page()
-            await page.goto(http + "/dashboard")
-            await page.wait_for_function("window.sbDashboard.updates >= 1", timeout=10_000)
-            idle = await page.evaluate("document.getElementById('c-frames').toDataURL()")
-            traffic = asyncio.create_task(load(ws_base(stack), seconds=6))
-            try:
-                await page.wait_for_function(
-                    "(window.sbDashboard.charts.frames.latest('/ws') || 0) > 5",
-                    timeout=10_000,
-                )
-                await page.wait_for_function(
-                    "window.sbDashboard.charts.hops.latest('total') > 0", timeout=10_000
-                )
-                await page.wait_for_function(
-                    "window.sbDashboard.charts.connections.latest('/ws') >= 4", timeout=10_000
-                )
-                busy = await page.evaluate("document.getElementById('c-frames').toDataURL()")
-                assert busy != idle, "the frames chart did not redraw"
-                updates = await page.evaluate("window.sbDashboard.updates")
-                await page.wait_for_function(
-                    f"window.sbDashboard.updates >= {updates + 2}", timeout=5_000
-                )
-                legend = await page.inner_text("#l-frames")
-                assert "/ws" in legend
-                instances = await page.evaluate("window.sbDashboard.last.instances")
-                assert instances == {"codec": 1, "binary": 1, "chat": 1, "gateway": 1}
-                status = await page.inner_text("#status")
-                assert status == "live"
-            finally:
-                assert await traffic > 0
+            await page.wait_for_function(
+                "(window.sbDashboard.charts.frames.latest('/ws') || 0) > 5",
+                timeout=10_000,
+            )
+            await page.wait_for_function(
+                "window.sbDashboard.charts.hops.latest('total') > 0", timeout=10_000
+            )
+            await page.wait_for_function(
+                "window.sbDashboard.charts.connections.latest('/ws') >= 4", timeout=10_000
+            )
+            busy = await page.evaluate("document.getElementById('c-frames').toDataURL()")
+            assert busy != idle, "the frames chart did not redraw"
+            updates = await page.evaluate("window.sbDashboard.updates")
+            await page.wait_for_function(
+                f"window.sbDashboard.updates >= {updates + 2}", timeout=5_000
+            )
+            legend = await page.inner_text("#l-frames")
+            assert "/ws" in legend
+            instances = await page.evaluate("window.sbDashboard.last.instances")
+            assert instances == {"codec": 1, "binary": 1, "chat": 1, "gateway": 1}
+            status = await page.inner_text("#status")
+            assert status == "live"
         finally:
-            await browser.close()
+            assert await traffic > 0
 
 
 async def test_dashboard_socket_streams_figures_once_a_second(stack) -> None:

@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from switchboard.localstack import LocalStack, running
+from tests.integration.browser import chromium
 from tests.integration.client import connect, recv_json
-from tests.integration.test_rooms_page import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.browser
 
@@ -30,14 +30,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 
 @pytest.fixture
 async def browser() -> AsyncIterator[object]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
+    async with chromium() as launched:
+        yield launched
 
 
 async def open_page(browser, base: str, path: str, port: int):
