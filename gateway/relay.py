@@ -129,10 +129,7 @@ class RelayEndpoint:
             try:  # here, before the socket joins the room or chat hears of it
                 check_username(user)
             except WireError as exc:
-                await send({"type": "websocket.accept"})
-                code = int(CloseCode.POLICY_VIOLATION)
-                await send({"type": "websocket.close", "code": code, "reason": exc.description})
-                hub.admission.release(ip)
+                await self.refuse(send, {"type": "websocket.accept"}, ip, exc)
                 return
         await send({"type": "websocket.accept"})
         conn = self.connection(ip, user, CHAT_ROOM if self.spec.chat else None, scope)
@@ -201,13 +198,18 @@ class RelayEndpoint:
                 check_username(username)
             identity = auth.identify(token_from(query, offered), username)
         except WireError as exc:
-            await send(accept)
-            code = int(CloseCode.POLICY_VIOLATION)
-            await send({"type": "websocket.close", "code": code, "reason": exc.description})
-            self.hub.admission.release(ip)
+            await self.refuse(send, accept, ip, exc)
             return None
         await send(accept)
         return ip, identity
+
+    async def refuse(self, send, accept: dict[str, object], ip: str, exc: WireError) -> None:
+        """Accept, then close 1008 with the reason (a browser sees it; a refused
+        handshake would only say 1006), and give the address's admission back."""
+        await send(accept)
+        code = int(CloseCode.POLICY_VIOLATION)
+        await send({"type": "websocket.close", "code": code, "reason": exc.description})
+        self.hub.admission.release(ip)
 
     def connection(
         self, ip: str, user: str | None, room: str | None, scope: dict | None = None

@@ -69,15 +69,21 @@ class V2Endpoint(RelayEndpoint):
             self.open.dec()
             for member in list(conn.rooms.values()):
                 await self.rooms.remove(member)
-                leave = self._headers(conn, member.room, **{h.MEMBER: str(member.key)})
-                await hub.notify(ROOM_LEAVE, leave)
+                await hub.notify(ROOM_LEAVE, self._headers(conn, member.room, member=member))
 
     def _headers(
-        self, conn: Connection, room: str, rid: str | None = None, **extra: str
+        self,
+        conn: Connection,
+        room: str,
+        rid: str | None = None,
+        member: Member | None = None,
+        **extra: str,
     ) -> dict[str, str]:
         hdrs = {h.GATEWAY: self.settings.id, h.CONN: str(conn.id), **extra}
         if rid is not None:
             hdrs[h.REQUEST_ID] = quoted(rid)
+        if member is not None:  # join and leave: which membership (dedupe, presence)
+            hdrs[h.MEMBER] = str(member.key)
         return request_headers("text", user=conn.user, room=room, extra=hdrs)
 
     async def _receive_v2(self, conn: Connection, identity: Identity, receive) -> None:
@@ -127,14 +133,12 @@ class V2Endpoint(RelayEndpoint):
                 member = Member(conn, room, self._fill, hub.new_id())
                 conn.rooms[room] = member
                 await self.rooms.add(member)
-                extra = {h.MEMBER: str(member.key)}
-                if since is not None:
-                    extra[h.SINCE] = str(since)
+                extra = {} if since is None else {h.SINCE: str(since)}
                 await hub.request(
                     conn,
                     ROOM_JOIN,
                     b"",
-                    self._headers(conn, room, rid, **extra),
+                    self._headers(conn, room, rid, member, **extra),
                     tag=rid,
                     hook=functools.partial(self._joined, member, rid),
                 )
@@ -143,7 +147,8 @@ class V2Endpoint(RelayEndpoint):
                 if member is None:
                     raise WireError(ErrorCode.BAD_REQUEST, f"not in {room}")
                 await self.rooms.remove(member)
-                await self._forward(conn, ROOM_LEAVE, b"", room, rid, {h.MEMBER: str(member.key)})
+                leave = self._headers(conn, room, rid, member)
+                await self.hub.request(conn, ROOM_LEAVE, b"", leave, tag=rid)
             case envelope.Publish(id=rid, room=room, payload=payload):
                 if not identity.may_publish(room):
                     raise WireError(ErrorCode.FORBIDDEN, f"not permitted to publish to {room}")

@@ -306,14 +306,13 @@ async def download_path(
                     await client.download(file, sink, have, progress=progress, digest=digest)
             part.replace(target)
             return target
-        except FileError as exc:
-            if exc.message == MISMATCH and have:  # the part file was not this file's start
-                part.unlink()
-                continue
-            if not exc.transient or attempt >= attempts:
-                raise
-            await asyncio.sleep(min(backoff * attempt, 5.0))
-        except (OSError, websockets.ConnectionClosed, TimeoutError):
+        except (OSError, websockets.ConnectionClosed, TimeoutError, FileError) as exc:
+            if isinstance(exc, FileError):
+                if exc.message == MISMATCH and have:  # the part was not this file's start
+                    part.unlink()
+                    continue
+                if not exc.transient:
+                    raise
             if attempt >= attempts:
                 raise
             await asyncio.sleep(min(backoff * attempt, 5.0))
