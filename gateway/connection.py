@@ -48,6 +48,9 @@ class Pending:
     # retry_at (a replica killed with the request in flight never answers).
     retry_at: float = float("inf")
     retry: tuple[str, bytes, dict[str, str]] | None = None
+    # Ordered requests (Route.ordered) sent to the replica the connection is pinned to:
+    # sent again, through the queue group, if that replica is gone (no responders).
+    resend: tuple[Any, bytes, dict[str, str]] | None = None
 
 
 class Flag:
@@ -101,6 +104,8 @@ class Connection:
         "capacity",
         "closing",
         "direct",
+        "gate",
+        "held",
         "id",
         "ip",
         "limiter",
@@ -114,6 +119,7 @@ class Connection:
         "out_bytes",
         "parked",
         "pending",
+        "pin",
         "room",
         "rooms",
         "spec",
@@ -149,6 +155,12 @@ class Connection:
         self.capacity = Flag()
         self.capacity.set()
         self.pending: dict[int, Pending] = {}
+        # Ordered routes (Route.ordered, Hub.submit): the replica their requests go to,
+        # once known; until then the one request out, whose reply lets the next go (or
+        # RELEASING), and those waiting, in seq order (the deque is made when needed).
+        self.pin: str | None = None
+        self.gate: int | None = None
+        self.held: deque[Any] | None = None
         self.parked: dict[int, list[Message] | Release] = {}
         self.next_seq = 0
         self.next_out = 0

@@ -12,7 +12,7 @@ from typing import Any
 from wire import envelope
 from wire.batch import BATCH_OPS
 from wire.errors import ErrorCode, WireError
-from wire.subjects import Op, Service, batch_subject, service_subject
+from wire.subjects import ORDERED_OPS, Op, Service, batch_subject, service_subject
 
 Message = dict[str, Any]  # an ASGI "websocket.send" message
 
@@ -53,6 +53,9 @@ class Route:
     subject: str
     idempotent: bool = False  # safe to send twice: retried once if a replica dies
     batch: str | None = None  # where frames for it go batched (wire.batch), if they may
+    # Its effects must happen in the client's order (wire.subjects.ORDERED_OPS): a
+    # connection's requests of it go to one replica of the worker (Hub.submit).
+    ordered: bool = False
 
 
 _IDEMPOTENT = {Op.ECHO, Op.JSON, Op.INFLATE, Op.INSPECT, Op.MIXED, Op.HISTORY, Op.PRESENCE}
@@ -60,7 +63,8 @@ _IDEMPOTENT = {Op.ECHO, Op.JSON, Op.INFLATE, Op.INSPECT, Op.MIXED, Op.HISTORY, O
 
 def _route(service: Service, op: Op) -> Route:
     batch = batch_subject(service) if op in BATCH_OPS else None
-    return Route(service, op, service_subject(service, op), op in _IDEMPOTENT, batch)
+    subject = service_subject(service, op)
+    return Route(service, op, subject, op in _IDEMPOTENT, batch, op in ORDERED_OPS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,10 +14,13 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
+import collections
 import contextlib
 import functools
 import itertools
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -46,7 +49,9 @@ from wire.subjects import (
     batch_reply_prefix,
     batch_reply_subject,
     discovery_subject,
+    is_token,
     parse_reply_subject,
+    pinned_subject,
     reply_prefix,
     reply_subject,
     reply_wildcard,
@@ -63,6 +68,9 @@ RETRY_AFTER = 0.5  # of the request timeout: when an idempotent request is sent 
 Hook = Callable[[list[Message], Mapping[str, str] | None, WireError | None], None]
 # A frame waiting for its batch: connection, request seq, its Pending, bytes, headers.
 Queued = tuple[Connection, int, Pending, bytes, dict[str, str]]
+# A request of an ordered route waiting for the one before it (Connection.held).
+Held = tuple[Route, int, Pending, bytes, dict[str, str]]
+RELEASING = -1  # Connection.gate while held requests are being published
 
 
 def frames_to_messages(payload: bytes) -> list[Message]:
@@ -92,6 +100,8 @@ class Hub:
         # batch number -> (deadline, whose frames it holds), until its reply comes
         self._batches: dict[int, tuple[float, list[tuple[Connection, int]]]] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._releasing: set[asyncio.Task[None]] = set()  # held requests being published
+        self._settling: dict[int, asyncio.Future[None]] = {}  # Hub.settle's waiters
         self._discovery: tuple[float, dict[str, int]] | None = None
         self.accepting = True
         self.live = Rooms(settings.id, settings.presence_interval)  # rooms and presence
@@ -185,7 +195,7 @@ class Hub:
         the relay read the frame (``perf_counter``), where its hop timings start."""
         todo = self.submit(conn, route, data, headers, tag=tag, hook=hook, received=received)
         if todo is not None:
-            await self._publish(conn, todo[0], todo[1], route.subject, data, headers)
+            await self._publish(conn, todo[0], todo[1], self._target(conn, route), data, headers)
 
     def batches(self, route: Route, size: int) -> bool:
         """True if a frame of ``size`` bytes for ``route`` goes into a batch: submitting
@@ -205,9 +215,10 @@ class Hub:
         received: float | None = None,
     ) -> tuple[int, Pending] | None:
         """What :meth:`request` does without waiting: number the frame, fail it at once
-        (shutting down, NATS down, too much in flight), or queue it in this loop pass's
-        batch (:meth:`batches`). Returns ``(seq, pending)`` when the frame is still to be
-        published on its own."""
+        (shutting down, NATS down, too much in flight), hold it behind the connection's
+        request of an ordered route still out (:meth:`_release` sends it when that one is
+        answered), or queue it in this loop pass's batch (:meth:`batches`). Returns
+        ``(seq, pending)`` when the frame is still to be published on its own."""
         if not self.accepting:
             # Shutting down: what is in flight is being finished, nothing new is
             # started, so the 1001 close comes promptly even under load. A frame left
@@ -235,6 +246,13 @@ class Hub:
         if route.idempotent:
             pending.retry_at = loop_now + self.settings.request_timeout * RETRY_AFTER
             pending.retry = (route.subject, data, headers)
+        if route.ordered:
+            pending.resend = (route, data, headers)
+            if conn.gate is not None:  # waits its turn (_release)
+                self._hold(conn, (route, seq, pending, data, headers))
+                return None
+            if conn.pin is None:  # no replica yet: this one alone, its reply names one
+                conn.gate = seq
         if self.batches(route, len(data)):
             self._queue(route, (conn, seq, pending, data, headers))
             return None
@@ -366,6 +384,96 @@ class Hub:
                 pending,
             )
 
+    # -- ordered routes (Route.ordered) ---------------------------------------------
+    # A connection's requests of ordered routes go one at a time to the queue group until
+    # a reply names the replica that handled it (Sb-Instance); then they are pipelined to
+    # that replica (wire.subjects.pinned_subject), which handles them in order. If it is
+    # gone (no responders), they are sent again, one at a time, to the queue group.
+    def _target(self, conn: Connection, route: Route) -> str:
+        if route.ordered and conn.pin is not None:
+            return pinned_subject(route.service, conn.pin, route.op)
+        return route.subject
+
+    def _hold(self, conn: Connection, item: Held) -> None:
+        """Keep ``item`` until its turn; ``held`` stays in seq order (a request sent
+        again after a pinned replica left goes back ahead of later ones)."""
+        held = conn.held
+        if held is None:
+            held = conn.held = collections.deque()
+        item[2].deadline = math.inf  # until sent: the one ahead has its own deadline
+        if not held or held[-1][1] < item[1]:
+            held.append(item)
+            return
+        at = bisect.bisect(held, item[1], key=lambda queued: queued[1])
+        held.insert(at, item)
+
+    def _release(self, conn: Connection, instance: str | None = None) -> None:
+        """The request at the connection's gate is answered (by replica ``instance``,
+        if it says): send what waits behind it."""
+        if instance is not None and conn.pin is None and is_token(instance):
+            conn.pin = instance
+        self._ungate(conn)
+        if conn.held:
+            conn.gate = RELEASING
+            task = asyncio.get_running_loop().create_task(self._send_held(conn))
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
+
+    async def _send_held(self, conn: Connection) -> None:
+        """Publish the held requests in order: all of them to the pinned replica, or the
+        first alone (the new gate) while there is none. Requests submitted meanwhile are
+        held behind them (``gate`` is RELEASING), so nothing overtakes."""
+        held = conn.held
+        assert held is not None
+        loop = asyncio.get_running_loop()
+        while held:
+            route, seq, pending, data, headers = held.popleft()
+            if conn.pending.get(seq) is not pending:
+                continue  # failed while held (timed out, closed)
+            pending.deadline = loop.time() + self.settings.request_timeout
+            if conn.pin is None:
+                conn.gate = seq
+                await self._publish(conn, seq, pending, route.subject, data, headers)
+                return
+            await self._publish(conn, seq, pending, self._target(conn, route), data, headers)
+        if conn.gate == RELEASING:
+            self._ungate(conn)
+
+    def _unpin(self, conn: Connection, seq: int, pending: Pending) -> None:
+        """A request sent to the pinned replica found it gone (no responders, so it was
+        not handled): forget the replica and send the request again, in its turn."""
+        assert pending.resend is not None
+        conn.pin = None
+        route, data, headers = pending.resend
+        self._hold(conn, (route, seq, pending, data, headers))
+        if conn.gate is None:
+            self._release(conn)
+
+    def _ungate(self, conn: Connection) -> None:
+        conn.gate = None
+        if self._settling:
+            self._wake_settle(conn)
+
+    def _wake_settle(self, conn: Connection) -> None:
+        waiter = self._settling.pop(conn.id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)  # Hub.settle looks again
+
+    async def settle(self, conn: Connection, step: float) -> None:
+        """Wait until every request of an ordered route the connection made is answered,
+        as long as each step takes under ``step`` s: a closing chat socket's last
+        messages are still handled, and its leave (which goes to any replica) does not
+        overtake them."""
+        loop = asyncio.get_running_loop()
+        while conn.gate is not None or any(p.resend for p in conn.pending.values()):
+            waiter = self._settling[conn.id] = loop.create_future()
+            try:
+                await asyncio.wait_for(waiter, step)
+            except TimeoutError:
+                return
+            finally:
+                self._settling.pop(conn.id, None)
+
     async def request_future(
         self,
         conn: Connection,
@@ -417,6 +525,13 @@ class Hub:
         if pending is not None:
             self.in_flight -= 1
             tag, hook = pending.tag, pending.hook
+            if pending.resend is not None:
+                if error.code is ErrorCode.TIMEOUT:
+                    conn.pin = None  # the pinned replica does not answer: find another
+                if self._settling:
+                    self._wake_settle(conn)
+        if seq == conn.gate:
+            self._release(conn)
         self.metrics.errors.labels(error.code).inc()
         if hook is not None:
             conn.complete(seq, functools.partial(hook, [], None, error))
@@ -439,12 +554,17 @@ class Hub:
             if cid:  # connection 0 is the sink of fire-and-forget requests
                 self.metrics.late_replies.inc()  # its socket closed before the reply came
             return
-        pending = conn.pending.pop(seq, None)
+        pending = conn.pending.get(seq)
         if pending is None:
             self.metrics.late_replies.inc()
             return
+        hdrs = msg.headers
+        if hdrs and pending.resend is not None and seq != conn.gate and hdrs.get(h.STATUS) == "503":
+            self._unpin(conn, seq, pending)  # the pinned replica is gone; it never had it
+            return
+        del conn.pending[seq]
         self.in_flight -= 1
-        error = errors.from_headers(msg.headers) if msg.headers else None
+        error = errors.from_headers(hdrs) if hdrs else None
         self._deliver(
             conn,
             seq,
@@ -473,6 +593,10 @@ class Hub:
     ) -> None:
         """Send (or hand to ``hook``) a worker's reply: its payload ``data`` and
         ``headers``, or the ``error`` it carries."""
+        if seq == conn.gate:
+            self._release(conn, headers.get(h.INSTANCE) if headers else None)
+        elif self._settling:
+            self._wake_settle(conn)
         if error is None:
             try:
                 messages = frames_to_messages(data)

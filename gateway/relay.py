@@ -140,6 +140,7 @@ class RelayEndpoint:
                 await hub.live.track(conn, CHAT_ROOM, user or "")
             await both(self._receive(conn, receive, scope), self._send(conn, send))
         finally:
+            await hub.settle(conn, self.settings.request_timeout)  # chat: before the leave
             hub.unregister(conn)
             self.open.dec()
             if self.spec.chat:
@@ -376,9 +377,15 @@ class RelayEndpoint:
         self, conn: Connection, send, on_empty: Callable[[], None] | None = None
     ) -> None:
         """The sender: writes what ``conn.out`` holds, in order; ``on_empty`` is called
-        each time the queue runs dry."""
+        each time the queue runs dry.
+
+        If the peer is gone (a write fails: it closed, or the connection dropped), what
+        is queued is discarded from then on, but the sender does not end: the receiver
+        still hands on every frame the client sent before it went (uvicorn queues the
+        disconnect after them), and ends the relay when it reaches the disconnect."""
         out = conn.out
         wake = conn.wake
+        gone = False
         while True:
             if not out:
                 if on_empty is not None:
@@ -387,14 +394,17 @@ class RelayEndpoint:
                 await wake.wait()
                 continue
             message = out.popleft()
-            conn.busy = True  # until written: no direct write may overtake it
-            try:
-                await send(message)
-            except Exception:  # the peer is gone; the receiver sees the disconnect
-                return
-            finally:
-                conn.busy = False
+            if not gone:
+                conn.busy = True  # until written: no direct write may overtake it
+                try:
+                    await send(message)
+                except Exception:
+                    gone = True
+                    conn.direct = None  # no direct writes either
+                else:
+                    self.wrote(message)
+                finally:
+                    conn.busy = False
             conn.sent(message)
-            self.wrote(message)
             if message["type"] == "websocket.close":
                 return

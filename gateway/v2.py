@@ -65,6 +65,7 @@ class V2Endpoint(RelayEndpoint):
         try:
             await both(self._receive_v2(conn, identity, receive), self._send(conn, send))
         finally:
+            await hub.settle(conn, self.settings.request_timeout)  # before the leaves
             hub.unregister(conn)
             self.open.dec()
             for member in list(conn.rooms.values()):

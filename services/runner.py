@@ -33,7 +33,15 @@ from wire.errors import ErrorCode, WireError
 from wire.frames import Reply, Request, decode_request
 from wire.gcpolicy import freeze_startup_heap
 from wire.metrics import ServiceMetrics, Status
-from wire.subjects import Op, Service, batch_subject, service_subject, stats_subject
+from wire.subjects import (
+    ORDERED_OPS,
+    Op,
+    Service,
+    batch_subject,
+    pinned_subject,
+    service_subject,
+    stats_subject,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,20 +118,30 @@ class OpCall:
         return result
 
 
-def wrap(service: Service, op: Op, handler: Handler, metrics: ServiceMetrics):
-    """The one place a handler's result or WireError becomes a NATS reply."""
+def wrap(
+    service: Service,
+    op: Op,
+    handler: Handler,
+    metrics: ServiceMetrics,
+    instance: str | None = None,
+):
+    """The one place a handler's result or WireError becomes a NATS reply. With
+    ``instance``, every reply names it (``Sb-Instance``: ordered ops, see
+    :data:`wire.subjects.ORDERED_OPS`)."""
     call = OpCall(service, op, handler, metrics)
+    own = {h.INSTANCE: instance} if instance is not None else {}
 
     async def endpoint(msg: MicroRequest) -> None:
         received = time.time_ns()
         req = decode_request(msg.data, msg.headers)
         result = await call(req, received)
+        stamp = {**_stamp(req), **own}
         if isinstance(result, WireError):
-            await msg.respond_error(str(result.code), result.description, headers=_stamp(req))
+            await msg.respond_error(str(result.code), result.description, headers=stamp)
         elif isinstance(result, Reply):
-            await msg.respond(result.payload, headers={**_stamp(req), **result.headers})
+            await msg.respond(result.payload, headers={**stamp, **result.headers})
         else:
-            await msg.respond(result, headers=_stamp(req))
+            await msg.respond(result, headers=stamp)
 
     return endpoint
 
@@ -191,10 +209,21 @@ async def serve(
             metadata={"metrics_port": str(server.server_port)},
         )
         for op, handler in handlers.items():
+            if op not in ORDERED_OPS:
+                await svc.add_endpoint(
+                    name=str(op),
+                    subject=service_subject(service, op),
+                    handler=wrap(service, op, handler, metrics),
+                )
+                continue
+            # Also on a subject of this replica's own, for gateways that pin a
+            # connection's requests of it here; its replies name this replica.
+            endpoint = wrap(service, op, handler, metrics, svc.id)
             await svc.add_endpoint(
-                name=str(op),
-                subject=service_subject(service, op),
-                handler=wrap(service, op, handler, metrics),
+                name=str(op), subject=service_subject(service, op), handler=endpoint
+            )
+            await svc.add_endpoint(
+                name=f"{op}-pinned", subject=pinned_subject(service, svc.id, op), handler=endpoint
             )
         if BATCH_OPS & handlers.keys():
             await svc.add_endpoint(

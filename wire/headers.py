@@ -29,6 +29,7 @@ CONN = "Sb-Conn"  # the connection id within its gateway
 # a /ws/v2 room membership within its gateway: one per join, so that leaving and joining
 # again on one connection are new join/leave events, not duplicates of the first ones
 MEMBER = "Sb-Member"
+INSTANCE = "Sb-Instance"  # on a reply to an ordered op: the replica that handled it
 REQUEST_ID = "Sb-Request-Id"  # the client's request id (v2 "id"), percent-encoded
 SEQ = "Sb-Seq"  # a room event's sequence number; on a join/history reply: the last one
 FIRST_SEQ = "Sb-First-Seq"  # on a reply carrying room events: the seq of the first

@@ -2,6 +2,10 @@
 
     sb.svc.<service>.<op>              request to a worker (queue group = service name)
     sb.svc.<service>.batch             frames of one stateless op, batched (wire.batch)
+    sb.svc.<service>.at.<instance>.<op>  an ordered op (ORDERED_OPS) to one replica: where
+                                       a gateway sends a connection's requests of them
+                                       once a reply has said which replica (queue group
+                                       <service>, one member)
     sb.svc.binary.chunk.<file>         an upload's chunks, to the one binary replica that
                                        owns the upload (queue group binary, one member)
     sb.gw.<gateway>.<conn>.<seq>       reply to request <seq> of connection <conn>
@@ -94,6 +98,15 @@ SERVICE_OPS: dict[Service, tuple[Op, ...]] = {
 }
 
 
+# Operations whose effects must happen in the client's order (a chat message after its
+# sender's join, one sender's messages in the order sent). Pipelined to a queue group,
+# two replicas would handle them side by side; so a gateway sends a connection's
+# requests of these one at a time until a reply names the replica that handled them
+# (headers.INSTANCE), then pipelines them to that replica (pinned_subject), which
+# handles them in order.
+ORDERED_OPS = frozenset({Op.JOIN, Op.SEND, Op.ROOM_JOIN, Op.ROOM_LEAVE, Op.PUBLISH})
+
+
 def is_token(value: str) -> bool:
     """True if ``value`` can stand as one subject token (1-64 of ``[A-Za-z0-9_-]``)."""
     return _TOKEN.fullmatch(value) is not None
@@ -107,6 +120,11 @@ def _token(value: str, what: str) -> str:
 
 def service_subject(service: Service, op: Op) -> str:
     return f"{PREFIX}.svc.{service}.{op}"
+
+
+def pinned_subject(service: Service, instance: str, op: Op) -> str:
+    """Request of an ordered op (:data:`ORDERED_OPS`) to one instance of ``service``."""
+    return f"{PREFIX}.svc.{service}.at.{_token(instance, 'instance id')}.{op}"
 
 
 def batch_subject(service: Service) -> str:

@@ -41,7 +41,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.auth import Authenticator
 from gateway.connection import Connection
-from gateway.endpoints import TUTORIAL_ENDPOINTS, EndpointSpec
+from gateway.endpoints import TUTORIAL_ENDPOINTS, EndpointSpec, Route
 from gateway.hub import Hub
 from gateway.relay import RelayEndpoint
 from gateway.rooms import Member, seq_header
@@ -627,17 +627,22 @@ async def run_relay(
             frames += [(subject, op, item.data) for item in items]
         else:
             frames.append((subject, Op(subject.rsplit(".", 1)[1]), data))
-    relayed = iter(frames)
+    routed: list[tuple[Route, bytes]] = []
     refused = 0
     for frame in received:
         route = spec.text if "text" in frame else spec.binary
         if route is None:
             refused += 1
             continue
-        subject, op, data = next(relayed)
+        routed.append((route, frame["text"].encode() if "text" in frame else frame["bytes"]))
+    if any(route.ordered for route, _ in routed):
+        # One at a time until a reply names a replica: the first goes, the rest wait.
+        assert len(frames) == 1 and len(conn.held or ()) == len(routed) - 1
+    else:
+        assert len(frames) == len(routed)
+    for (subject, op, data), (route, want) in zip(frames, routed, strict=False):
         assert subject in (route.subject, route.batch) and op == route.op
-        assert data == (frame["text"].encode() if "text" in frame else frame["bytes"])
-    assert next(relayed, None) is None
+        assert data == want
     assert conn.next_seq == len(received)
     # Any reply from NATS, well-formed or not, ends as frames or an error frame; stray
     # subjects are dropped.
