@@ -65,6 +65,8 @@ class Authenticator:
             return self._verify(token)
         if not self.settings.allow_anonymous:
             raise WireError(ErrorCode.UNAUTHORIZED, "a token is required")
+        if username == self.settings.system_sender:  # server-side publishes are signed so
+            raise WireError(ErrorCode.UNAUTHORIZED, f"user name {username!r} is reserved")
         return Identity(user=username or f"anon-{secrets.token_hex(4)}", anonymous=True)
 
     def _verify(self, token: str) -> Identity:

@@ -101,6 +101,7 @@ class RelayEndpoint:
         self.spec = spec
         self.hub = hub
         self.settings = settings
+        self.auth = Authenticator(settings)  # /ws/chat's; /ws/v2 and /ws/files set theirs
         self.open = metrics.connections.labels(spec.path)
         self.accepted = metrics.connections_total.labels(spec.path)
         self.in_text = metrics.frames.labels(spec.path, "in", "text")
@@ -123,22 +124,23 @@ class RelayEndpoint:
         if ip is None:
             return
         user = None
+        may_send = True
         if self.spec.chat:
-            query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), True))
-            user = query.get("username", "Anonymous")
-            try:  # here, before the socket joins the room or chat hears of it
-                check_username(user)
-            except WireError as exc:
-                await self.refuse(send, {"type": "websocket.accept"}, ip, exc)
+            # Here, before the socket joins the room or chat hears of it: the tutorial's
+            # ?username= (anonymous users, if allowed), or whoever ?token= says.
+            identity = await self.identify(scope, send, ip, CHAT_ROOM, "Anonymous")
+            if identity is None:
                 return
-        await send({"type": "websocket.accept"})
+            user, may_send = identity.user, identity.may_publish(CHAT_ROOM)
+        else:
+            await send({"type": "websocket.accept"})
         conn = self.connection(ip, user, CHAT_ROOM if self.spec.chat else None, scope)
         try:
             if self.spec.chat:
                 await hub.join_room(conn, CHAT_ROOM)
                 await hub.request(conn, CHAT_JOIN, b"", self._member_headers(conn))
                 await hub.live.track(conn, CHAT_ROOM, user or "")
-            await both(self._receive(conn, receive, scope), self._send(conn, send))
+            await both(self._receive(conn, receive, scope, may_send), self._send(conn, send))
         finally:
             await hub.settle(conn, self.settings.request_timeout)  # chat: before the leave
             hub.unregister(conn)
@@ -186,6 +188,21 @@ class RelayEndpoint:
         ip = await self.admit(scope, send)
         if ip is None:
             return None
+        identity = await self.identify(scope, send, ip, subprotocols=subprotocols, auth=auth)
+        return None if identity is None else (ip, identity)
+
+    async def identify(
+        self,
+        scope,
+        send,
+        ip: str,
+        room: str | None = None,
+        default_user: str | None = None,
+        subprotocols: Sequence[str] = (),
+        auth: Authenticator | None = None,
+    ) -> Identity | None:
+        """Who the admitted client is, then accept (see :meth:`authenticate`); with
+        ``room``, it must be allowed to join it. None after refusing."""
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), True))
         offered = scope.get("subprotocols") or []
         accept: dict[str, object] = {"type": "websocket.accept"}
@@ -194,15 +211,17 @@ class RelayEndpoint:
                 accept["subprotocol"] = proto
                 break
         try:
-            username = query.get("username")
+            username = query.get("username", default_user)
             if username is not None:
                 check_username(username)
-            identity = auth.identify(token_from(query, offered), username)
+            identity = (auth or self.auth).identify(token_from(query, offered), username)
+            if room is not None and not identity.may_join(room):
+                raise WireError(ErrorCode.FORBIDDEN, f"not permitted to join {room}")
         except WireError as exc:
             await self.refuse(send, accept, ip, exc)
             return None
         await send(accept)
-        return ip, identity
+        return identity
 
     async def refuse(self, send, accept: dict[str, object], ip: str, exc: WireError) -> None:
         """Accept, then close 1008 with the reason (a browser sees it; a refused
@@ -277,7 +296,9 @@ class RelayEndpoint:
         extra = {h.GATEWAY: self.settings.id, h.CONN: str(conn.id)}
         return request_headers("text", user=conn.user, room=CHAT_ROOM, extra=extra)
 
-    async def _receive(self, conn: Connection, receive, scope: dict | None = None) -> None:
+    async def _receive(
+        self, conn: Connection, receive, scope: dict | None = None, may_send: bool = True
+    ) -> None:
         """The receiver: each frame from the client, in order, to its worker. Frames for
         batched routes are taken as they are parsed while this task waits with none in
         hand (the frame hook, :meth:`BoundedReadProtocol.send_receive_event_to_app
@@ -291,6 +312,7 @@ class RelayEndpoint:
         capacity = conn.capacity
         limiter = conn.limiter
         waiting = stopped = False  # waiting: in receive() with no frame in hand
+        forbidden = f"not permitted to publish to {room}"
 
         def admit(text: bool, data: bytes) -> Route | None:
             """Count a frame and apply the rate limit: the route to request, or None
@@ -330,7 +352,8 @@ class RelayEndpoint:
                 hub.submit(conn, route, data, headers, received=time.perf_counter())
             return True
 
-        set_hook = (scope or {}).get("extensions", {}).get(FRAME_HOOK) if subscription else None
+        hooked = subscription and may_send
+        set_hook = (scope or {}).get("extensions", {}).get(FRAME_HOOK) if hooked else None
         if set_hook is not None:
             set_hook(on_frame)
         try:
@@ -348,7 +371,9 @@ class RelayEndpoint:
                 text = message.get("text")
                 data = text.encode() if text is not None else message.get("bytes") or b""
                 route = admit(text is not None, data)
-                if route is not None:
+                if route is not None and not may_send:  # /ws/chat, a token without publish
+                    hub.answer_locally(conn, WireError(ErrorCode.FORBIDDEN, forbidden))
+                elif route is not None:
                     frame = "binary" if text is None else "text"
                     headers = request_headers(frame, user=user, room=room)
                     await request(conn, route, data, headers, received=received)
