@@ -29,6 +29,7 @@ subject and reach somebody else's traffic.
 
 from __future__ import annotations
 
+import functools
 import re
 from enum import StrEnum
 
@@ -122,6 +123,7 @@ def service_subject(service: Service, op: Op) -> str:
     return f"{PREFIX}.svc.{service}.{op}"
 
 
+@functools.lru_cache(maxsize=1024)  # per request on the hot path: built once per replica
 def pinned_subject(service: Service, instance: str, op: Op) -> str:
     """Request of an ordered op (:data:`ORDERED_OPS`) to one instance of ``service``."""
     return f"{PREFIX}.svc.{service}.at.{_token(instance, 'instance id')}.{op}"

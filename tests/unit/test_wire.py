@@ -22,6 +22,7 @@ from wire.subjects import (
     is_inbox,
     is_token,
     parse_reply_subject,
+    pinned_subject,
     reply_prefix,
     reply_subject,
     reply_wildcard,
@@ -33,6 +34,11 @@ from wire.subjects import (
 def test_service_subjects() -> None:
     assert service_subject(Service.CODEC, Op.ECHO) == "sb.svc.codec.echo"
     assert room_subject("general") == "sb.room.general"
+    pinned = pinned_subject(Service.CHAT, "5pL2fWgRBB9FB6OCFpyQ1k", Op.SEND)
+    assert pinned == "sb.svc.chat.at.5pL2fWgRBB9FB6OCFpyQ1k.send"
+    for bad in ("", "a.b", ">", "*"):  # a reply header names the instance: checked
+        with pytest.raises(ValueError):
+            pinned_subject(Service.CHAT, bad, Op.SEND)
 
 
 def test_reply_subject_round_trip() -> None:
