@@ -274,7 +274,8 @@ class FileStore:
         except NotFoundError:
             return None
 
-    async def _records(self) -> list[UploadRecord]:
+    async def _records(self) -> list[tuple[UploadRecord, int]]:
+        """Every upload in progress, with its KV revision."""
         try:
             keys = await self.kv.keys()
         except NoKeysError:
@@ -283,7 +284,7 @@ class FileStore:
         for key in keys:
             found = await self._record(key)
             if found is not None:
-                out.append(found[0])
+                out.append(found)
         return out
 
     async def _metas(self) -> list[api.ObjectInfo]:
@@ -293,16 +294,18 @@ class FileStore:
         except NotFoundError:
             return []
 
-    async def _usage(self, user: str, skip: str | None = None) -> int:
-        """Bytes ``user`` has stored plus the declared sizes of its uploads in progress."""
+    async def _usage(self, user: str, skip: str | None = None, before: int | None = None) -> int:
+        """Bytes ``user`` has stored plus the declared sizes of its uploads in progress
+        (with ``before``: only those created before KV revision ``before``)."""
         total = 0
         for meta in await self._metas():
             owner, info = _info(meta)
             if owner == user and info.file != skip:
                 total += info.size
-        for record in await self._records():
+        for record, revision in await self._records():
             if record.user == user and record.file != skip:
-                total += record.size
+                if before is None or (record.extra.get("born") or revision) < before:
+                    total += record.size
         return total
 
     async def _respond(self, msg: Msg, payload: bytes = b"", **hdrs: str) -> None:
@@ -403,18 +406,31 @@ class FileStore:
         )
 
     async def _create(self, record: UploadRecord) -> tuple[UploadRecord, int] | None:
-        usage = await self._usage(record.user, skip=record.file)
         quota = self.settings.quota_bytes
-        if usage + record.size > quota:
-            raise WireError(
+
+        def over(usage: int) -> WireError:
+            return WireError(
                 ErrorCode.TOO_LARGE,
                 f"quota exceeded: {usage} bytes used, {record.size} more would pass "
                 f"the quota of {quota} bytes",
             )
+
+        usage = await self._usage(record.user, skip=record.file)
+        if usage + record.size > quota:
+            raise over(usage)
         try:
             revision = await self.kv.create(record.file, record.encode())
         except KeyWrongLastSequenceError:
             return None  # created meanwhile by another replica: look again
+        # Replicas starting uploads of one user at the same moment all passed the check
+        # above. Of those, the one created first (the lower KV revision) goes first: count
+        # it, and give way if it leaves no room. (Revisions order every key of the bucket;
+        # a claim updates the record, so it keeps the one it was created with: "born".)
+        usage = await self._usage(record.user, skip=record.file, before=revision)
+        if usage + record.size > quota:
+            with contextlib.suppress(Exception):
+                await self.kv.delete(record.file)
+            raise over(usage)
         return record, revision
 
     async def _sync(self, fid: str) -> int | None:
@@ -435,7 +451,10 @@ class FileStore:
         since = record.extra.get("claimed_at", 0)
         if holder and holder != self.instance and time.time() - since < CLAIM_GRACE:
             return None
-        record.extra = {"owner": self.instance, "claimed_at": time.time()}
+        # "born": the revision the record was created with (its place in the quota's
+        # order, see _create), kept through every claim.
+        born = record.extra.get("born") or revision
+        record.extra = {"owner": self.instance, "claimed_at": time.time(), "born": born}
         try:
             await self.kv.update(record.file, record.encode(), last=revision)
         except KeyWrongLastSequenceError:
@@ -753,7 +772,7 @@ class FileStore:
                 files.append(info)
         files.sort(key=lambda f: (f.created, f.name))
         uploads = []
-        for record in await self._records():
+        for record, _ in await self._records():
             if record.user != user:
                 continue
             last = await self._last_chunk(self._chunks(record.file))

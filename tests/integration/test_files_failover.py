@@ -22,6 +22,7 @@ from switchboard.filesclient import FileError, FilesClient, files_url
 from switchboard.localstack import LocalStack, running
 from wire import files as wf
 from wire import headers as h
+from wire.errors import WireError
 from wire.frames import Request
 from wire.subjects import upload_subject
 
@@ -145,3 +146,52 @@ async def test_an_upload_stored_whole_but_never_committed_is_committed_on_resume
         sink = io.BytesIO()
         await client.download(fid, sink)
     assert sink.getvalue() == data
+
+
+async def test_two_replicas_starting_uploads_at_once_keep_the_quota(stack) -> None:
+    """Two replicas take one user's uploads at the same moment: each checks the quota
+    before either has recorded its upload (forced here), so each alone would fit. The
+    one recorded first goes on; the other is refused (413), and nothing passes the quota.
+    (Before: both went on, 2 x 60 MiB under a quota of 100 MiB.)"""
+    who = f"u{uuid.uuid4().hex[:8]}"
+    mib = 1 << 20
+    settings = BinarySettings(quota_bytes=100 * mib)
+    nc = await nats.connect(stack.nats_url)
+    stores = [FileStore(nc, settings, f"racer-{i}") for i in range(2)]
+    checked = asyncio.Barrier(2)
+    for store in stores:
+        usage = store._usage
+
+        async def first_check_together(user, skip=None, before=None, usage=usage):
+            if before is not None:
+                return await usage(user, skip, before)
+            total = await usage(user, skip)
+            await checked.wait()  # both have checked; neither has recorded yet
+            return total
+
+        store._usage = first_check_together  # type: ignore[method-assign]
+    try:
+        for store in stores:
+            await store.start()
+
+        async def begin(store: FileStore, name: str) -> dict | str:
+            body = orjson.dumps({"name": name, "size": 60 * mib, "sha256": "ab" * 32})
+            try:
+                reply = await store.upload(Request(body, "text", headers={h.USER: who}))
+            except WireError as exc:
+                return f"{exc.code} {exc.description}"
+            return orjson.loads(reply)
+
+        results = await asyncio.wait_for(
+            asyncio.gather(begin(stores[0], "a.bin"), begin(stores[1], "b.bin")), 20
+        )
+        listing = orjson.loads(await stores[0].list(Request(b"", "text", headers={h.USER: who})))
+    finally:
+        for store in stores:
+            await store.stop()
+        await nc.close()
+    begun = [r for r in results if isinstance(r, dict)]
+    refused = [r for r in results if isinstance(r, str)]
+    assert len(begun) == 1 and begun[0]["state"] == "upload", results
+    assert len(refused) == 1 and refused[0].startswith("413 quota exceeded"), results
+    assert listing["usage"] == 60 * mib <= listing["quota"]
