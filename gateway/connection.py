@@ -48,8 +48,9 @@ class Pending:
     # retry_at (a replica killed with the request in flight never answers).
     retry_at: float = float("inf")
     retry: tuple[str, bytes, dict[str, str]] | None = None
-    # Ordered requests (Route.ordered) sent to the replica the connection is pinned to:
-    # sent again, through the queue group, if that replica is gone (no responders).
+    # Ordered requests (Route.ordered): route, bytes and headers, to send it when its turn
+    # comes (Hub._send_held), or again through the queue group if the replica it was
+    # pinned to is gone (no responders).
     resend: tuple[Any, bytes, dict[str, str]] | None = None
 
 
@@ -157,7 +158,8 @@ class Connection:
         self.pending: dict[int, Pending] = {}
         # Ordered routes (Route.ordered, Hub.submit): the replica their requests go to,
         # once known; until then the one request out, whose reply lets the next go (or
-        # RELEASING), and those waiting, in seq order (the deque is made when needed).
+        # RELEASING), and those waiting as (seq, Pending), in seq order (the deque is made
+        # when needed).
         self.pin: str | None = None
         self.gate: int | None = None
         self.held: deque[Any] | None = None

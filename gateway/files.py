@@ -638,7 +638,7 @@ class FilesEndpoint(RelayEndpoint):
         if (await receive())["type"] != "websocket.connect":
             return
         hub = self.hub
-        admitted = await self.authenticate(scope, send, self.auth, (FILES_SUBPROTOCOL, SUBPROTOCOL))
+        admitted = await self.authenticate(scope, send, (FILES_SUBPROTOCOL, SUBPROTOCOL))
         if admitted is None:
             return
         ip, identity = admitted

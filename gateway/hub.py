@@ -68,8 +68,6 @@ RETRY_AFTER = 0.5  # of the request timeout: when an idempotent request is sent 
 Hook = Callable[[list[Message], Mapping[str, str] | None, WireError | None], None]
 # A frame waiting for its batch: connection, request seq, its Pending, bytes, headers.
 Queued = tuple[Connection, int, Pending, bytes, dict[str, str]]
-# A request of an ordered route waiting for the one before it (Connection.held).
-Held = tuple[Route, int, Pending, bytes, dict[str, str]]
 RELEASING = -1  # Connection.gate while held requests are being published
 
 
@@ -249,7 +247,7 @@ class Hub:
         if route.ordered:
             pending.resend = (route, data, headers)
             if conn.gate is not None:  # waits its turn (_release)
-                self._hold(conn, (route, seq, pending, data, headers))
+                self._hold(conn, seq, pending)
                 return None
             if conn.pin is None:  # no replica yet: this one alone, its reply names one
                 conn.gate = seq
@@ -394,18 +392,18 @@ class Hub:
             return pinned_subject(route.service, conn.pin, route.op)
         return route.subject
 
-    def _hold(self, conn: Connection, item: Held) -> None:
-        """Keep ``item`` until its turn; ``held`` stays in seq order (a request sent
-        again after a pinned replica left goes back ahead of later ones)."""
+    def _hold(self, conn: Connection, seq: int, pending: Pending) -> None:
+        """Keep request ``seq`` until its turn (what to send is ``pending.resend``);
+        ``held`` stays in seq order (a request sent again after a pinned replica left
+        goes back ahead of later ones)."""
         held = conn.held
         if held is None:
             held = conn.held = collections.deque()
-        item[2].deadline = math.inf  # until sent: the one ahead has its own deadline
-        if not held or held[-1][1] < item[1]:
-            held.append(item)
+        pending.deadline = math.inf  # until sent: the one ahead has its own deadline
+        if not held or held[-1][0] < seq:
+            held.append((seq, pending))
             return
-        at = bisect.bisect(held, item[1], key=lambda queued: queued[1])
-        held.insert(at, item)
+        held.insert(bisect.bisect(held, seq, key=lambda item: item[0]), (seq, pending))
 
     def _release(self, conn: Connection, instance: str | None = None) -> None:
         """The request at the connection's gate is answered (by replica ``instance``,
@@ -427,25 +425,26 @@ class Hub:
         assert held is not None
         loop = asyncio.get_running_loop()
         while held:
-            route, seq, pending, data, headers = held.popleft()
+            seq, pending = held.popleft()
             if conn.pending.get(seq) is not pending:
                 continue  # failed while held (timed out, closed)
+            assert pending.resend is not None
+            route, data, headers = pending.resend
             pending.deadline = loop.time() + self.settings.request_timeout
-            if conn.pin is None:
+            alone = conn.pin is None
+            if alone:
                 conn.gate = seq
-                await self._publish(conn, seq, pending, route.subject, data, headers)
-                return
             await self._publish(conn, seq, pending, self._target(conn, route), data, headers)
+            if alone:
+                return
         if conn.gate == RELEASING:
             self._ungate(conn)
 
     def _unpin(self, conn: Connection, seq: int, pending: Pending) -> None:
         """A request sent to the pinned replica found it gone (no responders, so it was
         not handled): forget the replica and send the request again, in its turn."""
-        assert pending.resend is not None
         conn.pin = None
-        route, data, headers = pending.resend
-        self._hold(conn, (route, seq, pending, data, headers))
+        self._hold(conn, seq, pending)
         if conn.gate is None:
             self._release(conn)
 

@@ -178,7 +178,7 @@ class RelayEndpoint:
         return ip
 
     async def authenticate(
-        self, scope, send, auth: Authenticator, subprotocols: Sequence[str]
+        self, scope, send, subprotocols: Sequence[str]
     ) -> tuple[str, Identity] | None:
         """:meth:`admit`, then who the client is (a JWT from ``?token=`` or the
         ``bearer.<jwt>`` subprotocol, or a ``?username=``), then accept, choosing the first
@@ -188,7 +188,7 @@ class RelayEndpoint:
         ip = await self.admit(scope, send)
         if ip is None:
             return None
-        identity = await self.identify(scope, send, ip, subprotocols=subprotocols, auth=auth)
+        identity = await self.identify(scope, send, ip, subprotocols=subprotocols)
         return None if identity is None else (ip, identity)
 
     async def identify(
@@ -199,7 +199,6 @@ class RelayEndpoint:
         room: str | None = None,
         default_user: str | None = None,
         subprotocols: Sequence[str] = (),
-        auth: Authenticator | None = None,
     ) -> Identity | None:
         """Who the admitted client is, then accept (see :meth:`authenticate`); with
         ``room``, it must be allowed to join it. None after refusing."""
@@ -214,7 +213,7 @@ class RelayEndpoint:
             username = query.get("username", default_user)
             if username is not None:
                 check_username(username)
-            identity = (auth or self.auth).identify(token_from(query, offered), username)
+            identity = self.auth.identify(token_from(query, offered), username)
             if room is not None and not identity.may_join(room):
                 raise WireError(ErrorCode.FORBIDDEN, f"not permitted to join {room}")
         except WireError as exc:

@@ -57,7 +57,7 @@ class V2Endpoint(RelayEndpoint):
         if message["type"] != "websocket.connect":
             return
         hub = self.hub
-        admitted = await self.authenticate(scope, send, self.auth, (SUBPROTOCOL,))
+        admitted = await self.authenticate(scope, send, (SUBPROTOCOL,))
         if admitted is None:
             return
         ip, identity = admitted

@@ -209,22 +209,13 @@ async def serve(
             metadata={"metrics_port": str(server.server_port)},
         )
         for op, handler in handlers.items():
-            if op not in ORDERED_OPS:
-                await svc.add_endpoint(
-                    name=str(op),
-                    subject=service_subject(service, op),
-                    handler=wrap(service, op, handler, metrics),
-                )
-                continue
-            # Also on a subject of this replica's own, for gateways that pin a
-            # connection's requests of it here; its replies name this replica.
-            endpoint = wrap(service, op, handler, metrics, svc.id)
-            await svc.add_endpoint(
-                name=str(op), subject=service_subject(service, op), handler=endpoint
-            )
-            await svc.add_endpoint(
-                name=f"{op}-pinned", subject=pinned_subject(service, svc.id, op), handler=endpoint
-            )
+            ordered = op in ORDERED_OPS  # its replies name this replica (Sb-Instance)
+            endpoint = wrap(service, op, handler, metrics, svc.id if ordered else None)
+            subject = service_subject(service, op)
+            await svc.add_endpoint(name=str(op), subject=subject, handler=endpoint)
+            if ordered:  # and gateways pin a connection's requests of it here
+                pinned = pinned_subject(service, svc.id, op)
+                await svc.add_endpoint(name=f"{op}-pinned", subject=pinned, handler=endpoint)
         if BATCH_OPS & handlers.keys():
             await svc.add_endpoint(
                 name="batch",
