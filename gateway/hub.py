@@ -746,7 +746,15 @@ class Hub:
                     msg = await asyncio.wait_for(replies.get(), left)
                 except TimeoutError:
                     break
-                info: dict[str, Any] = orjson.loads(msg.data)
+                if not msg.data:  # nats-server's 503 "no responders": none of that service
+                    continue
+                try:
+                    info: dict[str, Any] = orjson.loads(msg.data)
+                except orjson.JSONDecodeError:
+                    log.warning("discovery: an answer that is not JSON: %r", msg.data[:80])
+                    continue
+                if not isinstance(info, dict):
+                    continue
                 if info.get("id") not in seen and info.get("name") in counts:
                     seen.add(info["id"])
                     counts[info["name"]] += 1

@@ -1,0 +1,91 @@
+"""``/readyz`` follows what the gateway can reach: 503 while a service has no instance
+answering discovery or NATS is gone, 200 again once they are back; ``/healthz`` stays 200
+throughout (the process is up). The steps run in order on one stack."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from switchboard.localstack import LocalStack, running
+from tests.integration.conftest import http_base
+
+WAIT = 20.0
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    with running(tmp_path_factory.mktemp("readiness"), replicas={"codec": 2}) as s:
+        yield s
+
+
+def get(stack: LocalStack, path: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(http_base(stack) + path, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+async def readyz_until(stack: LocalStack, status: int, **instances: int) -> dict[str, Any]:
+    """Poll ``/readyz`` until it answers ``status`` with these instance counts."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        code, body = await asyncio.to_thread(get, stack, "/readyz")
+        counts = body.get("instances", {})
+        if code == status and all(counts.get(k) == v for k, v in instances.items()):
+            return body
+        assert time.monotonic() < deadline, (code, body)
+        await asyncio.sleep(0.2)
+
+
+async def test_ready_with_every_service(stack) -> None:
+    body = await readyz_until(stack, 200, chat=1, binary=1, codec=2)
+    assert body == {
+        "status": "ready",
+        "nats": "connected",
+        "instances": {"chat": 1, "binary": 1, "codec": 2},
+    }
+
+
+async def test_one_replica_gone_is_still_ready(stack) -> None:
+    first, _ = stack.replicas("codec")
+    await asyncio.to_thread(first.stop)
+    body = await readyz_until(stack, 200, codec=1)
+    assert body["status"] == "ready"
+
+
+async def test_the_last_replica_gone_is_not_ready(stack) -> None:
+    (last,) = stack.replicas("codec")
+    await asyncio.to_thread(last.stop)
+    body = await readyz_until(stack, 503, codec=0)
+    assert body == {
+        "status": "not ready",
+        "nats": "connected",
+        "instances": {"chat": 1, "binary": 1, "codec": 0},
+    }
+    assert await asyncio.to_thread(get, stack, "/healthz") == (200, {"status": "ok"})
+
+
+async def test_ready_again_once_a_replica_is_back(stack) -> None:
+    await asyncio.to_thread(stack.start_service, "codec")
+    body = await readyz_until(stack, 200, codec=1)
+    assert body["status"] == "ready"
+
+
+async def test_not_ready_without_nats_and_ready_after_it_returns(stack) -> None:
+    assert stack.nats is not None
+    await asyncio.to_thread(stack.nats.stop)
+    body = await readyz_until(stack, 503)
+    assert body["status"] == "not ready" and body["nats"] == "disconnected", body
+    assert await asyncio.to_thread(get, stack, "/healthz") == (200, {"status": "ok"})
+    await asyncio.to_thread(stack.start_nats)
+    body = await readyz_until(stack, 200, chat=1, binary=1, codec=1)
+    assert body["nats"] == "connected"
