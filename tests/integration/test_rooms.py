@@ -324,6 +324,27 @@ async def test_jwt_identity_and_room_permissions(stack) -> None:
     assert "token=[redacted]" in log and good.split(".")[2] not in log
 
 
+async def test_a_read_only_token_cannot_publish(stack) -> None:
+    room = room_name()
+    reader = await V2.open(url(stack, 0, token=token("read-only", rooms=[room], publish=[])))
+    watcher = await V2.open(url(stack, 1, username="watcher"))
+    try:
+        await watcher.request("join", room)
+        assert (await reader.request("join", room))["type"] == "ack"
+        denied = await reader.request("publish", room, text="sneaked in")
+        assert denied["type"] == "error", denied
+        assert denied["payload"]["code"] == "403"
+        assert f"not permitted to publish to {room}" in denied["payload"]["message"]
+        # nothing reached the room: the watcher's next event is the one after the join
+        ack = await watcher.request("publish", room, text="allowed")
+        events = await watcher.until_seq(room, ack["payload"]["seq"])
+        assert [e["payload"].get("text") for e in events if e["type"] == "message"] == ["allowed"]
+        history = await reader.request("history", room, limit=50)
+        assert "sneaked in" not in json.dumps(history)
+    finally:
+        await asyncio.gather(reader.close(), watcher.close())
+
+
 async def test_rs256_token_in_subprotocol(stack) -> None:
     rs = token("rsa-user", key=RSA_KEY, alg="RS256")
     ws = await connect(url(stack, 0), subprotocols=["switchboard.v2", f"bearer.{rs}"])
