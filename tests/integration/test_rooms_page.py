@@ -47,8 +47,9 @@ async def test_rooms_page_join_send_presence_and_recover(stack, page) -> None:
     ws_url = f"ws://127.0.0.1:{stack.gateways[0].port}/ws/v2?username=bot"
     bot = await V2.open(ws_url)
     try:
-        await bot.request("join", "lobby")
-        await bot.request("publish", "lobby", text="before the page came")
+        for name in ("lobby", "annex"):
+            await bot.request("join", name)
+            await bot.request("publish", name, text=f"before the page came to {name}")
 
         await page.goto(base + "/rooms")
         await page.fill("#username", "pageuser")
@@ -57,7 +58,11 @@ async def test_rooms_page_join_send_presence_and_recover(stack, page) -> None:
         await page.fill("#room", "lobby")
         await page.click("#join")
         await page.wait_for_selector('.room[data-room="lobby"]')
-        await wait_for_text(page, "lobby", "bot: before the page came")  # history on join
+        await wait_for_text(page, "lobby", "bot: before the page came to lobby")  # history
+        await page.fill("#room", "annex")  # a second room on the same socket
+        await page.click("#join")
+        await page.wait_for_selector('.room[data-room="annex"]')
+        await wait_for_text(page, "annex", "bot: before the page came to annex")
 
         room = page.locator('.room[data-room="lobby"]')
         await room.locator(".text").fill("hello from the page")
@@ -74,18 +79,27 @@ async def test_rooms_page_join_send_presence_and_recover(stack, page) -> None:
         await page.wait_for_selector("#status.closed")
         for i in range(3):
             await bot.request("publish", "lobby", text=f"while away {i}")
+            await bot.request("publish", "annex", text=f"annex while away {i}")
         lines = await wait_for_text(page, "lobby", "bot: while away 2", timeout=15)
+        annex = await wait_for_text(page, "annex", "bot: annex while away 2", timeout=15)
         await page.wait_for_selector("#status.open")
         assert "recovered=true" in await page.inner_text("#recovery")
         away = [line for line in lines if "while away" in line]
         assert away == [f"bot: while away {i}" for i in range(3)]  # once each, in order
+        # each room's own messages only, each once, in order
+        assert [line for line in annex if "while away" in line] == [
+            f"bot: annex while away {i}" for i in range(3)
+        ]
+        assert not any("annex" in line for line in lines)
+        assert not any("came to lobby" in line or "hello from" in line for line in annex)
         recovered = await page.locator('.room[data-room="lobby"] li.recovered').all_inner_texts()
         assert [f"bot: while away {i}" for i in range(3)] == [
             t for t in recovered if "while away" in t
         ]
-        seqs = await page.eval_on_selector_all(
-            '.room[data-room="lobby"] .log li', "els => els.map(e => +e.dataset.seq)"
-        )
-        assert seqs == sorted(set(seqs)), "duplicate or out-of-order events on the page"
+        for name in ("lobby", "annex"):
+            seqs = await page.eval_on_selector_all(
+                f'.room[data-room="{name}"] .log li', "els => els.map(e => +e.dataset.seq)"
+            )
+            assert seqs == sorted(set(seqs)), f"duplicate or out-of-order events in {name}"
     finally:
         await bot.close()
