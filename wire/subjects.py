@@ -18,7 +18,10 @@
     sb.stats.<component>.<instance>    an instance's live figures, every second (wire.stats)
     $SRV.PING.<service>                nats.micro discovery (built by nats.micro itself)
     $JS.API.DIRECT.GET.<stream>        JetStream's direct get (binary asks nats-server to send
-                                       a download's chunks straight to the gateway)
+                                       a download's chunks straight to the gateway; chat
+                                       finds a room's first event after a time)
+    $JS.API.STREAM.INFO.<stream>       JetStream's stream info, paged by subject (chat lists
+                                       the rooms to trim)
     _INBOX.<id>                        a gateway's inbox for one upload
     _INBOX.<id>.<read>                 the chunks of one read of a download (binary has
                                        nats-server deliver them there)
@@ -148,6 +151,11 @@ def direct_get_subject(stream: str) -> str:
     """JetStream's direct get API for ``stream``: answered by nats-server itself, to the
     request's reply subject (wire.files.direct_get_request)."""
     return f"$JS.API.DIRECT.GET.{_token(stream, 'stream name')}"
+
+
+def stream_info_subject(stream: str) -> str:
+    """JetStream's stream info API for ``stream`` (chat pages through its subjects)."""
+    return f"$JS.API.STREAM.INFO.{_token(stream, 'stream name')}"
 
 
 def is_inbox(subject: str) -> bool:

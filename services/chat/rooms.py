@@ -11,19 +11,25 @@ room.
   duplicate within the stream's dedupe window: it returns the original's sequence.
 - The stream republishes each committed event to ``sb.live.<room>``, in stream order:
   that is the live fan-out the gateways subscribe to.
-- Retention: at most ``max_msgs`` events per room (oldest dropped); ``max_age`` is
-  applied when reading (older events are not returned), so a room's last event is never
-  removed and its sequence never restarts.
+- Retention: at most ``max_msgs`` events per room (oldest dropped). ``max_age`` is
+  applied when reading (older events are never returned) and by :meth:`RoomStore.trim`,
+  run every ``SB_CHAT_HISTORY_TRIM_INTERVAL``, which deletes them from the stream except
+  each room's last event: that one keeps the room's sequence, so it never restarts. (The
+  stream's own ``max_age`` cannot be used: it would remove a quiet room's last event.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NotFoundError
@@ -31,7 +37,14 @@ from nats.js.errors import APIError, NotFoundError
 from wire import envelope
 from wire import headers as h
 from wire.errors import ErrorCode, WireError
-from wire.subjects import ROOMS_STREAM, history_subject, history_wildcard, live_wildcard
+from wire.subjects import (
+    ROOMS_STREAM,
+    direct_get_subject,
+    history_subject,
+    history_wildcard,
+    live_wildcard,
+    stream_info_subject,
+)
 
 WRONG_LAST_SEQUENCE = 10071
 
@@ -59,6 +72,7 @@ class Recovery:
 class RoomStore:
     def __init__(
         self,
+        nc: Client,
         js: JetStreamContext,
         *,
         max_msgs: int,
@@ -66,6 +80,7 @@ class RoomStore:
         dedupe_window: float,
         replicas: int = 1,
     ) -> None:
+        self.nc = nc
         self.js = js
         self.max_msgs = max_msgs
         self.max_age = max_age
@@ -198,6 +213,49 @@ class RoomStore:
                 return Recovery(events, True, head)
         # Gap older than retention (or a since from the future): newest events instead.
         return Recovery(await self.read(room, limit=newest, max_bytes=max_bytes), False, head)
+
+    async def _rooms(self) -> AsyncIterator[tuple[str, int]]:
+        """Each room's history subject and its number of stored events, a page of
+        nats-server's stream info at a time (it lists at most 100,000 per answer)."""
+        offset = 0
+        while True:
+            request = {"subjects_filter": history_wildcard(), "offset": offset}
+            reply = await self.nc.request(
+                stream_info_subject(ROOMS_STREAM), orjson.dumps(request), timeout=2
+            )
+            info = orjson.loads(reply.data)
+            if "error" in info:
+                raise WireError(ErrorCode.UNAVAILABLE, f"history store: {info['error']}")
+            subjects: dict[str, int] = info.get("state", {}).get("subjects") or {}
+            for item in subjects.items():
+                yield item
+            offset += len(subjects)
+            if not subjects or offset >= info.get("total", 0):
+                return
+
+    async def trim(self) -> int:
+        """Delete the events older than ``max_age`` from the stream, except each room's
+        last event. Returns the number of rooms trimmed. Every replica may run it: purging
+        is idempotent, and events appended meanwhile are newer than the cut."""
+        cutoff = dt.datetime.fromtimestamp(time.time() - self.max_age, dt.UTC)
+        start = cutoff.isoformat().replace("+00:00", "Z")
+        trimmed = 0
+        async for subject, count in self._rooms():
+            if count <= 1:  # nothing to delete: the last event always stays
+                continue
+            # the room's first event at or after the cut (JetStream's direct get by time)
+            request = orjson.dumps({"start_time": start, "next_by_subj": subject})
+            reply = await self.nc.request(direct_get_subject(ROOMS_STREAM), request, timeout=2)
+            status = (reply.headers or {}).get("Status") if not reply.data else None
+            if status == "404":  # all of it is older: keep only the last event
+                await self.js.purge_stream(ROOMS_STREAM, subject=subject, keep=1)
+            elif status is None:
+                first_kept = int((reply.headers or {})["Nats-Sequence"])
+                await self.js.purge_stream(ROOMS_STREAM, subject=subject, seq=first_kept)
+            else:
+                raise WireError(ErrorCode.UNAVAILABLE, f"history store answered {status}")
+            trimmed += 1
+        return trimmed
 
 
 def _fit(events: list[StoredEvent], max_bytes: int, *, newest: bool) -> list[StoredEvent]:

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 async def build(nc: Client, settings: ChatSettings) -> Mapping[Op, Handler]:
     store = RoomStore(
+        nc,
         nc.jetstream(timeout=2.0),
         max_msgs=settings.history_max_messages,
         max_age=settings.history_max_age,
@@ -58,8 +59,22 @@ async def build(nc: Client, settings: ChatSettings) -> Mapping[Op, Handler]:
             gone = book.expire(loop.time(), settings.presence_ttl)
             if gone:
                 log.info("presence expired", extra={"members": len(gone)})
-                await handlers.expire(gone)
+                try:
+                    await handlers.expire(gone)
+                except Exception as exc:  # the next pass must still run
+                    log.warning("presence expiry failed: %s", exc)
 
-    sweeper = asyncio.create_task(sweep())
-    sweeper.add_done_callback(lambda t: t.cancelled() or t.exception())
+    async def trim() -> None:
+        while True:
+            await asyncio.sleep(settings.history_trim_interval)
+            try:
+                rooms = await store.trim()
+            except Exception as exc:  # NATS restarting, JetStream busy: next time
+                log.warning("history trim failed: %s", exc)
+            else:
+                if rooms:
+                    log.info("history trimmed", extra={"rooms": rooms})
+
+    for task in (asyncio.create_task(sweep()), asyncio.create_task(trim())):
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
     return handlers.ops()

@@ -12,6 +12,9 @@ class ChatSettings(ServiceSettings):
     metrics_port: int = Field(9101, ge=0, le=65535)
     history_max_messages: int = Field(1000, ge=1, description="events kept per room")
     history_max_age: float = Field(7 * 24 * 3600.0, gt=0, description="seconds")
+    history_trim_interval: float = Field(
+        600.0, gt=0, description="seconds between deletions of events older than max age"
+    )
     dedupe_window: float = Field(120.0, gt=0, description="publish id dedupe window, seconds")
     recover_newest: int = Field(50, ge=1, le=500, description="events sent when not recovered")
     presence_ttl: float = Field(15.0, gt=0, description="forget a silent gateway's members")

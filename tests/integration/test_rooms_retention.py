@@ -9,17 +9,22 @@ must go on after them without a gap. A second stack keeps events for two seconds
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 
+import nats
 import pytest
 
 from switchboard.localstack import LocalStack, running
 from tests.integration.v2client import V2
+from wire import headers as h
+from wire.subjects import ROOMS_STREAM, history_subject
 
 KEEP = 5
 NEWEST = 3
 MAX_AGE = 2.0
+TRIM_INTERVAL = 0.5
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +36,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 
 @pytest.fixture(scope="module")
 def aging(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    env = {"SB_CHAT_HISTORY_MAX_AGE": str(MAX_AGE), "SB_CHAT_RECOVER_NEWEST": str(NEWEST)}
+    env = {
+        "SB_CHAT_HISTORY_MAX_AGE": str(MAX_AGE),
+        "SB_CHAT_HISTORY_TRIM_INTERVAL": str(TRIM_INTERVAL),
+        "SB_CHAT_RECOVER_NEWEST": str(NEWEST),
+    }
     with running(tmp_path_factory.mktemp("aging"), env=env) as s:
         yield s
 
@@ -163,3 +172,49 @@ async def test_events_older_than_max_age_are_not_recovered(aging) -> None:
             await back.close()
     finally:
         await writer.close()
+
+
+async def stored(stack: LocalStack, room: str) -> list[int]:
+    """The room seqs of the events the stream still holds for ``room``."""
+    nc = await nats.connect(stack.nats_url)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(ROOMS_STREAM, subjects_filter=history_subject(room))
+        count = (info.state.subjects or {}).get(history_subject(room), 0)
+        seqs, seq = [], 0
+        for _ in range(count):
+            msg = await js.get_msg(
+                ROOMS_STREAM, seq=seq + 1, subject=history_subject(room), next=True
+            )
+            seq = msg.seq
+            seqs.append(int(msg.headers[h.SEQ]))
+        return seqs
+    finally:
+        await nc.close()
+
+
+async def until_stored(stack: LocalStack, room: str, expected: list[int]) -> None:
+    deadline = time.monotonic() + 15
+    while (now := await stored(stack, room)) != expected:
+        assert time.monotonic() < deadline, f"stream holds {now}, expected {expected}"
+        await asyncio.sleep(0.2)
+
+
+async def test_aged_events_are_deleted_but_each_rooms_last_stays(aging) -> None:
+    room = room_name()
+    client = await V2.open(url(aging, "trimmer"))
+    try:
+        joined = (await client.request("join", room))["payload"]["seq"]
+        seqs = await publish(client, room, "a", "b", "c")
+        assert await stored(aging, room) == [joined, *seqs]
+        # once older than max age, all but the room's last event leave the stream
+        await until_stored(aging, room, [seqs[-1]])
+        # the room's sequence carries on from it, it does not restart
+        (later,) = await publish(client, room, "later")
+        assert later == seqs[-1] + 1
+        history = await client.request("history", room, limit=50)
+        assert [e["seq"] for e in history["payload"]["events"]] == [later]
+        # and when that one ages too, the older one is deleted, the newest kept
+        await until_stored(aging, room, [later])
+    finally:
+        await client.close()
