@@ -118,6 +118,19 @@ class BoundedReadProtocol(WebSocketsSansIOProtocol):
             else:
                 self.read_paused = True  # receive() resumes once the app has taken them
 
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.handshake_initiated or self.conn.handshake_exc is None:
+            return
+        # websockets refused the upgrade request before it became a Request event (a
+        # request line over 8 KiB: 414; header lines too long or too many: 431; not HTTP:
+        # nothing). It queued its answer, but uvicorn only sends answers to Requests: the
+        # connection would stay open forever, out of reach of the handshake deadline
+        # (cancelled at the upgrade) and of the connection caps.
+        self.handshake_initiated = self.handshake_complete = self.close_sent = True
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.transport.close()
+
     def handle_connect(self, event) -> None:  # type: ignore[no-untyped-def]
         super().handle_connect(event)
         scope = getattr(self, "scope", None)  # none if the handshake was refused

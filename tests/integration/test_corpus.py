@@ -1059,6 +1059,41 @@ async def test_upgraded_connection_outlives_the_handshake_deadline(stack) -> Non
         await ws.close()
 
 
+@pytest.mark.parametrize(
+    ("request_line", "header", "status"),
+    [
+        (b"GET /ws/v2?token=" + b"a" * 9000 + b" HTTP/1.1", b"", b"414"),
+        (
+            b"GET /ws/v2 HTTP/1.1",
+            b"Sec-WebSocket-Protocol: bearer." + b"a" * 9000 + b"\r\n",
+            b"431",
+        ),
+        (b"GET /ws HTTP/1.1", b"".join(b"X-Many-%d: 1\r\n" % i for i in range(200)), b"431"),
+    ],
+    ids=["request-line-over-8k", "header-line-over-8k", "too-many-headers"],
+)
+async def test_an_upgrade_request_too_large_is_answered_and_closed(
+    stack, request_line, header, status
+) -> None:
+    """The upgrade request passes uvicorn's HTTP parser, then websockets refuses it: the
+    client gets that answer and the connection is closed at once (it used to stay open,
+    unanswered, for good)."""
+    started = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.gateways[0].port)
+    try:
+        writer.write(
+            request_line + b"\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n" + header + b"\r\n"
+        )
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), HANDSHAKE_TIMEOUT / 2)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 " + status), answer[:80]
+    assert time.monotonic() - started < HANDSHAKE_TIMEOUT / 2
+
+
 # -- afterwards ------------------------------------------------------------------------------
 
 
