@@ -49,6 +49,23 @@ def http_status(code: str) -> int:
         return 502
 
 
+# The body as sent may carry whitespace the payload limit does not count; past this it
+# is refused while it arrives, not once held whole.
+MAX_BODY_BYTES = 4 * envelope.MAX_PAYLOAD_BYTES
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise HTTPException(413, f"body over {MAX_BODY_BYTES} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise HTTPException(413, f"body over {MAX_BODY_BYTES} bytes")
+    return bytes(body)
+
+
 def router(hub: Hub, settings: GatewaySettings) -> APIRouter:
     api = APIRouter(prefix="/api")
 
@@ -61,8 +78,8 @@ def router(hub: Hub, settings: GatewaySettings) -> APIRouter:
     ) -> JSONResponse:
         if settings.api_key is None:
             raise HTTPException(404, "server-side publish is not enabled (SB_GATEWAY_API_KEY)")
-        expected = f"Bearer {settings.api_key.get_secret_value()}"
-        if authorization is None or not hmac.compare_digest(authorization, expected):
+        expected = f"Bearer {settings.api_key.get_secret_value()}".encode()
+        if authorization is None or not hmac.compare_digest(authorization.encode(), expected):
             raise HTTPException(401, "missing or wrong API key")
         if not is_token(room):
             raise HTTPException(422, "room must be 1-64 characters of [A-Za-z0-9_-]")
@@ -70,14 +87,16 @@ def router(hub: Hub, settings: GatewaySettings) -> APIRouter:
         if envelope.request_id({"id": rid}) is None:
             raise HTTPException(422, "Idempotency-Key must be 1-64 printable characters")
         try:
-            payload: Any = orjson.loads(await request.body())
+            payload: Any = orjson.loads(await _read_body(request))
         except orjson.JSONDecodeError:
             raise HTTPException(422, "body must be a JSON object") from None
         if not isinstance(payload, dict):
             raise HTTPException(422, "body must be a JSON object")
-        body = orjson.dumps(payload)
-        if len(body) > envelope.MAX_PAYLOAD_BYTES:
-            raise HTTPException(413, f"payload over {envelope.MAX_PAYLOAD_BYTES} bytes")
+        try:
+            body = envelope.publish_body(payload)
+        except errors.WireError as exc:
+            status = 413 if exc.code == errors.ErrorCode.TOO_LARGE else 422
+            raise HTTPException(status, exc.description) from None
         headers = request_headers(
             "text", user=settings.system_sender, room=room, extra={h.REQUEST_ID: quoted(rid)}
         )

@@ -88,6 +88,19 @@ class Ping:
 ClientMessage = Join | Leave | Publish | History | Presence | Ping
 
 
+def publish_body(payload: dict[str, Any]) -> bytes:
+    """A publish's payload as the bytes chat gets (``/ws/v2`` and the HTTP API alike):
+    ``BAD_REQUEST`` if too deeply nested to encode, ``TOO_LARGE`` over
+    :data:`MAX_PAYLOAD_BYTES`."""
+    try:
+        body = orjson.dumps(payload)
+    except orjson.JSONEncodeError:  # parsed (1024 levels), too deep to re-encode (254)
+        raise _bad("payload nested too deeply") from None
+    if len(body) > MAX_PAYLOAD_BYTES:
+        raise WireError(ErrorCode.TOO_LARGE, f"payload over {MAX_PAYLOAD_BYTES} bytes")
+    return body
+
+
 def _bad(message: str) -> WireError:
     return WireError(ErrorCode.BAD_REQUEST, message)
 
@@ -138,13 +151,7 @@ def decode_client(data: str | bytes) -> ClientMessage:
         case "leave":
             return Leave(rid, room)
         case "publish":
-            try:
-                body = orjson.dumps(payload)
-            except orjson.JSONEncodeError:  # parsed (1024 levels), too deep to re-encode (254)
-                raise _bad("payload nested too deeply") from None
-            if len(body) > MAX_PAYLOAD_BYTES:
-                raise WireError(ErrorCode.TOO_LARGE, f"payload over {MAX_PAYLOAD_BYTES} bytes")
-            return Publish(rid, room, body)
+            return Publish(rid, room, publish_body(payload))
         case "history":
             limit = _seq(payload.get("limit", 50), "limit")
             if not limit or limit > MAX_HISTORY:

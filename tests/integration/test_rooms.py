@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import signal
 import time
@@ -402,6 +403,38 @@ def post(
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+def post_raw(
+    stack: LocalStack, headers: dict[str, str], body: bytes | Iterator[bytes]
+) -> tuple[int, dict]:
+    """A POST to the API with exactly these headers; an iterator body goes chunked."""
+    conn = http.client.HTTPConnection("127.0.0.1", stack.gateways[0].port, timeout=10)
+    try:
+        conn.request("POST", "/api/rooms/lobby/messages", body=body, headers=headers)
+        r = conn.getresponse()
+        return r.status, json.loads(r.read())
+    finally:
+        conn.close()
+
+
+async def test_server_side_publish_refuses_bad_requests_without_failing(stack) -> None:
+    """Each is a 4xx with a reason, never a 500 (each was, or a 422 after holding the
+    whole body in memory)."""
+    auth = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    nested = b"[" * 300 + b"]" * 300
+    status, body = await asyncio.to_thread(post_raw, stack, auth, b'{"a":' + nested + b"}")
+    assert (status, body["detail"]) == (422, "payload nested too deeply")
+    bad_key = {**auth, "Authorization": "Bearer \u00e9t\u00e9"}
+    status, body = await asyncio.to_thread(post_raw, stack, bad_key, b'{"text":"x"}')
+    assert (status, body["detail"]) == (401, "missing or wrong API key")
+    big = b'{"text":"' + b"x" * 300_000 + b'"}'
+    status, body = await asyncio.to_thread(post_raw, stack, auth, big)
+    assert (status, body["detail"]) == (413, "body over 262144 bytes")
+    chunks = iter([big[i : i + 65536] for i in range(0, len(big), 65536)])
+    status, body = await asyncio.to_thread(post_raw, stack, auth, chunks)  # no length given
+    assert (status, body["detail"]) == (413, "body over 262144 bytes")
+    assert "Traceback" not in stack.gateways[0].log()
 
 
 async def test_server_side_publish(stack) -> None:
