@@ -96,6 +96,23 @@ async def test_rooms_page_join_send_presence_and_recover(stack, page) -> None:
         assert [f"bot: while away {i}" for i in range(3)] == [
             t for t in recovered if "while away" in t
         ]
+        # The same user in a second tab: its requests must not repeat the first tab's ids,
+        # which would make its publish a duplicate of the first tab's (silently dropped).
+        second = await page.context.browser.new_page()
+        await second.goto(base + "/rooms")
+        await second.fill("#username", "pageuser")
+        await second.click("#connect")
+        await second.wait_for_selector("#status.open")
+        for name in ("lobby", "annex"):
+            await second.fill("#room", name)
+            await second.click("#join")
+            await second.wait_for_selector(f'.room[data-room="{name}"]')
+        tab = second.locator('.room[data-room="lobby"]')
+        await tab.locator(".text").fill("hello from the second tab")
+        await tab.locator("button", has_text="Send").click()
+        await wait_for_text(page, "lobby", "pageuser: hello from the second tab")
+        await second.close()
+
         for name in ("lobby", "annex"):
             seqs = await page.eval_on_selector_all(
                 f'.room[data-room="{name}"] .log li', "els => els.map(e => +e.dataset.seq)"
