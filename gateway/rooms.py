@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 
 class Member:
-    __slots__ = ("buffer", "conn", "fill", "key", "last", "room", "syncing")
+    __slots__ = ("buffer", "conn", "fill", "held", "key", "last", "room", "syncing")
 
     def __init__(
         self, conn: Connection, room: str, fill: Callable[[Member], None], key: int = 0
@@ -50,6 +50,8 @@ class Member:
         self.last = 0
         self.syncing = True
         self.buffer: list[tuple[int, Message]] = []
+        # the join's ack, while a replay too large for one reply is still being filled
+        self.held: Message | None = None
 
     def on_event(self, seq: int, message: Message) -> None:
         if self.syncing:
@@ -104,6 +106,7 @@ class Member:
         """The join failed: nothing buffered is sent."""
         self.syncing = False
         self.buffer = []
+        self.held = None
         if error_message is not None:
             self.conn.enqueue(error_message)
             self.conn.wake.set()

@@ -138,6 +138,8 @@ async def test_slow_room_reader_disconnected_1013_then_recovers_everything(slow_
         back = await V2.open(base(stack) + "/ws/v2?username=lazy")
         ack = await back.reply(await back.send("join", room, since=since))
         assert ack["payload"]["recovered"] is True
+        # the replay (9 MB: several history replies) comes whole before the ack
+        assert back.seqs(room) == list(range(since + 1, ack["payload"]["seq"] + 1))
         events = await back.until_seq(room, last)
         assert [e["seq"] for e in events] == list(range(since + 1, events[-1]["seq"] + 1))
         assert [e["payload"]["i"] for e in events if e["type"] == "message"] == list(range(150))
