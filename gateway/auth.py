@@ -17,6 +17,7 @@ import jwt
 
 from gateway.settings import GatewaySettings
 from wire.errors import ErrorCode, WireError
+from wire.names import check_username
 
 SUBPROTOCOL = "switchboard.v2"
 BEARER_PREFIX = "bearer."
@@ -97,6 +98,10 @@ class Authenticator:
         user = claims["sub"]
         if not isinstance(user, str) or not user:
             raise WireError(ErrorCode.UNAUTHORIZED, "claim 'sub' must be a non-empty string")
+        try:  # the same rules as any user name: else each request would fail later
+            check_username(user)
+        except WireError as exc:
+            raise WireError(ErrorCode.UNAUTHORIZED, f"claim 'sub': {exc.description}") from None
         rooms = _room_set(claims.get("rooms"), "rooms")
         publish = _room_set(claims["publish"], "publish") if "publish" in claims else rooms
         return Identity(user=user, anonymous=False, rooms=rooms, publish=publish)
