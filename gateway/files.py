@@ -47,7 +47,7 @@ from gateway.endpoints import EndpointSpec
 from gateway.hub import Hub
 from gateway.relay import RelayEndpoint
 from gateway.settings import GatewaySettings
-from wire import errors
+from wire import envelope, errors
 from wire import files as wf
 from wire import headers as h
 from wire.errors import ErrorCode, WireError
@@ -254,10 +254,7 @@ class FilesSocket:
         try:
             message = wf.decode_client(text)
         except WireError as exc:
-            rid = None
-            with contextlib.suppress(orjson.JSONDecodeError):
-                rid = wf.request_id(orjson.loads(text))
-            self.send_error(rid, exc)
+            self.send_error(envelope.request_id_of(text), exc)
             return
         rid, fid = getattr(message, "id", None), getattr(message, "file", None)
         try:
@@ -679,7 +676,7 @@ class FilesEndpoint(RelayEndpoint):
                 # Control frames count against the rate limits; chunks are bounded by
                 # the upload window, the file size limit and the quota instead.
                 if not conn.limiter.allow(len(text)):
-                    if await self.refuse_rate(conn):
+                    if await self.refuse_rate(conn, envelope.request_id_of(text)):
                         return
                     continue
                 await files.on_text(text)

@@ -266,16 +266,17 @@ class RelayEndpoint:
         self.accepted.inc()
         return conn
 
-    async def refuse_rate(self, conn: Connection) -> bool:
-        """A frame over the rate limit: an error frame, or after too many in a row, close
-        1008. True if the connection is closing (the receiver then waits for the sender
-        to write the close frame)."""
-        if self.refuse_now(conn):
+    async def refuse_rate(self, conn: Connection, tag: str | None = None) -> bool:
+        """A frame over the rate limit: an error frame (with the frame's request id,
+        ``tag``, where it has one), or after too many in a row, close 1008. True if the
+        connection is closing (the receiver then waits for the sender to write the close
+        frame)."""
+        if self.refuse_now(conn, tag):
             await anyio.sleep_forever()
             return True
         return False
 
-    def refuse_now(self, conn: Connection) -> bool:
+    def refuse_now(self, conn: Connection, tag: str | None = None) -> bool:
         """:meth:`refuse_rate` without the waiting: True if the connection is closing
         (then nothing more from the client is to be processed)."""
         limiter = conn.limiter
@@ -288,7 +289,7 @@ class RelayEndpoint:
             conn.closing = True
             conn.complete(conn.allocate(None), [close])
             return True
-        self.hub.answer_locally(conn, RATE_LIMITED)
+        self.hub.answer_locally(conn, RATE_LIMITED, tag)
         return False
 
     def _member_headers(self, conn: Connection) -> dict[str, str]:

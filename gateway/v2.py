@@ -8,12 +8,9 @@ here (it is transport keepalive, not data).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections.abc import Mapping
-
-import orjson
 
 from gateway.auth import SUBPROTOCOL, Authenticator, Identity
 from gateway.connection import Connection, Message
@@ -98,7 +95,7 @@ class V2Endpoint(RelayEndpoint):
             text = message.get("text")
             size = len(text) if text is not None else len(message.get("bytes") or b"")
             if not conn.limiter.allow(size):
-                await self.refuse_rate(conn)
+                await self.refuse_rate(conn, envelope.request_id_of(text) if text else None)
                 continue
             conn.active = conn.limiter.frames.stamp
             if text is None:
@@ -111,10 +108,7 @@ class V2Endpoint(RelayEndpoint):
                 req = envelope.decode_client(text)
                 await self._dispatch(conn, identity, req)
             except WireError as exc:
-                tag = None
-                with contextlib.suppress(orjson.JSONDecodeError):
-                    tag = envelope.request_id(orjson.loads(text))
-                hub.answer_locally(conn, exc, tag)
+                hub.answer_locally(conn, exc, envelope.request_id_of(text))
 
     async def _dispatch(self, conn: Connection, identity: Identity, req: envelope.ClientMessage):
         hub = self.hub

@@ -122,6 +122,15 @@ def request_id(frame: Any) -> str | None:
     return None
 
 
+def request_id_of(text: str | bytes) -> str | None:
+    """The usable request id of a raw frame, if it has one (for an error reply to a frame
+    refused before or while decoding it)."""
+    try:
+        return request_id(orjson.loads(text))
+    except orjson.JSONDecodeError:
+        return None
+
+
 def decode_client(data: str | bytes) -> ClientMessage:
     try:
         frame = orjson.loads(data)

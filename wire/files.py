@@ -55,12 +55,12 @@ from typing import Any, Literal, get_args
 import orjson
 
 from wire import headers as h
+from wire.envelope import request_id
 from wire.errors import ErrorCode, WireError
 
 CHUNK_HEADER = struct.Struct(">Q")
 MAX_NAME = 255
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_REQUEST_ID = re.compile(r"[!-~]{1,64}")
 _FILE_ID = re.compile(r"[a-z2-7]{26}")
 MAX_INT_DIGITS = 19  # header integers: int64 at most
 
@@ -277,12 +277,6 @@ class Inspect:
 
 
 ClientMessage = Upload | Download | Ack | Cancel | ListFiles | Delete | Inspect
-
-
-def request_id(raw: Any) -> str | None:
-    """The ``id`` of a decoded client object, if it is a valid one (for error replies)."""
-    rid = raw.get("id") if isinstance(raw, dict) else None
-    return rid if isinstance(rid, str) and _REQUEST_ID.fullmatch(rid) else None
 
 
 def _rid(raw: dict[str, Any]) -> str:

@@ -96,6 +96,22 @@ async def test_flooding_gets_error_frames_then_close_1008(stack) -> None:
         assert await recv(back) == "Echo: back"
 
 
+async def test_v2_frames_over_the_rate_limit_get_errors_with_their_ids(stack) -> None:
+    """A client waiting for replies by id learns which of its requests were refused."""
+    await asyncio.sleep(2.2)  # any ban from the flood test above has passed
+    client = await V2.open(base(stack) + "/ws/v2?username=hasty")
+    try:
+        ids = [f"p{i}" for i in range(40)]
+        for rid in ids:  # burst of 20, then refusals (fewer than would close it)
+            await client.send("ping", rid=rid)
+        replies = [await client.reply(rid) for rid in ids]  # one reply for each id
+        refused = [r for r in replies if r["type"] == "error"]
+        assert refused and all(r["payload"]["code"] == "429" for r in refused)
+        assert {r["type"] for r in replies} == {"pong", "error"}
+    finally:
+        await client.close()
+
+
 async def test_idle_connection_closed(stack) -> None:
     async with connect(base(stack) + "/ws") as ws:
         started = time.monotonic()
