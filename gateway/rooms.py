@@ -12,8 +12,9 @@ sockets. Each member tracks the last sequence number it was sent:
 So a member sees each room's seqs strictly increasing, with no gap and no duplicate.
 
 Presence: this gateway heartbeats its member list (tutorial chat sockets included) to
-every chat replica: a full snapshot every ``presence_interval`` and a delta on each join
-and leave. If the gateway dies, its heartbeats stop and chat expires its members.
+every chat replica: a full snapshot every ``presence_interval``, at once when a chat
+replica starts and asks (``sb.sync.presence``), and a delta on each join and leave. If
+the gateway dies, its heartbeats stop and chat expires its members.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from nats.aio.subscription import Subscription
 from gateway.connection import Connection, Message
 from wire import headers as h
 from wire.presence import Heartbeat
-from wire.subjects import live_subject, presence_subject, room_of
+from wire.subjects import live_subject, presence_subject, presence_sync_subject, room_of
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,12 @@ class Rooms:
             with contextlib.suppress(Exception):
                 await nc.publish(presence_subject(self.gateway), beat.encode())
 
+    async def _on_sync(self, msg: Msg) -> None:
+        await self._delta(self.snapshot())  # a chat replica just started: tell it now
+
     async def _heartbeat(self) -> None:
+        assert self.nc is not None
+        await self.nc.subscribe(presence_sync_subject(), cb=self._on_sync)
         while True:
             await self._delta(self.snapshot())
             await asyncio.sleep(self.interval)

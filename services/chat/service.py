@@ -15,7 +15,7 @@ from services.chat.rooms import RoomStore
 from services.chat.settings import ChatSettings
 from services.runner import Handler
 from wire.presence import Heartbeat
-from wire.subjects import Op, presence_wildcard
+from wire.subjects import Op, presence_sync_subject, presence_wildcard
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,9 @@ async def build(nc: Client, settings: ChatSettings) -> Mapping[Op, Handler]:
             log.warning("bad presence heartbeat: %s", exc)
 
     await nc.subscribe(presence_wildcard(), cb=on_heartbeat)
+    # A replica that starts knows no members: the gateways' full lists come now, not at
+    # their next snapshot (until then its presence answers would leave people out).
+    await nc.publish(presence_sync_subject(), b"")
 
     async def sweep() -> None:
         interval = min(1.0, settings.presence_ttl / 3)

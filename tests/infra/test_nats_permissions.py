@@ -244,6 +244,8 @@ FORBIDDEN_PUBLISH = [
     ("codec", "$JS.API.INFO"),
     ("codec", "$KV.presence.alice"),
     ("codec", "sb.presence.g1"),
+    ("codec", "sb.sync.presence"),  # only chat asks gateways for their member lists
+    ("gateway", "sb.sync.presence"),
     ("codec", "sb.stats.chat.x"),
     ("binary", "sb.svc.codec.echo"),
     ("binary", "sb.gw.g1.1.1"),
@@ -276,6 +278,7 @@ FORBIDDEN_SUBSCRIBE = [
     ("codec", "_INBOX.>", ""),
     ("codec", "$SRV.PING.chat", ""),
     ("codec", "sb.presence.*", ""),
+    ("codec", "sb.sync.presence", ""),
     ("codec", "sb.stats.>", ""),
     ("binary", "sb.svc.codec.>", "codec"),
     ("binary", "sb.room.>", ""),
@@ -351,6 +354,11 @@ async def test_presence_and_stats(connect: Connect) -> None:
         await gateway.nc.subscribe("sb.stats.>", cb=stats.put)
         await chat.sync()
         await gateway.sync()
+        syncs: asyncio.Queue[Msg] = asyncio.Queue()
+        await gateway.nc.subscribe("sb.sync.presence", cb=syncs.put)
+        await gateway.sync()
+        await chat.nc.publish("sb.sync.presence", b"")
+        assert (await asyncio.wait_for(syncs.get(), WAIT)).subject == "sb.sync.presence"
         await gateway.nc.publish("sb.presence.g1", b"{}")
         await codec.nc.publish("sb.stats.codec.abc", b"{}")
         await chat.nc.publish("sb.stats.chat.def", b"{}")
