@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from services.chat.presence import Member, PresenceBook
-from services.chat.rooms import RoomStore
+from services.chat.rooms import RoomStore, fit
 from services.runner import Handler
 from wire import envelope
 from wire import headers as h
@@ -220,13 +220,14 @@ class ChatHandlers:
             return Reply(encode_frames([TextFrame(e.frame.decode()) for e in events]), hdrs)
         rid = _request_id(req)
         limit = min(req.int_header(h.LIMIT) or 50, envelope.MAX_HISTORY)
-        events = await self.store.read(
-            room, before=req.int_header(h.BEFORE), limit=limit, max_bytes=self.reply_budget
-        )
+        page = await self.store.read(room, before=req.int_header(h.BEFORE), limit=limit)
+        events = fit(page, self.reply_budget, newest=True)
         body = b",".join(e.frame for e in events)
+        # cut to the reply budget: the client asks again with before = the first seq
+        more = b',"more":true' if len(events) < len(page) else b""
         frame = (
             b'{"type":"history","id":' + orjson.dumps(rid) + b',"room":' + orjson.dumps(room)
-            + b',"payload":{"events":[' + body + b"]}}"
+            + b',"payload":{"events":[' + body + b"]" + more + b"}}"
         )  # fmt: skip
         return encode_text(frame.decode())
 

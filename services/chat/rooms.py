@@ -196,7 +196,7 @@ class RoomStore:
             await sub.unsubscribe()
         events = list(keep)
         if max_bytes is not None:
-            events = _fit(events, max_bytes, newest=limit is not None)
+            events = fit(events, max_bytes, newest=limit is not None)
         return events
 
     async def recover(
@@ -258,7 +258,7 @@ class RoomStore:
         return trimmed
 
 
-def _fit(events: list[StoredEvent], max_bytes: int, *, newest: bool) -> list[StoredEvent]:
+def fit(events: list[StoredEvent], max_bytes: int, *, newest: bool) -> list[StoredEvent]:
     """As many events as fit in ``max_bytes`` (at least one), from the oldest or newest."""
     total = 0
     ordered = reversed(events) if newest else iter(events)

@@ -145,6 +145,32 @@ async def test_recovery_older_than_retention_returns_newest(stack, tmp_path) -> 
         await client.close()
 
 
+async def test_history_page_over_the_reply_budget_says_more(stack) -> None:
+    """40 events of 60 KB do not fit one reply (1 MiB): the page says more, and paging
+    with before gets every event once."""
+    room = room_name()
+    client = await V2.open(url(stack, 0, username="pager"))
+    try:
+        big = "x" * 60_000
+        seqs = [
+            (await client.request("publish", room, text=big, i=i))["payload"]["seq"]
+            for i in range(40)
+        ]
+        got: list[int] = []
+        before = None
+        while True:
+            query = {"limit": 500} if before is None else {"limit": 500, "before": before}
+            page = (await client.request("history", room, **query))["payload"]
+            got = [e["seq"] for e in page["events"]] + got
+            if not page.get("more"):
+                break
+            assert 0 < len(page["events"]) < 40
+            before = page["events"][0]["seq"]
+        assert got == seqs
+    finally:
+        await client.close()
+
+
 async def test_publish_id_is_deduplicated(stack) -> None:
     room = room_name()
     client = await V2.open(url(stack, 0, username="dup"))
