@@ -199,9 +199,12 @@ class FilesSocket:
 
     # -- output --------------------------------------------------------------------
     def send_text(self, text: str) -> None:
-        self.conn.enqueue({"type": "websocket.send", "text": text})
+        conn = self.conn
+        conn.enqueue({"type": "websocket.send", "text": text})
+        if conn.out_bytes >= conn.max_out_bytes:
+            conn.capacity.clear()  # the receiver stops reading until the client reads
         self.drained.clear()
-        self.conn.wake.set()
+        conn.wake.set()
 
     def send_error(self, rid: str | None, error: WireError, file: str | None = None) -> None:
         description = {
@@ -665,6 +668,8 @@ class FilesEndpoint(RelayEndpoint):
     async def _receive_files(self, conn: Connection, files: FilesSocket, receive) -> None:
         while True:
             await files.upload_room()
+            if not conn.capacity.is_set():  # replies the client does not read: wait
+                await conn.capacity.wait()
             message = await receive()
             if message["type"] != "websocket.receive":
                 return
@@ -684,6 +689,12 @@ class FilesEndpoint(RelayEndpoint):
             data = message.get("bytes") or b""
             self.in_binary.inc()
             self.in_binary_bytes.inc(len(data))
+            # Chunks of an upload are bounded by its window; without one, each binary
+            # frame only earns an error frame: rate-limited like a control frame.
+            if files.upload is None and not conn.limiter.allow(len(data)):
+                if await self.refuse_rate(conn):
+                    return
+                continue
             try:
                 await files.on_chunk(data)
             except WireError as exc:

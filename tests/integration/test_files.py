@@ -561,3 +561,19 @@ async def test_token_identity(stack) -> None:
         assert (code, reason) == (1008, "a token is required")
     finally:
         gateway.stop()
+
+
+async def test_binary_frames_without_an_upload_are_rate_limited(stack) -> None:
+    """Outside an upload a binary frame only earns an error frame: a flood of them meets
+    the rate limit (429 errors, then close 1008) like control frames do, instead of
+    queueing an error frame each without end. Last in this module: the close bans the
+    address from this gateway for SB_GATEWAY_RATE_BAN_SECONDS."""
+    async with connect(url(stack, user())) as ws:
+        for _ in range(3000):  # the burst is 1000 frames, at 500/s
+            await ws.send(b"\0" * 9)
+        codes = []
+        with pytest.raises(websockets.ConnectionClosed) as exc:
+            while True:
+                codes.append(orjson.loads(await recv(ws))["code"])
+        assert exc.value.rcvd.code == 1008 and exc.value.rcvd.reason == "rate limit exceeded"
+        assert codes[0] == "400" and "429" in codes
