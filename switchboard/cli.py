@@ -22,6 +22,8 @@ import sys
 import time
 from typing import Any
 
+import websockets
+
 from switchboard.filesclient import FileError, FilesClient, download_path, files_url, upload_path
 
 MIB = 1024 * 1024
@@ -75,17 +77,37 @@ async def _client(args: argparse.Namespace) -> FilesClient:
     return await FilesClient.open(files_url(args.url, args.user, args.token))
 
 
+def _retrying(attempt: int, exc: BaseException, delay: float) -> None:
+    print(f"\n{_reason(exc)}; resuming in {delay:g} s (attempt {attempt + 1})", file=sys.stderr)
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for what went wrong, without a traceback."""
+    if isinstance(exc, FileError):
+        return f"error {exc.code}: {exc.message}"
+    if isinstance(exc, websockets.ConnectionClosed):
+        close = exc.rcvd
+        if close is None:
+            return "connection lost"
+        return f"closed by the server: {close.code} {close.reason}".rstrip()
+    if isinstance(exc, websockets.InvalidStatus):
+        return f"not a Switchboard files endpoint: HTTP {exc.response.status_code}"
+    if isinstance(exc, websockets.InvalidURI):
+        return f"bad --url: {exc}"
+    return f"error: {exc}" if str(exc) else f"error: {type(exc).__name__}"
+
+
 async def run(args: argparse.Namespace) -> int:
     url = files_url(args.url, args.user, args.token)
     quiet = args.quiet or (not sys.stderr.isatty() and not args.progress)
     match args.command:
         case "upload":
             bar = None if quiet else Bar(os.path.basename(args.file))
-            info = await upload_path(url, args.file, args.name, progress=bar)
+            info = await upload_path(url, args.file, args.name, progress=bar, on_retry=_retrying)
             print(_row(info))
         case "download":
             bar = None if quiet else Bar(args.id)
-            path = await download_path(url, args.id, args.output, progress=bar)
+            path = await download_path(url, args.id, args.output, progress=bar, on_retry=_retrying)
             print(path)
         case "ls":
             async with await _client(args) as client:
@@ -134,11 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return asyncio.run(run(args))
-    except FileError as exc:
-        print(f"error {exc.code}: {exc.message}", file=sys.stderr)
-        return 1
-    except (OSError, TimeoutError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (
+        FileError,
+        OSError,
+        TimeoutError,
+        websockets.ConnectionClosed,
+        websockets.InvalidHandshake,
+        websockets.InvalidURI,
+    ) as exc:
+        print(_reason(exc), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -42,6 +42,36 @@ class FileError(Exception):
         return self.code in TRANSIENT
 
 
+# Close codes after which connecting again may work: going away (a gateway restarting),
+# server error, service restart, try again later. 1006 (no close frame) counts too: the
+# connection dropped. Others (1008 policy, 1003, 1009...) would only be refused again.
+RETRY_CLOSE_CODES = {1001, 1006, 1011, 1012, 1013}
+
+Retry = Callable[[int, BaseException, float], None]  # (attempt, what failed, delay s)
+
+
+def worth_retrying(exc: BaseException) -> bool:
+    """A dropped connection, an unreachable gateway or a transient refusal: connecting
+    again and resuming may succeed."""
+    if isinstance(exc, FileError):
+        return exc.transient
+    if isinstance(exc, websockets.ConnectionClosed):
+        close = exc.rcvd
+        return close is None or close.code in RETRY_CLOSE_CODES
+    if isinstance(exc, websockets.InvalidHandshake | websockets.InvalidURI):
+        return False  # wrong URL, not a Switchboard gateway, refused by its proxy
+    return isinstance(exc, OSError | TimeoutError)
+
+
+def local_name(name: str, file: str) -> str:
+    """Where a download named ``name`` goes in a directory: its last path part, or the
+    file id if that part is empty, ``.`` or ``..`` or holds a NUL."""
+    base = os.path.basename(name.replace("\\", "/"))
+    if base in ("", ".", "..") or "\0" in base:
+        return file
+    return base
+
+
 def sha256_of(path: Path | str, upto: int | None = None) -> str:
     """Hex SHA-256 of a file (or of its first ``upto`` bytes), read in 1 MiB pieces."""
     digest = hashlib.sha256()
@@ -248,10 +278,11 @@ async def upload_path(
     progress: Progress | None = None,
     attempts: int = 20,
     backoff: float = 0.5,
+    on_retry: Retry | None = None,
     **connect: Any,
 ) -> dict[str, Any]:
     """Upload a file from disk, reconnecting and resuming after a dropped connection or a
-    transient error (up to ``attempts`` connections)."""
+    transient error (up to ``attempts`` connections; :func:`worth_retrying`)."""
     path = Path(path)
     size = path.stat().st_size
     digest = sha256_of(path)
@@ -261,13 +292,18 @@ async def upload_path(
             try:
                 async with await FilesClient.open(url, **connect) as client:
                     return await client.upload(source, name, size, digest, progress)
-            except (OSError, websockets.ConnectionClosed, TimeoutError, FileError) as exc:
-                if isinstance(exc, FileError) and not exc.transient:
+            except Exception as exc:
+                if not worth_retrying(exc) or attempt >= attempts:
                     raise
-                if attempt >= attempts:
-                    raise
-                await asyncio.sleep(min(backoff * attempt, 5.0))
+                await _pause(attempt, exc, backoff, on_retry)
     raise AssertionError("unreachable")
+
+
+async def _pause(attempt: int, exc: BaseException, backoff: float, on_retry: Retry | None) -> None:
+    delay = min(backoff * attempt, 5.0)
+    if on_retry is not None:
+        on_retry(attempt, exc, delay)
+    await asyncio.sleep(delay)
 
 
 async def download_path(
@@ -277,6 +313,7 @@ async def download_path(
     progress: Progress | None = None,
     attempts: int = 20,
     backoff: float = 0.5,
+    on_retry: Retry | None = None,
     **connect: Any,
 ) -> Path:
     """Download into ``dest`` (default: the file's name in the current directory) via
@@ -286,9 +323,9 @@ async def download_path(
     download starts over."""
     async with await FilesClient.open(url, **connect) as client:
         info = await client.inspect(file)
-    target = Path(dest) if dest else Path(os.path.basename(info["name"]) or file)
+    target = Path(dest) if dest else Path(local_name(info["name"], file))
     if target.is_dir():
-        target = target / (os.path.basename(info["name"]) or file)
+        target = target / local_name(info["name"], file)
     part = target.with_name(f"{target.name}.{file}.part")
     for attempt in itertools.count(1):
         have = part.stat().st_size if part.exists() else 0
@@ -300,20 +337,18 @@ async def download_path(
             with part.open("rb") as f:
                 while block := f.read(READ_SIZE):
                     digest.update(block)
-        try:
-            async with await FilesClient.open(url, **connect) as client:
-                with part.open("ab") as sink:
+        with part.open("ab") as sink:  # a local failure here is not retried
+            try:
+                async with await FilesClient.open(url, **connect) as client:
                     await client.download(file, sink, have, progress=progress, digest=digest)
-            part.replace(target)
-            return target
-        except (OSError, websockets.ConnectionClosed, TimeoutError, FileError) as exc:
-            if isinstance(exc, FileError):
-                if exc.message == MISMATCH and have:  # the part was not this file's start
-                    part.unlink()
+            except Exception as exc:
+                if isinstance(exc, FileError) and exc.message == MISMATCH and have:
+                    part.unlink()  # the part was not this file's start: from the beginning
                     continue
-                if not exc.transient:
+                if not worth_retrying(exc) or attempt >= attempts:
                     raise
-            if attempt >= attempts:
-                raise
-            await asyncio.sleep(min(backoff * attempt, 5.0))
+                await _pause(attempt, exc, backoff, on_retry)
+                continue
+        part.replace(target)
+        return target
     raise AssertionError("unreachable")

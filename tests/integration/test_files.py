@@ -563,6 +563,39 @@ async def test_token_identity(stack) -> None:
         gateway.stop()
 
 
+async def test_command_line_refused_fails_at_once_in_one_line(stack, tmp_path) -> None:
+    """A policy close (here: the reserved user name) is not retried, and no traceback."""
+    base = f"ws://127.0.0.1:{stack.gateways[0].port}"
+    source = tmp_path / "small.txt"
+    source.write_bytes(b"hello")
+    for args in (["ls"], ["upload", str(source)]):
+        started = time.monotonic()
+        code, _, err = await cli(base, "system", "-q", *args)
+        assert code == 1, err
+        assert err.strip() == "closed by the server: 1008 user name 'system' is reserved", err
+        assert time.monotonic() - started < 15  # not 20 attempts with back-off
+    code, _, err = await cli("not a url", user(), "ls")
+    assert code == 1 and "Traceback" not in err and err.startswith("bad --url"), err
+
+
+@pytest.mark.parametrize("name", ["..", "."])
+async def test_command_line_download_stays_in_its_directory(stack, tmp_path, name) -> None:
+    base = f"ws://127.0.0.1:{stack.gateways[0].port}"
+    who = user()
+    data = b"dot dot"
+    async with await FilesClient.open(url(stack, who)) as client:
+        info = await client.upload(
+            io.BytesIO(data), name, len(data), hashlib.sha256(data).hexdigest()
+        )
+    into = tmp_path / "a" / "b"
+    into.mkdir(parents=True)
+    code, out, err = await cli(base, who, "-q", "download", info["file"], "-o", str(into))
+    assert code == 0, err
+    assert out.strip() == str(into / info["file"])  # named after the id, inside into
+    assert (into / info["file"]).read_bytes() == data
+    assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(["a", "b", info["file"]])
+
+
 async def test_binary_frames_without_an_upload_are_rate_limited(stack) -> None:
     """Outside an upload a binary frame only earns an error frame: a flood of them meets
     the rate limit (429 errors, then close 1008) like control frames do, instead of

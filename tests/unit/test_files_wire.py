@@ -8,8 +8,11 @@ import zlib
 
 import orjson
 import pytest
+import websockets
+from websockets.frames import Close
 
 from services.binary import inspect
+from switchboard.filesclient import FileError, local_name, worth_retrying
 from wire import files as wf
 from wire import headers as h
 from wire.errors import ErrorCode, WireError
@@ -138,3 +141,32 @@ def test_image_dimensions_library_reads_headers_only() -> None:
     # imagesize reads the header fields: a huge declared image costs nothing.
     header = png(1, 1)[:33].replace(struct.pack(">II", 1, 1), struct.pack(">II", 60000, 40000))
     assert inspect.kind(header + b"\0" * 100) == inspect.Kind("image/png", 60000, 40000)
+
+
+@pytest.mark.parametrize(
+    ("name", "local"),
+    [
+        ("report.pdf", "report.pdf"),
+        ("../../etc/passwd", "passwd"),
+        ("dir\\evil.txt", "evil.txt"),
+        ("..", "FILEID"),
+        (".", "FILEID"),
+        ("", "FILEID"),
+        ("a/", "FILEID"),
+        ("nul\0byte", "FILEID"),
+    ],
+)
+def test_local_name_never_leaves_the_directory(name: str, local: str) -> None:
+    assert local_name(name, "FILEID") == local
+
+
+def test_worth_retrying_only_what_connecting_again_may_fix() -> None:
+    dropped = websockets.ConnectionClosed(None, None)
+    policy = websockets.ConnectionClosed(Close(1008, "user name 'system' is reserved"), None)
+    restart = websockets.ConnectionClosed(Close(1012, "service restart"), None)
+    assert worth_retrying(dropped) and worth_retrying(restart)
+    assert not worth_retrying(policy)
+    assert worth_retrying(ConnectionRefusedError()) and worth_retrying(TimeoutError())
+    assert worth_retrying(FileError("503", "service unavailable"))
+    assert not worth_retrying(FileError("413", "quota exceeded"))
+    assert not worth_retrying(websockets.InvalidURI("foo", "not a ws URI"))
