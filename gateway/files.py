@@ -64,6 +64,7 @@ from wire.subjects import (
 )
 
 log = logging.getLogger(__name__)
+REPLACED = "%s ended: another one began on this socket (one at a time; send it again to resume)"
 
 PATH = "/ws/files"
 PAGE_PATH = "/files"
@@ -206,14 +207,20 @@ class FilesSocket:
         self.drained.clear()
         conn.wake.set()
 
-    def send_error(self, rid: str | None, error: WireError, file: str | None = None) -> None:
+    def send_error(
+        self,
+        rid: str | None,
+        error: WireError,
+        file: str | None = None,
+        offset: int | None = None,
+    ) -> None:
         description = {
             ErrorCode.UNAVAILABLE: "service unavailable",
             ErrorCode.TIMEOUT: "service unavailable",
             ErrorCode.INTERNAL: "internal error",
         }.get(error.code, error.description)
         self.hub.metrics.errors.labels(error.code).inc()
-        self.send_text(wf.error(rid, str(error.code), description, file))
+        self.send_text(wf.error(rid, str(error.code), description, file, offset))
 
     async def until_drained(self) -> None:
         while self.conn.out_bytes > 0 and not self.conn.closing:
@@ -299,7 +306,9 @@ class FilesSocket:
 
     # -- upload ----------------------------------------------------------------------
     async def begin_upload(self, req: wf.Upload) -> None:
-        if self.upload is not None:
+        up = self.upload
+        if up is not None:  # one at a time per socket: the client hears which one ended
+            self.send_error(up.rid, WireError(ErrorCode.BAD_REQUEST, REPLACED % "upload"), up.file)
             await self.end_upload("abandoned")
         body = orjson.dumps({"name": req.name, "size": req.size, "sha256": req.sha256})
         reply = orjson.loads((await self.ask(Op.FILE_UPLOAD, body)).data)
@@ -349,8 +358,9 @@ class FilesSocket:
             problem = f"a chunk is 1 to {up.chunk_size} bytes, not {len(data)}"
         elif offset + len(data) > up.size:
             problem = f"chunk ends at {offset + len(data)}, past the size {up.size}"
-        if problem is not None:
-            self.send_error(up.rid, WireError(ErrorCode.BAD_REQUEST, problem), up.file)
+        if problem is not None:  # with the offset the upload continues at
+            error = WireError(ErrorCode.BAD_REQUEST, problem)
+            self.send_error(up.rid, error, up.file, up.next_offset)
             await self.end_upload("error")
             return
         nc = self.hub.nc
@@ -429,7 +439,9 @@ class FilesSocket:
 
     # -- download --------------------------------------------------------------------
     async def begin_download(self, req: wf.Download) -> None:
-        if self.download is not None:
+        dl = self.download
+        if dl is not None:  # one at a time per socket: the client hears which one ended
+            self.send_error(None, WireError(ErrorCode.BAD_REQUEST, REPLACED % "download"), dl.file)
             self.stop_download("abandoned")
         msg = await self.ask(Op.FILE_INFO, extra={h.FILE: req.file})
         info = orjson.loads(msg.data)

@@ -331,5 +331,7 @@ def server(kind: ServerType, /, **fields: Any) -> str:
     return orjson.dumps(body).decode()
 
 
-def error(rid: str | None, code: str, message: str, file: str | None = None) -> str:
-    return server("error", id=rid, file=file, code=code, message=message)
+def error(
+    rid: str | None, code: str, message: str, file: str | None = None, offset: int | None = None
+) -> str:
+    return server("error", id=rid, file=file, code=code, message=message, offset=offset)

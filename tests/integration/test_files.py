@@ -436,6 +436,7 @@ async def test_protocol_errors(stack) -> None:
         await ws.send(wf.pack_chunk(10, data))  # not where the upload continues
         reply = orjson.loads(await recv(ws))
         assert reply["code"] == "400" and "continues at 0" in reply["message"]
+        assert (reply["id"], reply["file"], reply["offset"]) == ("u", begun["file"], 0)
         await ws.send(
             orjson.dumps(
                 {"type": "upload", "id": "u2", "name": "x", "size": 1000, "sha256": sha(data)}
@@ -445,6 +446,44 @@ async def test_protocol_errors(stack) -> None:
         await ws.send(wf.pack_chunk(0, data))
         progress_or_stored = orjson.loads(await recv(ws))
         assert progress_or_stored["type"] in ("progress", "stored")
+
+
+async def test_a_second_transfer_ends_the_first_with_an_error(stack) -> None:
+    """One upload and one download at a time per socket: starting another ends the
+    first, and the client is told which (before: silently)."""
+    who = user()
+    stored = []
+    async with await FilesClient.open(url(stack, who)) as client:
+        for data in (os.urandom(3 * MIB), os.urandom(3 * MIB)):
+            stored.append(await client.upload(io.BytesIO(data), "f", len(data), sha(data)))
+    async with connect(url(stack, who)) as ws:
+
+        async def request(**frame) -> None:
+            await ws.send(orjson.dumps(frame).decode())
+
+        async def until(kind: str) -> dict:
+            while True:
+                msg = await recv(ws)
+                if isinstance(msg, str) and (reply := orjson.loads(msg))["type"] == kind:
+                    return reply
+
+        a, b = os.urandom(100), os.urandom(200)
+        await request(type="upload", id="ua", name="a", size=100, sha256=sha(a))
+        first = await until("upload")
+        await request(type="upload", id="ub", name="b", size=200, sha256=sha(b))
+        ended = await until("error")
+        assert (ended["id"], ended["file"], ended["code"]) == ("ua", first["file"], "400")
+        assert ended["message"].startswith("upload ended: another one began on this socket")
+        assert (await until("upload"))["id"] == "ub"
+
+        one, two = (info["file"] for info in stored)
+        await request(type="download", id="d1", file=one, window=1)  # a chunk at a time
+        await until("download")
+        await request(type="download", id="d2", file=two)
+        ended = await until("error")
+        assert (ended["file"], ended["code"]) == (one, "400")
+        assert ended["message"].startswith("download ended: another one began on this socket")
+        assert (await until("download"))["id"] == "d2"
 
 
 async def test_inspect_endpoint(stack) -> None:
