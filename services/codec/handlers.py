@@ -42,8 +42,10 @@ async def inspect_json(req: Request) -> bytes:
     }
     try:
         return encode_text(_json(reply))
-    except (UnicodeEncodeError, RecursionError):
+    except UnicodeEncodeError:  # a lone surrogate from a \ud800 escape
         return encode_text("Error: Invalid JSON format")
+    except RecursionError:  # parsed, but one level too deep to encode with the reply
+        return encode_text("Error: JSON nested too deeply")
 
 
 def inflated_size(data: bytes, cap: int) -> int | None:

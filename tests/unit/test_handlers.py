@@ -225,3 +225,14 @@ async def test_same_publish_id_in_two_rooms_is_two_messages() -> None:
         ack = json.loads(only_text(await handlers.ops()[Op.PUBLISH](req)))
         assert ack["payload"] == {"seq": 1, "duplicate": False}
     assert len(store.events["one"]) == len(store.events["two"]) == 1
+
+
+async def test_deep_but_valid_json_is_never_called_invalid() -> None:
+    """Around the recursion limit a document may parse but be one level too deep to
+    encode with the reply: that is 'nested too deeply', not 'Invalid JSON format'."""
+    seen = set()
+    for depth in range(800, 1200, 1):
+        reply = only_text(await inspect_json(text("[" * depth + "]" * depth)))
+        assert reply != "Error: Invalid JSON format", depth
+        seen.add("deep" if reply == "Error: JSON nested too deeply" else "ok")
+    assert seen == {"ok", "deep"}  # the range crossed the limit
