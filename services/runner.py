@@ -238,7 +238,7 @@ async def serve(
         publisher.cancel()
         log.info("draining", extra={"service": str(service)})
         try:
-            await asyncio.wait_for(_drain_endpoints(svc), settings.shutdown_timeout)
+            await asyncio.wait_for(_drain_endpoints(svc, nc), settings.shutdown_timeout)
             await asyncio.wait_for(nc.drain(), settings.shutdown_timeout)
         except TimeoutError:
             log.warning("drain timed out", extra={"service": str(service)})
@@ -248,13 +248,30 @@ async def serve(
         server.shutdown()
 
 
-async def _drain_endpoints(svc) -> None:
+# How long requests routed to us before our UNSUB may still arrive after its round trip.
+LATE_GRACE = 0.1
+
+
+async def _drain_endpoints(svc, nc) -> None:
     """Stop taking requests and finish those already received, first, while the rest of
     the connection still works: ``nc.drain()`` drains every subscription at once, the
     request-reply inbox too, so a handler that makes a request of its own while it
-    finishes (chat's JetStream publish and reads) would never get that answer."""
+    finishes (chat's JetStream publish and reads) would never get that answer.
+
+    nats-py's ``Subscription.drain()`` unsubscribes, waits for one PING/PONG and then
+    forgets the subscription once its queue is empty. But nats-server routes another
+    client's request on that client's own goroutine: one routed just before our UNSUB
+    can be written to us just after our PONG, reach a subscription already forgotten and
+    be dropped, neither answered nor refused with 503 (seen in CI: a chat message sent
+    to a stopping replica timed out, lost). So: UNSUB all, one round trip, a grace
+    period while the subscriptions still take what arrives, then drain as before."""
     subs = [getattr(ep, "_subscription", None) for ep in getattr(svc, "_endpoints", ())]
-    await asyncio.gather(*(sub.drain() for sub in subs if sub is not None))
+    subs = [sub for sub in subs if sub is not None]
+    for sub in subs:
+        await nc._send_unsubscribe(sub._id)  # nats-py has no public UNSUB-but-keep
+    await nc.flush()
+    await asyncio.sleep(LATE_GRACE)
+    await asyncio.gather(*(sub.drain() for sub in subs))
 
 
 def run(service: Service, settings: ServiceSettings, factory: HandlerFactory) -> None:
