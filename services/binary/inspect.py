@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
+import struct
 from dataclasses import dataclass
 
 import imagesize
@@ -39,9 +41,46 @@ def _looks_like_text(head: bytes) -> bool:
     return True
 
 
+ZIP = b"PK\x03\x04"
+ELF = b"\x7fELF"
+_OOXML = (  # a folder in an Office Open XML package -> its type
+    (b"word/", "application/vnd.openxmlformats-officedocument.wordprocessingml.document"),
+    (b"xl/", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
+    (b"ppt/", "application/vnd.openxmlformats-officedocument.presentationml.presentation"),
+)
+_MIME_VALUE = re.compile(rb"[a-z]+/[a-zA-Z0-9.+-]{1,100}")
+
+
+def _zip_type(head: bytes) -> str:
+    """A ZIP's own type from its entries, as file(1) finds it; puremagic only sees
+    ``PK\\3\\4`` and names two dozen ZIP-based types for it, any of which it may rank
+    first (a plain ZIP came out as docx). ODF and EPUB store their type first,
+    uncompressed, as the entry ``mimetype``; an OOXML package has ``[Content_Types].xml``
+    and a ``word/``, ``xl/`` or ``ppt/`` folder; a JAR ``META-INF/MANIFEST.MF``."""
+    if len(head) >= 30:
+        method, size = struct.unpack_from("<H", head, 8)[0], struct.unpack_from("<I", head, 18)[0]
+        name_len, extra_len = struct.unpack_from("<HH", head, 26)
+        if method == 0 and head[30 : 30 + name_len] == b"mimetype":
+            start = 30 + name_len + extra_len
+            value = head[start : start + size]
+            if _MIME_VALUE.fullmatch(value):
+                return value.decode()
+    if b"[Content_Types].xml" in head:
+        for folder, mime in _OOXML:
+            if folder in head:
+                return mime
+    if b"META-INF/MANIFEST.MF" in head:
+        return "application/java-archive"
+    return "application/zip"
+
+
 def media_type(head: bytes) -> str:
     if not head:
         return OCTET_STREAM
+    if head.startswith(ZIP):
+        return _zip_type(head)
+    if head.startswith(ELF):  # puremagic's ELF entry has no type; it then said AppImage
+        return "application/x-executable"
     try:
         found = puremagic.magic_string(head)
     except (puremagic.PureError, ValueError):
@@ -61,8 +100,8 @@ def kind(head: bytes) -> Kind:
     mime = media_type(head)
     if mime.startswith("image/"):
         width, height = imagesize.get(io.BytesIO(head))
-        if width > 0 and height > 0:
-            return Kind(mime, width, height)
+        if width > 0 and height > 0:  # SVG sizes come as floats: whole pixels, like others
+            return Kind(mime, max(1, round(width)), max(1, round(height)))
     return Kind(mime)
 
 

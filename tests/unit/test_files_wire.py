@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import io
 import struct
+import zipfile
 import zlib
 
 import orjson
@@ -170,3 +172,45 @@ def test_worth_retrying_only_what_connecting_again_may_fix() -> None:
     assert worth_retrying(FileError("503", "service unavailable"))
     assert not worth_retrying(FileError("413", "quota exceeded"))
     assert not worth_retrying(websockets.InvalidURI("foo", "not a ws URI"))
+
+
+def _zip(*entries: tuple[str, bytes], stored_first: bool = False) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for i, (name, data) in enumerate(entries):
+            method = zipfile.ZIP_STORED if stored_first and i == 0 else zipfile.ZIP_DEFLATED
+            z.writestr(name, data, compress_type=method)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("data", "mime"),
+    [
+        (_zip(("notes.txt", b"hi" * 100)), "application/zip"),
+        (
+            _zip(("mimetype", b"application/vnd.oasis.opendocument.text"), ("content.xml", b"<x/>"), stored_first=True),
+            "application/vnd.oasis.opendocument.text",
+        ),
+        (_zip(("mimetype", b"application/epub+zip"), ("a.xhtml", b"<x/>"), stored_first=True), "application/epub+zip"),
+        (
+            _zip(("[Content_Types].xml", b"<x/>"), ("word/document.xml", b"<x/>")),
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        ),
+        (
+            _zip(("[Content_Types].xml", b"<x/>"), ("xl/workbook.xml", b"<x/>")),
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        ),
+        (_zip(("META-INF/MANIFEST.MF", b"Manifest-Version: 1.0\n")), "application/java-archive"),
+        (b"\x7fELF\x02\x01\x01" + b"\0" * 200, "application/x-executable"),
+    ],
+    ids=["zip", "odt", "epub", "docx", "xlsx", "jar", "elf"],
+)  # fmt: skip
+def test_zip_based_and_elf_types_are_told_apart(data: bytes, mime: str) -> None:
+    """puremagic names two dozen types for PK\\3\\4 (a plain ZIP came out as docx) and
+    has no type for ELF (an executable came out as an AppImage)."""
+    assert inspect.kind(data).media_type == mime
+
+
+def test_svg_dimensions_are_whole_pixels() -> None:
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="20.4"></svg>'
+    assert inspect.kind(svg) == inspect.Kind("image/svg+xml", 10, 20)
