@@ -66,9 +66,14 @@ class Authenticator:
             return self._verify(token)
         if not self.settings.allow_anonymous:
             raise WireError(ErrorCode.UNAUTHORIZED, "a token is required")
-        if username == self.settings.system_sender:  # server-side publishes are signed so
-            raise WireError(ErrorCode.UNAUTHORIZED, f"user name {username!r} is reserved")
+        self._not_reserved(username)
         return Identity(user=username or f"anon-{secrets.token_hex(4)}", anonymous=True)
+
+    def _not_reserved(self, user: str | None) -> None:
+        """Nobody connects as the server-side publisher (its messages are signed so),
+        whether by ``?username=`` or by a token's ``sub``."""
+        if user == self.settings.system_sender:
+            raise WireError(ErrorCode.UNAUTHORIZED, f"user name {user!r} is reserved")
 
     def _verify(self, token: str) -> Identity:
         if not self.keys:
@@ -102,6 +107,7 @@ class Authenticator:
             check_username(user)
         except WireError as exc:
             raise WireError(ErrorCode.UNAUTHORIZED, f"claim 'sub': {exc.description}") from None
+        self._not_reserved(user)
         rooms = _room_set(claims.get("rooms"), "rooms")
         publish = _room_set(claims["publish"], "publish") if "publish" in claims else rooms
         return Identity(user=user, anonymous=False, rooms=rooms, publish=publish)

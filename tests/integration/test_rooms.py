@@ -402,6 +402,7 @@ async def test_rs256_token_in_subprotocol(stack) -> None:
         (lambda: "not.a.token", "malformed token"),
         (lambda: token("u" * 65), "claim 'sub': user name is longer than 64 characters"),
         (lambda: token("bad\nname"), "claim 'sub': user name contains control characters"),
+        (lambda: token("system"), "user name 'system' is reserved"),
         (
             lambda: jwt.encode({"sub": "u"}, SECRET, algorithm="HS256"),
             'invalid token: Token is missing the "exp" claim',
