@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 
 class Member:
-    __slots__ = ("buffer", "conn", "fill", "held", "key", "last", "room", "syncing")
+    __slots__ = ("buffer", "conn", "fill", "held", "key", "last", "leaving", "room", "syncing")
 
     def __init__(
         self, conn: Connection, room: str, fill: Callable[[Member], None], key: int = 0
@@ -53,9 +53,10 @@ class Member:
         self.buffer: list[tuple[int, Message]] = []
         # the join's ack, while a replay too large for one reply is still being filled
         self.held: Message | None = None
+        self.leaving = False  # its leave is on its way: live events wait for its seq
 
     def on_event(self, seq: int, message: Message) -> None:
-        if self.syncing:
+        if self.syncing or self.leaving:
             self.buffer.append((seq, message))
             return
         if seq <= self.last:
@@ -101,6 +102,23 @@ class Member:
                 break
             enqueue(message)
             self.last = seq
+        self.conn.wake.set()
+
+    def left(self, upto: int | None, after: list[Message]) -> None:
+        """Called at the leave's turn: send the events stored before the leave event
+        (seq ``upto``) that had not been sent, then ``after`` (the leave's ack). They
+        reach this gateway before the ack (nats-server republished them before it
+        stored the leave event, and writes to a connection in order)."""
+        enqueue = self.conn.enqueue
+        if upto is not None and not self.syncing:
+            for seq, message in sorted(self.buffer, key=lambda e: e[0]):
+                if self.last < seq < upto:
+                    enqueue(message)
+                    self.last = seq
+        self.buffer = []
+        self.syncing = False
+        for message in after:
+            enqueue(message)
         self.conn.wake.set()
 
     def abandon(self, error_message: Message | None) -> None:
@@ -155,8 +173,9 @@ class Rooms:
 
     async def remove(self, member: Member) -> None:
         members = self.members.get(member.room)
-        if members is None or members.pop(member.conn.id, None) is None:
-            return
+        if members is None or members.get(member.conn.id) is not member:
+            return  # gone already, or the same socket has joined again since
+        del members[member.conn.id]
         if not members:
             del self.members[member.room]
             sub = self._subs.pop(member.room, None)

@@ -48,6 +48,7 @@ class V2Endpoint(RelayEndpoint):
         super().__init__(V2, hub, settings, metrics)
         self.rooms = rooms
         self.auth = auth
+        self._leaving: dict[int, set[Member]] = {}  # conn id -> members whose leave is out
 
     async def __call__(self, scope, receive, send) -> None:  # ASGI
         message = await receive()
@@ -65,6 +66,8 @@ class V2Endpoint(RelayEndpoint):
             await hub.settle(conn, self.settings.request_timeout)  # before the leaves
             hub.unregister(conn)
             self.open.dec()
+            for member in self._leaving.pop(conn.id, ()):  # their leave never came back
+                await self.rooms.remove(member)
             for member in list(conn.rooms.values()):
                 await self.rooms.remove(member)
                 await hub.notify(ROOM_LEAVE, self._headers(conn, member.room, member=member))
@@ -141,9 +144,13 @@ class V2Endpoint(RelayEndpoint):
                 member = conn.rooms.pop(room, None)
                 if member is None:
                     raise WireError(ErrorCode.BAD_REQUEST, f"not in {room}")
-                await self.rooms.remove(member)
+                # Still a member until its leave event is stored: the events stored
+                # before it are sent, at the leave's turn (_left), then the ack.
+                member.leaving = True
+                self._leaving.setdefault(conn.id, set()).add(member)
                 leave = self._headers(conn, room, rid, member)
-                await self.hub.request(conn, ROOM_LEAVE, b"", leave, tag=rid)
+                hook = functools.partial(self._left, member, rid)
+                await self.hub.request(conn, ROOM_LEAVE, b"", leave, tag=rid, hook=hook)
             case envelope.Publish(id=rid, room=room, payload=payload):
                 if not identity.may_publish(room):
                     raise WireError(ErrorCode.FORBIDDEN, f"not permitted to publish to {room}")
@@ -172,6 +179,25 @@ class V2Endpoint(RelayEndpoint):
         await self.hub.request(
             conn, route, payload, self._headers(conn, room, rid, **(extra or {})), tag=rid
         )
+
+    def _left(
+        self,
+        member: Member,
+        rid: str,
+        messages: list[Message],
+        headers: Mapping[str, str] | None,
+        error: WireError | None,
+    ) -> None:
+        leaving = self._leaving.get(member.conn.id)
+        if leaving is not None:
+            leaving.discard(member)
+            if not leaving:
+                del self._leaving[member.conn.id]
+        _spawn(self.rooms.remove(member))
+        if error is not None:
+            member.abandon(member.conn.spec.error_message(error, rid))
+            return
+        member.left(seq_header(headers, h.SEQ), messages)
 
     # -- history merging -----------------------------------------------------------
     def _joined(

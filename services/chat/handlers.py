@@ -173,7 +173,7 @@ class ChatHandlers:
                 hdrs[h.MORE] = "1"  # cut to the reply budget: the gateway reads on
         return Reply(encode_frames(frames), hdrs)
 
-    async def room_leave(self, req: Request) -> bytes:
+    async def room_leave(self, req: Request) -> bytes | Reply:
         user = check_username(req.user)
         room = _room(req)
         rid = req.header(h.REQUEST_ID)
@@ -184,7 +184,10 @@ class ChatHandlers:
             await self._tutorial(
                 room, tutorial_frame(f"{user} has left the chat", "Server", "system")
             )
-        return encode_text(envelope.ack(rid, room, seq=left.seq)) if rid else b""
+        if not rid:  # a socket's leave on close: nobody to answer
+            return b""
+        ack = envelope.ack(rid, room, seq=left.seq)
+        return Reply(encode_text(ack), {h.SEQ: str(left.seq)})  # where delivery ends
 
     async def publish_message(self, req: Request) -> bytes:
         user = check_username(req.user)

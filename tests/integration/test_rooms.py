@@ -299,6 +299,30 @@ async def test_leaving_and_joining_again_on_one_socket_are_new_events(stack) -> 
         await watcher.close()
 
 
+async def test_events_stored_before_a_leave_reach_the_leaver(stack) -> None:
+    """A publish and a leave sent back to back: the message (stored first) is delivered
+    before the leave's ack; nothing after the leave is."""
+    client = await V2.open(url(stack, 0, username="leaver"))
+    other = await V2.open(url(stack, 1, username="stayer"))
+    try:
+        for _ in range(10):  # the race lost the message most of the time
+            room = room_name()
+            await client.request("join", room)
+            await other.request("join", room)
+            pid = await client.send("publish", room, text="last words")
+            lid = await client.send("leave", room)
+            stored = (await client.reply(pid))["payload"]["seq"]
+            left = (await client.reply(lid))["payload"]["seq"]
+            assert stored in client.seqs(room), client.seqs(room)
+            assert left not in client.seqs(room)
+            after = (await other.request("publish", room, text="after"))["payload"]["seq"]
+            await other.until_seq(room, after)
+            await client.request("ping")  # a round trip: anything due has come by now
+            assert max(client.seqs(room)) < left
+    finally:
+        await asyncio.gather(client.close(), other.close())
+
+
 async def test_tutorial_chat_and_v2_share_general(stack) -> None:
     name = f"tut{uuid.uuid4().hex[:6]}"
     v2 = await V2.open(url(stack, 1, username="modern"))
