@@ -13,6 +13,7 @@ the running handler; draining answers them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import signal
@@ -242,9 +243,12 @@ async def serve(
             await asyncio.wait_for(nc.drain(), settings.shutdown_timeout)
         except TimeoutError:
             log.warning("drain timed out", extra={"service": str(service)})
+        except Exception as exc:  # NATS unreachable (reconnecting): nothing can be drained
+            log.warning("drain failed: %r", exc, extra={"service": str(service)})
     finally:
         if not nc.is_closed:
-            await nc.close()
+            with contextlib.suppress(Exception):  # its transport may be gone already
+                await nc.close()
         server.shutdown()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -89,3 +90,17 @@ async def test_not_ready_without_nats_and_ready_after_it_returns(stack) -> None:
     await asyncio.to_thread(stack.start_nats)
     body = await readyz_until(stack, 200, chat=1, binary=1, codec=1)
     assert body["nats"] == "connected"
+
+
+async def test_workers_stopped_while_nats_is_down_exit_cleanly(stack) -> None:
+    """SIGTERM to each worker while NATS is unreachable: nothing to drain, but a clean
+    exit (0, no traceback), not a crash (exit 1: the drain raised while reconnecting)."""
+    assert stack.nats is not None
+    await asyncio.to_thread(stack.nats.stop)
+    await asyncio.sleep(1)  # the workers notice and start reconnecting
+    for name in ("codec", "binary", "chat"):
+        (worker,) = stack.replicas(name)
+        worker.signal(signal.SIGTERM)
+        code = await asyncio.to_thread(worker.wait, 15)
+        assert code == 0, f"{name} exited {code}:\n{worker.log()[-2000:]}"
+        assert "Traceback" not in worker.log(), worker.log()[-2000:]
