@@ -91,6 +91,12 @@ def unlimited() -> RateLimiter:
     return RateLimiter(inf, inf, inf, inf, 1 << 30)
 
 
+def text_bytes(text: str) -> int:
+    """A text frame's payload size in bytes (UTF-8): ``len()`` for ASCII, which a str
+    knows at no cost; encoded otherwise ("é" is 2 bytes, 1 character)."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
 def size_of(message: Message) -> int:
     data = message.get("text")
     if data is None:

@@ -42,7 +42,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.routing import WebSocketRoute
 
 from gateway.auth import SUBPROTOCOL, Authenticator
-from gateway.connection import Connection
+from gateway.connection import Connection, text_bytes
 from gateway.endpoints import EndpointSpec
 from gateway.hub import Hub
 from gateway.relay import RelayEndpoint
@@ -689,7 +689,7 @@ class FilesEndpoint(RelayEndpoint):
             text = message.get("text")
             if text is not None:
                 self.in_text.inc()
-                self.in_text_bytes.inc(len(text))
+                self.in_text_bytes.inc(text_bytes(text))
                 # Control frames count against the rate limits; chunks are bounded by
                 # the upload window, the file size limit and the quota instead.
                 if not conn.limiter.allow(len(text)):

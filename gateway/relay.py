@@ -20,7 +20,7 @@ import anyio
 from starlette.routing import WebSocketRoute
 
 from gateway.auth import Authenticator, Identity, token_from
-from gateway.connection import Connection
+from gateway.connection import Connection, text_bytes
 from gateway.endpoints import CHAT_JOIN, CHAT_LEAVE, EndpointSpec, Route
 from gateway.hops import HOP_KEY
 from gateway.hub import Hub
@@ -391,7 +391,7 @@ class RelayEndpoint:
         text = message.get("text")
         if text is not None:
             self.out_text.inc()
-            self.out_text_bytes.inc(len(text))
+            self.out_text_bytes.inc(text_bytes(text))
         elif message["type"] == "websocket.send":
             self.out_binary.inc()
             self.out_binary_bytes.inc(len(message["bytes"]))

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Mapping
 
 from gateway.auth import SUBPROTOCOL, Authenticator, Identity
-from gateway.connection import Connection, Message
+from gateway.connection import Connection, Message, text_bytes
 from gateway.endpoints import HISTORY, PRESENCE, PUBLISH, ROOM_JOIN, ROOM_LEAVE, V2, Route
 from gateway.hub import Hub
 from gateway.relay import RelayEndpoint, both
@@ -106,7 +106,7 @@ class V2Endpoint(RelayEndpoint):
                 hub.answer_locally(conn, WireError(ErrorCode.UNSUPPORTED, "expected a text frame"))
                 continue
             self.in_text.inc()
-            self.in_text_bytes.inc(len(text))
+            self.in_text_bytes.inc(text_bytes(text))
             try:
                 req = envelope.decode_client(text)
                 await self._dispatch(conn, identity, req)

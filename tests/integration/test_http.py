@@ -77,3 +77,25 @@ async def test_metrics_count_frames(stack) -> None:
     assert (
         sample(text, "switchboard_service_transit_duration_seconds_count", operation="mixed") >= 4
     )
+
+
+async def test_text_bytes_are_utf8_bytes_not_characters(stack) -> None:
+    """"é" is 2 bytes on the wire: bytes_total counts those, in and out, on every path."""
+    port = stack.gateways[0].port
+    before = scrape(port)
+    async with connect(ws_base(stack) + "/ws") as ws:
+        await ws.send("é" * 10)  # 20 bytes
+        assert await recv(ws) == "Echo: " + "é" * 10  # 26 bytes
+    ping = '{"type":"ping","id":"ü"}'  # 25 bytes, 24 characters
+    async with connect(ws_base(stack) + "/ws/v2?username=bytes") as ws:
+        await ws.send(ping)
+        await recv(ws)
+    after = scrape(port)
+
+    def delta(endpoint: str, direction: str) -> float:
+        labels = {"endpoint": endpoint, "direction": direction, "frame_type": "text"}
+        name = "switchboard_gateway_bytes_total"
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    assert (delta("/ws", "in"), delta("/ws", "out")) == (20, 26)
+    assert delta("/ws/v2", "in") == len(ping.encode()) == 25
