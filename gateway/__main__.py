@@ -13,20 +13,23 @@ from gateway.hub import Hub
 from gateway.protocols import BoundedReadProtocol, HandshakeDeadline
 from gateway.relay import direct_websockets
 from gateway.settings import GatewaySettings
+from gateway.stats import LiveStats
 from wire import logs
 from wire.errors import CloseCode
 
 
 class GatewayServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, hub: Hub, grace: float) -> None:
+    def __init__(self, config: uvicorn.Config, hub: Hub, live: LiveStats, grace: float) -> None:
         super().__init__(config)
         self.hub = hub
+        self.live = live
         self.grace = grace
 
     async def shutdown(self, sockets=None) -> None:
         for server in self.servers:
             server.close()
         await self.hub.close_all(int(CloseCode.GOING_AWAY), "server shutting down", self.grace)
+        await self.live.close_watchers(min(self.grace, 1.0))  # dashboards: 1001 too
         await super().shutdown(sockets)
 
 
@@ -52,7 +55,7 @@ def main() -> None:
         access_log=False,
         lifespan="on",
     )
-    GatewayServer(config, app.state.hub, settings.shutdown_timeout).run()
+    GatewayServer(config, app.state.hub, app.state.live, settings.shutdown_timeout).run()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ once per gateway (more: close 1013)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import anyio
@@ -55,6 +56,15 @@ class DashboardSocket:
                 async def writer() -> None:
                     while True:
                         figures = await watcher.next()
+                        if figures is None:  # the gateway is shutting down
+                            code = int(CloseCode.GOING_AWAY)
+                            reason = "server shutting down"
+                            with contextlib.suppress(Exception):
+                                await send(
+                                    {"type": "websocket.close", "code": code, "reason": reason}
+                                )
+                            tg.cancel_scope.cancel()
+                            return
                         try:
                             await send({"type": "websocket.send", "text": figures.decode()})
                         except Exception:  # the peer is gone; the reader sees it

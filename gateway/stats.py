@@ -41,9 +41,10 @@ HOPS = (Hop.RECEIVE, Hop.TRANSIT, Hop.HANDLING, Hop.RETURN, Hop.SEND, "total")
 class Watcher:
     """One dashboard socket's mailbox: holds only the newest figures."""
 
-    __slots__ = ("_latest", "_ready")
+    __slots__ = ("_closed", "_latest", "_ready")
 
     def __init__(self) -> None:
+        self._closed = False
         self._latest: bytes | None = None
         self._ready = asyncio.Event()
 
@@ -51,12 +52,20 @@ class Watcher:
         self._latest = figures  # an unsent older one is dropped: only the newest counts
         self._ready.set()
 
-    async def next(self) -> bytes:
-        while self._latest is None:
+    async def next(self) -> bytes | None:
+        """The newest figures, once there are new ones; None once closed."""
+        while self._latest is None and not self._closed:
             self._ready.clear()
             await self._ready.wait()
+        if self._closed:
+            return None
         figures, self._latest = self._latest, None
         return figures
+
+    def close(self) -> None:
+        """The gateway is shutting down: :meth:`next` answers None from now on."""
+        self._closed = True
+        self._ready.set()
 
 
 class Aggregator:
@@ -216,3 +225,13 @@ class LiveStats:
 
     def unwatch(self, watcher: Watcher) -> None:
         self.watchers.discard(watcher)
+
+    async def close_watchers(self, grace: float) -> None:
+        """Shutdown: every dashboard socket closes with 1001 (see DashboardSocket); wait
+        up to ``grace`` seconds for them to go (uvicorn's own shutdown would close them
+        with 1012 and no reason)."""
+        for watcher in self.watchers:
+            watcher.close()
+        deadline = asyncio.get_running_loop().time() + grace
+        while self.watchers and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)

@@ -40,6 +40,7 @@ async def test_gateway_sigterm_sends_reconnect_hint_then_1001(topology) -> None:
     base = f"ws://127.0.0.1:{victim.port}"
     v2 = [await websockets.connect(f"{base}/ws/v2?username=hint{k}") for k in range(3)]
     echo = await websockets.connect(f"{base}/ws")
+    dashboard = await websockets.connect(f"{base}/ws/dashboard")
     victim.signal(signal.SIGTERM)
     for ws in v2:
         frames = await drain_frames(ws)
@@ -48,6 +49,8 @@ async def test_gateway_sigterm_sends_reconnect_hint_then_1001(topology) -> None:
         assert (ws.close_code, ws.close_reason) == (1001, "server shutting down")
     assert await drain_frames(echo) == []
     assert (echo.close_code, echo.close_reason) == (1001, "server shutting down")
+    await drain_frames(dashboard)  # figures, then the same close (was 1012, no reason)
+    assert (dashboard.close_code, dashboard.close_reason) == (1001, "server shutting down")
     assert await asyncio.to_thread(victim.wait, 15) in (0, -signal.SIGTERM)
 
 

@@ -80,7 +80,7 @@ async def test_metrics_count_frames(stack) -> None:
 
 
 async def test_text_bytes_are_utf8_bytes_not_characters(stack) -> None:
-    """"é" is 2 bytes on the wire: bytes_total counts those, in and out, on every path."""
+    """An "é" is 2 bytes on the wire: bytes_total counts those, in and out, everywhere."""
     port = stack.gateways[0].port
     before = scrape(port)
     async with connect(ws_base(stack) + "/ws") as ws:
