@@ -6,6 +6,9 @@ every socket with 1001, then uvicorn's own shutdown and the lifespan's NATS drai
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import uvicorn
 
 from gateway.app import create_app
@@ -24,6 +27,15 @@ class GatewayServer(uvicorn.Server):
         self.hub = hub
         self.live = live
         self.grace = grace
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn raises the SIGTERM it caught again once it has shut down, so the
+        process ends killed by it (status 143 in Docker) however clean the shutdown.
+        The gateway exits 0 after a graceful shutdown, as the workers do."""
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
 
     async def shutdown(self, sockets=None) -> None:
         for server in self.servers:

@@ -51,7 +51,7 @@ async def test_gateway_sigterm_sends_reconnect_hint_then_1001(topology) -> None:
     assert (echo.close_code, echo.close_reason) == (1001, "server shutting down")
     await drain_frames(dashboard)  # figures, then the same close (was 1012, no reason)
     assert (dashboard.close_code, dashboard.close_reason) == (1001, "server shutting down")
-    assert await asyncio.to_thread(victim.wait, 15) in (0, -signal.SIGTERM)
+    assert await asyncio.to_thread(victim.wait, 15) == 0  # not killed by the signal
 
 
 def echo_handled(stack) -> float:
