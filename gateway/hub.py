@@ -266,6 +266,10 @@ class Hub:
         headers: dict[str, str],
     ) -> None:
         assert self.nc is not None
+        # how long we still wait: a worker that cannot start it by then skips it
+        left = pending.deadline - asyncio.get_running_loop().time()
+        if left < math.inf:
+            headers[h.TIMEOUT] = h.timeout_ms(left)
         try:
             await self.nc.publish(
                 subject, data, reply=reply_subject(self._prefix, conn.id, seq), headers=headers

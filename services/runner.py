@@ -16,15 +16,19 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import math
 import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
 
 from nats.aio.client import Client
 from nats.micro import add_service
 from nats.micro.request import Request as MicroRequest
 from prometheus_client import CollectorRegistry, start_http_server
 
+from services.scheduler import FairScheduler, Job
 from services.settings import ServiceSettings
 from wire import batch, logs, natsconn
 from wire import headers as h
@@ -40,6 +44,7 @@ from wire.subjects import (
     Service,
     batch_subject,
     pinned_subject,
+    reply_caller,
     service_subject,
     stats_subject,
 )
@@ -50,6 +55,23 @@ Handler = Callable[[Request], Awaitable[bytes | Reply]]
 HandlerFactory = Callable[[Client], Mapping[Op, Handler] | Awaitable[Mapping[Op, Handler]]]
 
 VERSION = "0.1.0"
+
+
+@dataclass(frozen=True, slots=True)
+class SlowOps:
+    """Operations whose requests go through a :class:`FairScheduler` (services/scheduler.py)
+    instead of one at a time in arrival order: taking turns between callers, at most
+    ``concurrency`` at once, refused past ``max_queued_bytes`` waiting, skipped once
+    their caller stopped waiting."""
+
+    ops: frozenset[Op]
+    concurrency: int
+    max_queued_bytes: int
+
+
+NO_SLOW_OPS = SlowOps(frozenset(), 1, 0)
+EXPIRED = WireError(ErrorCode.TIMEOUT, "request expired before it was handled")
+BUSY = WireError(ErrorCode.UNAVAILABLE, "service busy")
 READY_LINE = "switchboard-service-ready"
 
 
@@ -125,15 +147,17 @@ def wrap(
     handler: Handler,
     metrics: ServiceMetrics,
     instance: str | None = None,
+    scheduler: FairScheduler | None = None,
 ):
     """The one place a handler's result or WireError becomes a NATS reply. With
     ``instance``, every reply names it (``Sb-Instance``: ordered ops, see
-    :data:`wire.subjects.ORDERED_OPS`)."""
+    :data:`wire.subjects.ORDERED_OPS`). With ``scheduler``, requests are handled as it
+    decides (:func:`scheduled`) instead of one at a time as they arrive."""
     call = OpCall(service, op, handler, metrics)
     own = {h.INSTANCE: instance} if instance is not None else {}
 
-    async def endpoint(msg: MicroRequest) -> None:
-        received = time.time_ns()
+    async def endpoint(msg: MicroRequest, received: int | None = None) -> None:
+        received = received or time.time_ns()
         req = decode_request(msg.data, msg.headers)
         result = await call(req, received)
         stamp = {**_stamp(req), **own}
@@ -144,7 +168,47 @@ def wrap(
         else:
             await msg.respond(result, headers=stamp)
 
-    return endpoint
+    if scheduler is None:
+        return endpoint
+    return scheduled(service, op, endpoint, metrics, scheduler)
+
+
+def scheduled(
+    service: Service,
+    op: Op,
+    endpoint: Callable[[MicroRequest, int], Awaitable[None]],
+    metrics: ServiceMetrics,
+    scheduler: FairScheduler,
+):
+    """``endpoint`` behind ``scheduler``: each request is queued as it arrives, for its
+    caller, with the deadline its ``Sb-Timeout`` gives (none without one). An expired
+    request is answered 408, a refused one 503 ``service busy``; both are counted in
+    ``switchboard_service_requests_total`` (status ``timeout``, ``unavailable``)."""
+    expired = metrics.requests.labels(service, op, Status.TIMEOUT)
+    refused = metrics.requests.labels(service, op, Status.UNAVAILABLE)
+
+    async def answer(msg: MicroRequest, error: WireError, counter) -> None:
+        counter.inc()
+        stamp = {h.HANDLED_AT: h.now_ns()}
+        await msg.respond_error(str(error.code), error.description, headers=stamp)
+
+    async def take(msg: MicroRequest) -> None:
+        received = time.time_ns()
+        hdrs = msg.headers or {}
+        timeout = h.timeout_seconds(hdrs.get(h.TIMEOUT))
+        loop = asyncio.get_running_loop()
+        deadline = math.inf if timeout is None else loop.time() + timeout
+        job = Job(
+            partial(endpoint, msg, received),
+            partial(answer, msg, EXPIRED, expired),
+            deadline,
+            len(msg.data),
+        )
+        # nats-py's micro Request keeps the reply subject to itself
+        if not scheduler.submit(reply_caller(msg._msg.reply or ""), job):
+            await answer(msg, BUSY, refused)
+
+    return take
 
 
 def wrap_batch(service: Service, handlers: Mapping[Op, Handler], metrics: ServiceMetrics):
@@ -183,6 +247,7 @@ async def serve(
     factory: HandlerFactory,
     stop: asyncio.Event,
     registry: CollectorRegistry | None = None,
+    slow: SlowOps = NO_SLOW_OPS,
 ) -> None:
     registry = registry or CollectorRegistry()
     metrics = ServiceMetrics(registry, service)
@@ -209,9 +274,15 @@ async def serve(
             queue_group=str(service),
             metadata={"metrics_port": str(server.server_port)},
         )
+        schedulers: list[FairScheduler] = []
         for op, handler in handlers.items():
             ordered = op in ORDERED_OPS  # its replies name this replica (Sb-Instance)
-            endpoint = wrap(service, op, handler, metrics, svc.id if ordered else None)
+            scheduler = None
+            if op in slow.ops and not ordered:
+                scheduler = FairScheduler(slow.concurrency, slow.max_queued_bytes)
+                schedulers.append(scheduler)
+            instance = svc.id if ordered else None
+            endpoint = wrap(service, op, handler, metrics, instance, scheduler)
             subject = service_subject(service, op)
             await svc.add_endpoint(name=str(op), subject=subject, handler=endpoint)
             if ordered:  # and gateways pin a connection's requests of it here
@@ -239,7 +310,7 @@ async def serve(
         publisher.cancel()
         log.info("draining", extra={"service": str(service)})
         try:
-            await asyncio.wait_for(_drain_endpoints(svc, nc), settings.shutdown_timeout)
+            await asyncio.wait_for(_drain_endpoints(svc, nc, schedulers), settings.shutdown_timeout)
             await asyncio.wait_for(nc.drain(), settings.shutdown_timeout)
         except TimeoutError:
             log.warning("drain timed out", extra={"service": str(service)})
@@ -256,7 +327,7 @@ async def serve(
 LATE_GRACE = 0.1
 
 
-async def _drain_endpoints(svc, nc) -> None:
+async def _drain_endpoints(svc, nc, schedulers: list[FairScheduler]) -> None:
     """Stop taking requests and finish those already received, first, while the rest of
     the connection still works: ``nc.drain()`` drains every subscription at once, the
     request-reply inbox too, so a handler that makes a request of its own while it
@@ -268,7 +339,8 @@ async def _drain_endpoints(svc, nc) -> None:
     can be written to us just after our PONG, reach a subscription already forgotten and
     be dropped, neither answered nor refused with 503 (seen in CI: a chat message sent
     to a stopping replica timed out, lost). So: UNSUB all, one round trip, a grace
-    period while the subscriptions still take what arrives, then drain as before."""
+    period while the subscriptions still take what arrives, then drain as before; and
+    last, wait for what the schedulers took (:class:`SlowOps`) to be answered."""
     subs = [getattr(ep, "_subscription", None) for ep in getattr(svc, "_endpoints", ())]
     subs = [sub for sub in subs if sub is not None]
     for sub in subs:
@@ -276,9 +348,15 @@ async def _drain_endpoints(svc, nc) -> None:
     await nc.flush()
     await asyncio.sleep(LATE_GRACE)
     await asyncio.gather(*(sub.drain() for sub in subs))
+    await asyncio.gather(*(scheduler.join() for scheduler in schedulers))
 
 
-def run(service: Service, settings: ServiceSettings, factory: HandlerFactory) -> None:
+def run(
+    service: Service,
+    settings: ServiceSettings,
+    factory: HandlerFactory,
+    slow: SlowOps = NO_SLOW_OPS,
+) -> None:
     """Entry point of ``python -m services.<name>``."""
     logs.configure(settings.log_level, str(service))
 
@@ -287,7 +365,7 @@ def run(service: Service, settings: ServiceSettings, factory: HandlerFactory) ->
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(service, settings, factory, stop)
+        await serve(service, settings, factory, stop, slow=slow)
 
     try:
         import uvloop

@@ -6,6 +6,9 @@ Request (gateway -> worker):
     Sb-User        the connection's user name (chat), percent-encoded UTF-8
     Sb-Room        the room (chat), percent-encoded UTF-8
     traceparent    W3C trace context, one trace id per frame
+    Sb-Timeout     milliseconds the gateway still waits for the reply when it publishes
+                   (requests sent on their own, not batches): a worker that has not
+                   started one by then answers 408 instead (services/scheduler.py)
     Sb-Gateway, Sb-Conn, Sb-Request-Id, Sb-Since, Sb-Before, Sb-Limit   rooms (see below)
     Sb-File, Sb-Offset, Sb-End, Sb-Cursor, Sb-Count, Sb-Deliver, Sb-Control   files
                    (wire/files.py)
@@ -16,6 +19,7 @@ errors as nats.micro sends them (``Nats-Service-Error``, ``Nats-Service-Error-Co
 
 from __future__ import annotations
 
+import math
 import random
 import time
 
@@ -46,6 +50,7 @@ COUNT = "Sb-Count"  # download: at most this many chunks in one batch
 DELIVER = "Sb-Deliver"  # download: the gateway's inbox that nats-server sends the chunks to
 CONTROL = "Sb-Control"  # on an upload subject: "sync" instead of a chunk
 TRACEPARENT = "traceparent"
+TIMEOUT = "Sb-Timeout"  # ms the caller still waits for the reply, as it publishes
 
 ERROR = "Nats-Service-Error"
 ERROR_CODE = "Nats-Service-Error-Code"
@@ -77,6 +82,23 @@ def trace_id(traceparent: str | None) -> str | None:
 
 def now_ns() -> str:
     return str(time.time_ns())
+
+
+def timeout_ms(seconds: float) -> str:
+    """An ``Sb-Timeout`` value: ``seconds`` in whole milliseconds, rounded up, at least 1
+    (a worker should give up no earlier than its caller)."""
+    return str(max(1, math.ceil(seconds * 1000)))
+
+
+def timeout_seconds(value: str | None) -> float | None:
+    """Seconds of an ``Sb-Timeout`` value; None when absent or malformed."""
+    if not value:
+        return None
+    try:
+        ms = int(value)
+    except ValueError:
+        return None
+    return ms / 1000 if ms > 0 else None
 
 
 def age_seconds(stamp: str | None, now: int | None = None) -> float | None:

@@ -210,6 +210,13 @@ def parse_reply_subject(subject: str) -> tuple[int, int]:
     return int(conn), int(seq)
 
 
+def reply_caller(reply: str) -> str:
+    """Who is waiting for a request's reply: its reply subject without the last token.
+    ``sb.gw.<gateway>.<conn>.<seq>`` -> ``sb.gw.<gateway>.<conn>`` (one connection);
+    an ``nc.request()`` inbox -> that client's inbox prefix."""
+    return reply.rpartition(".")[0] or reply
+
+
 def room_subject(room: str) -> str:
     return f"{PREFIX}.room.{_token(room, 'room name')}"
 

@@ -16,3 +16,15 @@ class CodecSettings(ServiceSettings):
         gt=0,
         description="/ws/codec: largest decompressed output (also kept under NATS max_payload)",
     )
+    concurrency: int = Field(
+        4,
+        ge=1,
+        description="/ws/codec requests handled at once per replica (in threads); the "
+        "rest wait their turn, taken in turn between connections",
+    )
+    queue_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="/ws/codec requests waiting per replica, in bytes; past it a request "
+        "is refused at once (service busy)",
+    )

@@ -1,0 +1,112 @@
+"""Fair, bounded, deadline-aware handling of a slow operation's requests.
+
+nats-py hands one subscription's messages to its callback one at a time. For a handler
+that takes half a second (``/ws/codec``: zstd level 19 on 1 MiB), every request queued
+behind it waits: one client pipelining a dozen made every other client's request of that
+operation time out, and the worker went on doing the work nobody waited for any more.
+
+A :class:`FairScheduler` takes each request as it arrives and
+
+- runs at most ``concurrency`` at once (the codec's work runs in threads: zlib and
+  zstd release the GIL, so replicas use more than one core);
+- takes turns between callers, one queue each (a caller is one connection of one
+  gateway, :func:`wire.subjects.reply_caller`): a client's tenth queued request waits
+  for other clients' first ones, not the other way round;
+- answers a request whose caller stopped waiting while it was queued (the gateway's
+  ``Sb-Timeout`` has passed) with the expiry reply instead of running it;
+- refuses a request at once, with the busy reply, past ``max_queued_bytes`` of requests
+  waiting, so a flood is answered instead of held in memory.
+
+:meth:`FairScheduler.join` waits until nothing is queued or running (a stopping worker
+answers everything it took before its connection closes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Job:
+    run: Callable[[], Awaitable[None]]  # handle the request and reply
+    expire: Callable[[], Awaitable[None]]  # reply that it expired, without handling it
+    deadline: float  # event-loop time after which its caller no longer waits
+    size: int  # bytes held while it waits
+
+
+class FairScheduler:
+    def __init__(self, concurrency: int, max_queued_bytes: int) -> None:
+        if concurrency < 1 or max_queued_bytes < 0:
+            raise ValueError("concurrency >= 1 and max_queued_bytes >= 0")
+        self.concurrency = concurrency
+        self.max_queued_bytes = max_queued_bytes
+        # caller -> its waiting jobs; dict order is the turn order (round robin)
+        self._queues: dict[str, deque[Job]] = {}
+        self.queued = 0  # jobs waiting
+        self.queued_bytes = 0
+        self.running = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def submit(self, caller: str, job: Job) -> bool:
+        """Queue ``job`` for ``caller``; False (not queued) when the queue is full. A
+        job alone is always taken, whatever its size (the frame size limit bounds it)."""
+        if self.queued and self.queued_bytes + job.size > self.max_queued_bytes:
+            return False
+        queue = self._queues.get(caller)
+        if queue is None:
+            queue = self._queues[caller] = deque()
+        queue.append(job)
+        self.queued += 1
+        self.queued_bytes += job.size
+        self._idle.clear()
+        self._start()
+        return True
+
+    def _next(self) -> Job | None:
+        """The first caller's oldest job; that caller then goes to the back of the turn."""
+        for caller in self._queues:
+            queue = self._queues.pop(caller)
+            job = queue.popleft()
+            if queue:
+                self._queues[caller] = queue
+            self.queued -= 1
+            self.queued_bytes -= job.size
+            return job
+        return None
+
+    def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.running < self.concurrency:
+            job = self._next()
+            if job is None:
+                break
+            self.running += 1
+            task = loop.create_task(self._run(job, loop))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            if loop.time() > job.deadline:
+                await job.expire()
+            else:
+                await job.run()
+        except Exception:  # a reply that could not be sent (the connection closed)
+            log.exception("request failed")
+        finally:
+            self.running -= 1
+            self._start()
+            if not self.running and not self.queued:
+                self._idle.set()
+
+    async def join(self) -> None:
+        """Wait until every job taken has been answered."""
+        await self._idle.wait()

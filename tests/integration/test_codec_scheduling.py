@@ -1,0 +1,102 @@
+"""/ws/codec under a client that pipelines slow requests (services/scheduler.py):
+another client's request is not stuck behind them, requests the gateway gave up on are
+not worked on, and a codec replica stopped with SIGTERM answers every request it took."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from switchboard.localstack import LocalStack, running
+from tests.integration.client import connect, recv, sample, scrape
+from wire.codec import encode_request
+
+# compressible but not trivially so: zstd level 19 takes ~0.15 s on 512 KiB here
+TEXT = b"".join(b"%d bottles of beer %d\n" % (i, i * 7919 % 1000) for i in range(60000))
+SLOW = encode_request("compress", "zstd", TEXT[: 512 * 1024], 19)
+QUICK = encode_request("compress", "zlib", b"hello " * 10, 1)
+REQUESTS = "switchboard_service_requests_total"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    # one at a time per replica, so that the order in which requests run is visible
+    env = {"SB_CODEC_CONCURRENCY": "1"}
+    with running(tmp_path_factory.mktemp("codec-scheduling"), env=env) as s:
+        yield s
+
+
+def url(stack: LocalStack) -> str:
+    return f"ws://127.0.0.1:{stack.gateways[0].port}/ws/codec"
+
+
+async def reply(ws) -> dict:
+    """One transform's reply: its report, after reading its output frame if any."""
+    report = orjson.loads(await recv(ws, 10))
+    if report["status"] == "success":
+        assert isinstance(await recv(ws, 10), bytes)
+    return report
+
+
+def transforms(stack: LocalStack, status: str) -> float:
+    port = stack.replicas("codec")[0].metrics_port
+    return sample(scrape(port), REQUESTS, service="codec", operation="transform", status=status)
+
+
+async def test_a_pipelining_client_neither_starves_others_nor_costs_work_nobody_waits_for(
+    stack: LocalStack,
+) -> None:
+    count = 40  # ~6 s of work one at a time, three times the gateway's 2 s timeout
+    ok_before, expired_before = transforms(stack, "ok"), transforms(stack, "timeout")
+    async with connect(url(stack), max_size=None) as heavy, connect(url(stack)) as light:
+        start = time.monotonic()
+        for _ in range(count):
+            await heavy.send(SLOW)
+        await asyncio.sleep(0.2)  # all of them reached the codec
+        await light.send(QUICK)
+        report = await reply(light)
+        light_took = time.monotonic() - start
+        # it waited for the heavy client's running request and its next, not all 40
+        assert report["status"] == "success", report
+        assert light_took < 1.8, light_took
+        statuses = [(await reply(heavy))["status"] for _ in range(count)]
+        assert statuses.count("success") >= 1
+        assert statuses.count("success") < count
+        assert set(statuses) == {"success", "error"}
+
+        # the gateway answered the rest "service unavailable" at its timeout; the codec
+        # skipped them instead of compressing for nobody
+        def handled() -> tuple[float, float]:
+            ok = transforms(stack, "ok") - ok_before
+            return ok, transforms(stack, "timeout") - expired_before
+
+        deadline = time.monotonic() + 10  # the last ones are being skipped
+        while sum(handled()) < count + 1 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+        done, expired = handled()
+        assert expired >= 1
+        assert done + expired == count + 1  # each request once: 40 heavy + 1 light
+        # and the codec is free at once afterwards
+        await light.send(QUICK)
+        assert (await reply(light))["status"] == "success"
+
+
+async def test_a_stopping_codec_answers_every_request_it_took(tmp_path: Path) -> None:
+    count = 8
+    frame = encode_request("compress", "zstd", TEXT[: 256 * 1024], 19)  # ~0.1 s each
+    with running(tmp_path, env={"SB_CODEC_CONCURRENCY": "1"}) as stack:
+        codec = stack.replicas("codec")[0]
+        async with connect(url(stack), max_size=None) as ws:
+            for _ in range(count):
+                await ws.send(frame)
+            await asyncio.sleep(0.3)  # taken by the codec: running or waiting their turn
+            codec.signal(signal.SIGTERM)
+            reports = [await reply(ws) for _ in range(count)]
+        assert [r["status"] for r in reports] == ["success"] * count, reports
+        assert await asyncio.to_thread(codec.wait, 15) == 0
