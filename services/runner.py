@@ -279,7 +279,8 @@ async def serve(
             ordered = op in ORDERED_OPS  # its replies name this replica (Sb-Instance)
             scheduler = None
             if op in slow.ops and not ordered:
-                scheduler = FairScheduler(slow.concurrency, slow.max_queued_bytes)
+                queued = metrics.queued.labels(service, op)
+                scheduler = FairScheduler(slow.concurrency, slow.max_queued_bytes, queued)
                 schedulers.append(scheduler)
             instance = svc.id if ordered else None
             endpoint = wrap(service, op, handler, metrics, instance, scheduler)

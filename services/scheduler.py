@@ -28,6 +28,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,14 @@ class Job:
     size: int  # bytes held while it waits
 
 
+class Gauge(Protocol):
+    def set(self, value: float) -> None: ...
+
+
 class FairScheduler:
-    def __init__(self, concurrency: int, max_queued_bytes: int) -> None:
+    def __init__(
+        self, concurrency: int, max_queued_bytes: int, queued_gauge: Gauge | None = None
+    ) -> None:
         if concurrency < 1 or max_queued_bytes < 0:
             raise ValueError("concurrency >= 1 and max_queued_bytes >= 0")
         self.concurrency = concurrency
@@ -51,6 +58,7 @@ class FairScheduler:
         self.queued = 0  # jobs waiting
         self.queued_bytes = 0
         self.running = 0
+        self._gauge = queued_gauge  # set to the number of jobs waiting
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -68,6 +76,8 @@ class FairScheduler:
         self.queued_bytes += job.size
         self._idle.clear()
         self._start()
+        if self._gauge is not None:
+            self._gauge.set(self.queued)
         return True
 
     def _next(self) -> Job | None:
@@ -104,6 +114,8 @@ class FairScheduler:
         finally:
             self.running -= 1
             self._start()
+            if self._gauge is not None:
+                self._gauge.set(self.queued)
             if not self.running and not self.queued:
                 self._idle.set()
 

@@ -204,3 +204,9 @@ class ServiceMetrics:
             ["service"],
             registry=registry,
         )
+        self.queued = Gauge(
+            "switchboard_service_queued_requests",
+            "Requests taken but waiting their turn (operations with a scheduler)",
+            ["service", "operation"],
+            registry=registry,
+        )

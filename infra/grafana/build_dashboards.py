@@ -396,6 +396,10 @@ def service_red() -> dict[str, Any]:
                         "{{instance}}",
                     ),
                     (
+                        f"sum by (instance) (switchboard_service_queued_requests{{{SERVICE}}})",
+                        "{{instance}} waiting its turn",
+                    ),
+                    (
                         'max(switchboard_gateway_service_instances{service=~"$service"})',
                         "instances alive",
                     ),

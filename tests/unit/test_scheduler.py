@@ -245,7 +245,8 @@ async def test_the_runner_queues_by_connection_with_the_callers_deadline() -> No
         await gate.wait()
         return encode_text("done")
 
-    scheduler = FairScheduler(concurrency=1, max_queued_bytes=10)
+    queued = metrics.queued.labels(Service.CODEC, Op.TRANSFORM)
+    scheduler = FairScheduler(concurrency=1, max_queued_bytes=10, queued_gauge=queued)
     endpoint = wrap(Service.CODEC, Op.TRANSFORM, handler, metrics, scheduler=scheduler)
     prefix = reply_prefix("gw")
 
@@ -272,9 +273,13 @@ async def test_the_runner_queues_by_connection_with_the_callers_deadline() -> No
             h.ERROR: "service busy",
         }
     ]
+    labels = {"service": "codec", "operation": "transform"}
+    waiting = registry.get_sample_value("switchboard_service_queued_requests", labels)
+    assert waiting == 4  # a2, a3, b1, c1 (a1 runs; x was refused)
     await asyncio.sleep(0.05)
     gate.set()
     await asyncio.wait_for(scheduler.join(), 1)
+    assert registry.get_sample_value("switchboard_service_queued_requests", labels) == 0
     assert ran == [b"a1", b"a2", b"c1", b"a3"]  # turns: conn 1, 2 (expired), 3, 1
     assert stale.replies[0][h.ERROR_CODE] == "408"
     for req in (first, second, fresh, third):
