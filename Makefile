@@ -8,13 +8,14 @@ PORT ?= 8000
 NATS_PORT ?= 4222
 export PORT NATS_PORT
 
-.PHONY: help setup run test lint fmt bench lock clean
+.PHONY: help setup run test lint fmt bench docs lock clean
 
 help:
 	@echo "make run    - set up (venv, pinned deps, nats-server) and run the stack on http://127.0.0.1:$(PORT)"
 	@echo "make test   - set up and run every test (lint, unit, integration)"
 	@echo "make bench  - run the benchmarks and print their ratios to the baselines"
 	@echo "make lint / make fmt - ruff"
+	@echo "make docs   - regenerate docs/configuration.md and the Grafana dashboards from the code"
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
@@ -43,6 +44,11 @@ fmt: setup
 
 bench: setup
 	$(PY) -m bench
+
+# generated files (committed; unit tests check they are current)
+docs: setup
+	$(PY) -m switchboard.configdoc
+	$(PY) infra/grafana/build_dashboards.py
 
 # Maintainers: re-pin after editing requirements*.in (needs uv in the venv).
 lock: setup

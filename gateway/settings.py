@@ -7,24 +7,20 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from wire.settings import SharedSettings
 
 
-class GatewaySettings(BaseSettings):
+class GatewaySettings(SharedSettings):
     model_config = SettingsConfigDict(env_prefix="SB_GATEWAY_", extra="ignore")
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on (make run: PORT)")
     id: str = Field(
         default_factory=lambda: secrets.token_hex(6),
         pattern=r"^[A-Za-z0-9_-]{1,32}$",
         description="gateway instance id, part of its reply subjects",
-    )
-    nats_url: str = Field("nats://127.0.0.1:4222", validation_alias="SB_NATS_URL")
-    nats_user: str | None = Field(None, validation_alias="SB_NATS_USER")
-    nats_password: str | None = Field(None, validation_alias="SB_NATS_PASSWORD")
-    log_level: Literal["debug", "info", "warning", "error"] = Field(
-        "info", validation_alias="SB_LOG_LEVEL"
     )
 
     request_timeout: float = Field(2.0, gt=0, description="seconds to wait for a worker")
@@ -52,8 +48,8 @@ class GatewaySettings(BaseSettings):
         description="true: permessage-deflate keeps zlib state per connection (a better "
         "ratio, ~34 KiB more per idle connection); false: each message on its own",
     )
-    ping_interval: float = Field(20.0, gt=0)
-    ping_timeout: float = Field(20.0, gt=0)
+    ping_interval: float = Field(20.0, gt=0, description="seconds between WebSocket pings")
+    ping_timeout: float = Field(20.0, gt=0, description="no pong within it: the socket is closed")
     shutdown_timeout: float = Field(5.0, gt=0, description="grace for in-flight requests")
     discovery_timeout: float = Field(0.25, gt=0, description="wait for $SRV.PING answers")
 
@@ -61,10 +57,14 @@ class GatewaySettings(BaseSettings):
     allow_anonymous: bool = Field(True, description="connections without a token allowed")
     jwt_secret: SecretStr | None = Field(None, description="HS256 key")
     jwt_public_key: str | None = Field(None, description="RS256 public key: PEM, or @path")
-    jwt_audience: str | None = None
-    jwt_issuer: str | None = None
+    jwt_audience: str | None = Field(None, description="required token aud, if set")
+    jwt_issuer: str | None = Field(None, description="required token iss, if set")
     api_key: SecretStr | None = Field(None, description="key for POST /api/rooms/*/messages")
-    system_sender: str = Field("system", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    system_sender: str = Field(
+        "system",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="sender of publish API messages (reserved: no user may take it)",
+    )
     presence_interval: float = Field(5.0, gt=0, description="presence heartbeat period")
     max_rooms: int = Field(100, ge=1, description="rooms one connection may join")
 
@@ -76,9 +76,11 @@ class GatewaySettings(BaseSettings):
     max_connections: int = Field(20000, ge=1, description="per gateway; more: close 1013")
     max_connections_per_ip: int = Field(512, ge=1, description="more: close 1013")
     rate_frames: float = Field(500.0, gt=0, description="frames/s per connection")
-    rate_frames_burst: float = Field(1000.0, gt=0)
+    rate_frames_burst: float = Field(1000.0, gt=0, description="frames at once per connection")
     rate_bytes: float = Field(32 * 1024 * 1024, gt=0, description="bytes/s per connection")
-    rate_bytes_burst: float = Field(64 * 1024 * 1024, gt=0)
+    rate_bytes_burst: float = Field(
+        64 * 1024 * 1024, gt=0, description="bytes at once per connection"
+    )
     rate_close_after: int = Field(
         200, ge=1, description="refused frames beyond accepted ones: close 1008"
     )

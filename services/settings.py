@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from wire.settings import SharedSettings
 
 
-class ServiceSettings(BaseSettings):
+class ServiceSettings(SharedSettings):
     model_config = SettingsConfigDict(env_prefix="SB_SERVICE_", extra="ignore")
 
-    nats_url: str = Field("nats://127.0.0.1:4222", validation_alias="SB_NATS_URL")
-    nats_user: str | None = Field(None, validation_alias="SB_NATS_USER")
-    nats_password: str | None = Field(None, validation_alias="SB_NATS_PASSWORD")
-    log_level: Literal["debug", "info", "warning", "error"] = Field(
-        "info", validation_alias="SB_LOG_LEVEL"
-    )
-    metrics_host: str = "127.0.0.1"
+    metrics_host: str = Field("127.0.0.1", description="address of the /metrics listener")
     metrics_port: int = Field(0, ge=0, le=65535, description="0 = pick a free port")
-    shutdown_timeout: float = Field(10.0, gt=0)
+    shutdown_timeout: float = Field(
+        10.0, gt=0, description="SIGTERM: seconds to answer what was taken, then close"
+    )

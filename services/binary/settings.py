@@ -13,11 +13,15 @@ GIB = 1024 * MIB
 class BinarySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="SB_BINARY_", extra="ignore")
 
-    metrics_port: int = Field(9102, ge=0, le=65535)
+    metrics_port: int = Field(9102, ge=0, le=65535, description="/metrics port; 0 = any free")
 
     # files (services/binary/files.py, docs/protocol.md "Files")
-    files_bucket: str = Field("SB_FILES", pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    uploads_bucket: str = Field("SB_UPLOADS", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    files_bucket: str = Field(
+        "SB_FILES", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="object store of stored files"
+    )
+    uploads_bucket: str = Field(
+        "SB_UPLOADS", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="KV bucket of open uploads"
+    )
     chunk_bytes: int = Field(256 * KIB, ge=1 * KIB, le=4 * MIB, description="stored chunk size")
     max_file_bytes: int = Field(1 * GIB, ge=0, description="largest file; larger: 413")
     quota_bytes: int = Field(4 * GIB, ge=0, description="per user, stored + uploading; 413")

@@ -9,7 +9,7 @@ from services.settings import ServiceSettings
 class ChatSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="SB_CHAT_", extra="ignore")
 
-    metrics_port: int = Field(9101, ge=0, le=65535)
+    metrics_port: int = Field(9101, ge=0, le=65535, description="/metrics port; 0 = any free")
     history_max_messages: int = Field(1000, ge=1, description="events kept per room")
     history_max_age: float = Field(7 * 24 * 3600.0, gt=0, description="seconds")
     history_trim_interval: float = Field(
@@ -18,7 +18,9 @@ class ChatSettings(ServiceSettings):
     dedupe_window: float = Field(120.0, gt=0, description="publish id dedupe window, seconds")
     recover_newest: int = Field(50, ge=1, le=500, description="events sent when not recovered")
     presence_ttl: float = Field(15.0, gt=0, description="forget a silent gateway's members")
-    stream_replicas: int = Field(1, ge=1, le=5)
+    stream_replicas: int = Field(
+        1, ge=1, le=5, description="JetStream replicas of the rooms stream (a NATS cluster)"
+    )
     reply_budget_bytes: int = Field(
         1024 * 1024, ge=65536, description="events per history/recovery reply, in bytes"
     )

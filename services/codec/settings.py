@@ -9,7 +9,7 @@ from services.settings import ServiceSettings
 class CodecSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="SB_CODEC_", extra="ignore")
 
-    metrics_port: int = Field(9103, ge=0, le=65535)
+    metrics_port: int = Field(9103, ge=0, le=65535, description="/metrics port; 0 = any free")
     inflate_cap_bytes: int = Field(16 * 1024 * 1024, gt=0, description="max inflated size")
     transform_cap_bytes: int = Field(
         4 * 1024 * 1024,
