@@ -38,7 +38,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 from starlette.routing import WebSocketRoute
 
 from gateway.auth import SUBPROTOCOL, Authenticator
@@ -53,6 +53,7 @@ from wire import headers as h
 from wire.errors import ErrorCode, WireError
 from wire.frames import request_headers
 from wire.metrics import GatewayMetrics
+from wire.settings import StrictSettings
 from wire.subjects import (
     Op,
     Service,
@@ -74,7 +75,7 @@ MIB = 1024 * 1024
 READ_ATTEMPTS = 4  # per batch of a download, within the request timeout (FilesSocket._read)
 
 
-class FilesSettings(BaseSettings):
+class FilesSettings(StrictSettings):
     """``SB_GATEWAY_FILES_*``: flow control of ``/ws/files``."""
 
     model_config = SettingsConfigDict(env_prefix="SB_GATEWAY_FILES_", extra="ignore")

@@ -14,6 +14,7 @@ from wire.settings import SharedSettings
 
 class GatewaySettings(SharedSettings):
     model_config = SettingsConfigDict(env_prefix="SB_GATEWAY_", extra="ignore")
+    nested_prefixes = ("SB_GATEWAY_FILES_",)  # gateway.files.FilesSettings
 
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on (make run: PORT)")

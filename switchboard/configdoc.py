@@ -25,7 +25,7 @@ from gateway.settings import GatewaySettings
 from services.binary.settings import BinarySettings
 from services.chat.settings import ChatSettings
 from services.codec.settings import CodecSettings
-from wire.settings import SharedSettings
+from wire.settings import SharedSettings, env_name
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
@@ -45,17 +45,13 @@ edit by hand (a unit test checks that this file is current). -->
 
 Every process reads environment variables at start (pydantic-settings, one `Settings`
 class per process). A bad value stops the process at once with a message naming the
-variable; nothing starts half-configured. README.md lists the ones most often changed;
-this is all of them. Sizes are in bytes and durations in seconds unless the name says
+variable; so does a variable under the process's prefix (`SB_GATEWAY_`, `SB_CHAT_`, ...,
+and the shared `SB_NATS_`, `SB_LOG_`) that names no setting, with a guess at the one
+meant: `SB_GATEWAY_REQUEST_TIMOUT` would otherwise be ignored and the default kept
+(`wire/settings.py`). Nothing starts half-configured. README.md lists the ones most
+often changed; this is all of them. Sizes are in bytes and durations in seconds unless the name says
 otherwise. Lists (`SB_GATEWAY_ALLOWED_ORIGINS`) are JSON: `'["https://a.example"]'`.
 """
-
-
-def env_name(cls: type[BaseSettings], name: str, field: FieldInfo) -> str:
-    alias = field.validation_alias
-    if isinstance(alias, str):
-        return alias
-    return f"{cls.model_config.get('env_prefix', '')}{name}".upper()
 
 
 def _size(value: int) -> str:

@@ -311,3 +311,32 @@ def test_the_image_holds_everything_the_processes_import() -> None:
         for path in (ROOT / package).rglob("*.py"):
             found = pattern.search(path.read_text())
             assert not found, f"{path.relative_to(ROOT)} imports {found.group(1)}, not in the image"
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_every_switchboard_variable_in_compose_is_a_setting(path: Path) -> None:
+    """Each process refuses, at start, a variable under its prefix that names no setting
+    (wire/settings.py); compose must not set one (the container would never start)."""
+    from gateway.files import FilesSettings
+    from gateway.settings import GatewaySettings
+    from services.binary.settings import BinarySettings
+    from services.chat.settings import ChatSettings
+    from services.codec.settings import CodecSettings
+    from wire.settings import unknown_variables
+
+    classes = {
+        "gateway": [GatewaySettings, FilesSettings],
+        "codec": [CodecSettings],
+        "binary": [BinarySettings],
+        "chat": [ChatSettings],
+    }
+    checked = 0
+    for name, service in (load(path).get("services") or {}).items():
+        env = service.get("environment") or {}
+        if name not in classes or not isinstance(env, dict):
+            continue
+        for cls in classes[name]:
+            assert unknown_variables(cls, env, cls.nested_prefixes) == [], (path.name, name)
+        checked += 1
+    if path == COMPOSE:
+        assert checked == len(classes)
