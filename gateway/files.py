@@ -244,13 +244,11 @@ class FilesSocket:
         nc = self.hub.nc
         if nc is None or not nc.is_connected:
             raise WireError(ErrorCode.UNAVAILABLE, "service unavailable")
+        timeout = within or self.config.request_timeout
+        headers = self._headers(extra)
+        headers[h.TIMEOUT] = h.timeout_ms(timeout)  # a worker that cannot start it by then skips it
         try:
-            msg = await nc.request(
-                _route_subject(op),
-                payload,
-                timeout=within or self.config.request_timeout,
-                headers=self._headers(extra),
-            )
+            msg = await nc.request(_route_subject(op), payload, timeout=timeout, headers=headers)
         except NoRespondersError:
             raise WireError(ErrorCode.UNAVAILABLE, "service unavailable") from None
         except NatsTimeout:

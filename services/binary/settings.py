@@ -33,3 +33,12 @@ class BinarySettings(ServiceSettings):
         24 * 3600.0, gt=0, description="an upload not resumed for this long is discarded"
     )
     store_timeout: float = Field(5.0, gt=0, description="JetStream acks and API calls")
+    concurrency: int = Field(
+        16,
+        ge=1,
+        description="/ws/files requests (upload, read, info, list, delete) handled at once "
+        "per replica; the rest wait, taking turns by caller",
+    )
+    queue_bytes: int = Field(
+        16 * MIB, ge=0, description="/ws/files requests waiting per replica; past it: busy"
+    )
