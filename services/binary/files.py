@@ -36,7 +36,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -180,6 +180,24 @@ class FileStore:
         self.kv: Any = None
         self.owned: dict[str, Owned] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        # file id -> (lock, holders): file_upload and file_delete of one file run one at
+        # a time on this replica (the scheduler runs requests concurrently; two uploads
+        # of one file interleaving could both claim it, one Owned then orphaned)
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def _one_at_a_time(self, fid: str) -> AsyncIterator[None]:
+        lock, holders = self._locks.get(fid) or (asyncio.Lock(), 0)
+        self._locks[fid] = (lock, holders + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, holders = self._locks[fid]
+            if holders == 1:
+                del self._locks[fid]
+            else:
+                self._locks[fid] = (lock, holders - 1)
 
     # -- setup -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -338,6 +356,10 @@ class FileStore:
                 ErrorCode.TOO_LARGE, f"file is {size} bytes, more than the limit of {limit} bytes"
             )
         fid = file_id(user, name, size, sha)
+        async with self._one_at_a_time(fid):
+            return await self._upload(fid, user, name, size, sha)
+
+    async def _upload(self, fid: str, user: str, name: str, size: int, sha: str) -> bytes:
         deadline = time.monotonic() + BUSY_AFTER
         while True:
             stored = await self._stored(fid, user)
@@ -451,6 +473,9 @@ class FileStore:
         since = record.extra.get("claimed_at", 0)
         if holder and holder != self.instance and time.time() - since < CLAIM_GRACE:
             return None
+        mine = self.owned.get(record.file)
+        if mine is not None and not mine.closed:
+            return None  # ours already: claiming again would orphan it
         # "born": the revision the record was created with (its place in the quota's
         # order, see _create), kept through every claim.
         born = record.extra.get("born") or revision
@@ -800,6 +825,10 @@ class FileStore:
         """``file_delete``: a stored file, or an upload in progress (its chunks too)."""
         user = _user(req.headers)
         fid = check_file_id(req.header(h.FILE))
+        async with self._one_at_a_time(fid):
+            return await self._delete(fid, user)
+
+    async def _delete(self, fid: str, user: str) -> bytes:
         if await self._stored(fid, user) is not None:
             obs = await self.js.object_store(self.bucket)
             with contextlib.suppress(ObjectNotFoundError):
