@@ -676,6 +676,9 @@ class Hub:
         subject, data, headers = pending.retry
         pending.retry = None
         self.metrics.retries.labels(pending.service).inc()
+        left = pending.deadline - asyncio.get_running_loop().time()
+        if h.TIMEOUT in headers and left < math.inf:  # what is left, not the first's
+            headers = {**headers, h.TIMEOUT: h.timeout_ms(left)}
         with contextlib.suppress(Exception):
             reply = reply_subject(self._prefix, conn.id, seq)
             await self.nc.publish(subject, data, reply=reply, headers=headers)

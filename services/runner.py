@@ -70,6 +70,9 @@ class SlowOps:
 
 
 NO_SLOW_OPS = SlowOps(frozenset(), 1, 0)
+# bytes a waiting request counts for beyond its payload (headers, bookkeeping): requests
+# with an empty payload (file_read, file_list) are bounded too
+REQUEST_OVERHEAD = 512
 EXPIRED = WireError(ErrorCode.TIMEOUT, "request expired before it was handled")
 BUSY = WireError(ErrorCode.UNAVAILABLE, "service busy")
 READY_LINE = "switchboard-service-ready"
@@ -181,7 +184,8 @@ def scheduled(
     scheduler: FairScheduler,
 ):
     """``endpoint`` behind ``scheduler``: each request is queued as it arrives, for its
-    caller, with the deadline its ``Sb-Timeout`` gives (none without one). An expired
+    caller (connection, and user when there is one), with the deadline its
+    ``Sb-Timeout`` gives (none without one). An expired
     request is answered 408, a refused one 503 ``service busy``; both are counted in
     ``switchboard_service_requests_total`` (status ``timeout``, ``unavailable``)."""
     expired = metrics.requests.labels(service, op, Status.TIMEOUT)
@@ -195,6 +199,12 @@ def scheduled(
     async def take(msg: MicroRequest) -> None:
         received = time.time_ns()
         hdrs = msg.headers or {}
+        # whose turn: the reply subject's connection (relayed frames); requests made
+        # with nc.request() (files) share their gateway's inbox, so the user counts too
+        caller = reply_caller(msg._msg.reply or "")  # micro's Request keeps it private
+        user = hdrs.get(h.USER)
+        if user:
+            caller = f"{caller} {user}"
         timeout = h.timeout_seconds(hdrs.get(h.TIMEOUT))
         loop = asyncio.get_running_loop()
         deadline = math.inf if timeout is None else loop.time() + timeout
@@ -202,10 +212,9 @@ def scheduled(
             partial(endpoint, msg, received),
             partial(answer, msg, EXPIRED, expired),
             deadline,
-            len(msg.data),
+            len(msg.data) + REQUEST_OVERHEAD,
         )
-        # nats-py's micro Request keeps the reply subject to itself
-        if not scheduler.submit(reply_caller(msg._msg.reply or ""), job):
+        if not scheduler.submit(caller, job):
             await answer(msg, BUSY, refused)
 
     return take

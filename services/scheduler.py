@@ -8,7 +8,9 @@ operation time out, and the worker went on doing the work nobody waited for any 
 A :class:`FairScheduler` takes each request as it arrives and
 
 - runs at most ``concurrency`` at once (the codec's work runs in threads: zlib and
-  zstd release the GIL, so replicas use more than one core);
+  zstd release the GIL, so replicas use more than one core), and at most ``per_caller``
+  of one caller's (half of them by default): however many one caller sends, the others
+  find slots free;
 - takes turns between callers, one queue each (a caller is one connection of one
   gateway, :func:`wire.subjects.reply_caller`): a client's tenth queued request waits
   for other clients' first ones, not the other way round;
@@ -47,14 +49,20 @@ class Gauge(Protocol):
 
 class FairScheduler:
     def __init__(
-        self, concurrency: int, max_queued_bytes: int, queued_gauge: Gauge | None = None
+        self,
+        concurrency: int,
+        max_queued_bytes: int,
+        queued_gauge: Gauge | None = None,
+        per_caller: int | None = None,
     ) -> None:
-        if concurrency < 1 or max_queued_bytes < 0:
-            raise ValueError("concurrency >= 1 and max_queued_bytes >= 0")
+        if concurrency < 1 or max_queued_bytes < 0 or (per_caller is not None and per_caller < 1):
+            raise ValueError("concurrency, per_caller >= 1 and max_queued_bytes >= 0")
         self.concurrency = concurrency
+        self.per_caller = per_caller or max(1, concurrency // 2)
         self.max_queued_bytes = max_queued_bytes
         # caller -> its waiting jobs; dict order is the turn order (round robin)
         self._queues: dict[str, deque[Job]] = {}
+        self._running: dict[str, int] = {}  # caller -> its jobs running
         self.queued = 0  # jobs waiting
         self.queued_bytes = 0
         self.running = 0
@@ -80,30 +88,35 @@ class FairScheduler:
             self._gauge.set(self.queued)
         return True
 
-    def _next(self) -> Job | None:
-        """The first caller's oldest job; that caller then goes to the back of the turn."""
+    def _next(self) -> tuple[str, Job] | None:
+        """The oldest job of the first caller in the turn with a slot of its own left;
+        that caller then goes to the back of the turn."""
         for caller in self._queues:
+            if self._running.get(caller, 0) >= self.per_caller:
+                continue
             queue = self._queues.pop(caller)
             job = queue.popleft()
             if queue:
                 self._queues[caller] = queue
             self.queued -= 1
             self.queued_bytes -= job.size
-            return job
+            return caller, job
         return None
 
     def _start(self) -> None:
         loop = asyncio.get_running_loop()
         while self.running < self.concurrency:
-            job = self._next()
-            if job is None:
+            found = self._next()
+            if found is None:
                 break
+            caller, job = found
             self.running += 1
-            task = loop.create_task(self._run(job, loop))
+            self._running[caller] = self._running.get(caller, 0) + 1
+            task = loop.create_task(self._run(caller, job, loop))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
+    async def _run(self, caller: str, job: Job, loop: asyncio.AbstractEventLoop) -> None:
         try:
             if loop.time() > job.deadline:
                 await job.expire()
@@ -113,6 +126,10 @@ class FairScheduler:
             log.exception("request failed")
         finally:
             self.running -= 1
+            if self._running[caller] == 1:
+                del self._running[caller]
+            else:
+                self._running[caller] -= 1
             self._start()
             if self._gauge is not None:
                 self._gauge.set(self.queued)

@@ -28,7 +28,7 @@ class Status(StrEnum):
     OK = "ok"
     ERROR = "error"  # the worker answered with an error
     TIMEOUT = "timeout"
-    UNAVAILABLE = "unavailable"  # no worker instance
+    UNAVAILABLE = "unavailable"  # no worker instance; a worker's queue full ("service busy")
 
 
 class Hop(StrEnum):

@@ -38,9 +38,9 @@ def url(stack: LocalStack) -> str:
 
 async def reply(ws) -> dict:
     """One transform's reply: its report, after reading its output frame if any."""
-    report = orjson.loads(await recv(ws, 10))
+    report = orjson.loads(await recv(ws, 15))
     if report["status"] == "success":
-        assert isinstance(await recv(ws, 10), bytes)
+        assert isinstance(await recv(ws, 15), bytes)
     return report
 
 
@@ -55,16 +55,14 @@ async def test_a_pipelining_client_neither_starves_others_nor_costs_work_nobody_
     count = 40  # ~6 s of work one at a time, three times the gateway's 2 s timeout
     ok_before, expired_before = transforms(stack, "ok"), transforms(stack, "timeout")
     async with connect(url(stack), max_size=None) as heavy, connect(url(stack)) as light:
-        start = time.monotonic()
         for _ in range(count):
             await heavy.send(SLOW)
         await asyncio.sleep(0.2)  # all of them reached the codec
         await light.send(QUICK)
         report = await reply(light)
-        light_took = time.monotonic() - start
-        # it waited for the heavy client's running request and its next, not all 40
+        # it waited for the heavy client's running request and its next, not for all
+        # 40: one at a time in arrival order, it got "service unavailable" at 2 s
         assert report["status"] == "success", report
-        assert light_took < 1.8, light_took
         statuses = [(await reply(heavy))["status"] for _ in range(count)]
         assert statuses.count("success") >= 1
         assert statuses.count("success") < count
@@ -90,7 +88,9 @@ async def test_a_pipelining_client_neither_starves_others_nor_costs_work_nobody_
 async def test_a_stopping_codec_answers_every_request_it_took(tmp_path: Path) -> None:
     count = 8
     frame = encode_request("compress", "zstd", TEXT[: 256 * 1024], 19)  # ~0.1 s each
-    with running(tmp_path, env={"SB_CODEC_CONCURRENCY": "1"}) as stack:
+    # a long gateway timeout: none of them may expire, however slow the machine
+    env = {"SB_CODEC_CONCURRENCY": "1", "SB_GATEWAY_REQUEST_TIMEOUT": "10"}
+    with running(tmp_path, env=env) as stack:
         codec = stack.replicas("codec")[0]
         async with connect(url(stack), max_size=None) as ws:
             for _ in range(count):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.runner import wrap
+from services.runner import REQUEST_OVERHEAD, wrap
 from services.scheduler import FairScheduler, Job
 from wire import headers as h
 from wire.frames import Request, encode_text
@@ -102,6 +102,31 @@ async def test_at_most_concurrency_jobs_run_at_once() -> None:
     await asyncio.wait_for(s.join(), 1)
     assert log.most == 3
     assert sorted(log.events) == sorted(f"start {n}" for n in names)
+
+
+async def test_one_caller_gets_half_the_slots_so_others_find_one_free() -> None:
+    log = Log()
+    s = FairScheduler(concurrency=4, max_queued_bytes=10_000)
+    assert s.per_caller == 2
+    for i in range(6):
+        s.submit("greedy", log.job(f"g{i}"))
+    await asyncio.sleep(0)
+    assert log.events == ["start g0", "start g1"]  # two slots of four left idle for others
+    s.submit("other", log.job("o0"))
+    await asyncio.sleep(0)
+    assert log.events[-1] == "start o0" and s.running == 3  # at once, no wait
+    await finish(log, "g0")
+    assert log.events[-1] == "start g2" and s.running == 3  # greedy's own slot back
+    await finish(log, "o0", "g1", "g2", "g3", "g4", "g5")
+    await asyncio.wait_for(s.join(), 1)
+    assert log.most == 3 and s._running == {}
+
+
+def test_per_caller_slots_can_be_chosen() -> None:
+    assert FairScheduler(concurrency=1, max_queued_bytes=0).per_caller == 1
+    assert FairScheduler(concurrency=16, max_queued_bytes=0, per_caller=16).per_caller == 16
+    with pytest.raises(ValueError):
+        FairScheduler(concurrency=4, max_queued_bytes=0, per_caller=0)
 
 
 async def test_a_job_whose_caller_stopped_waiting_is_expired_not_run() -> None:
@@ -246,7 +271,9 @@ async def test_the_runner_queues_by_connection_with_the_callers_deadline() -> No
         return encode_text("done")
 
     queued = metrics.queued.labels(Service.CODEC, Op.TRANSFORM)
-    scheduler = FairScheduler(concurrency=1, max_queued_bytes=10, queued_gauge=queued)
+    # room for 4 small requests waiting, not for a 5th of 10 bytes
+    room = 4 * (2 + REQUEST_OVERHEAD) + 9
+    scheduler = FairScheduler(concurrency=1, max_queued_bytes=room, queued_gauge=queued)
     endpoint = wrap(Service.CODEC, Op.TRANSFORM, handler, metrics, scheduler=scheduler)
     prefix = reply_prefix("gw")
 
@@ -261,7 +288,7 @@ async def test_the_runner_queues_by_connection_with_the_callers_deadline() -> No
     third = request(b"a3", 1, 3)  # after conns 2 and 3 had theirs
     stale = request(b"b1", 2, 1, timeout_ms="20")  # expires while it waits
     fresh = request(b"c1", 3, 1, timeout_ms="60000")
-    refused = request(b"x" * 10, 4, 1)  # 4 x 2 bytes waiting, + 10 > 10
+    refused = request(b"x" * 10, 4, 1)  # 4 x 2 bytes (+ overhead) waiting: full
     for req in (first, second, third, stale, fresh, refused):
         await endpoint(req)  # returns at once: queued, not handled
     await asyncio.sleep(0.01)
@@ -290,3 +317,28 @@ async def test_the_runner_queues_by_connection_with_the_callers_deadline() -> No
         return registry.get_sample_value("switchboard_service_requests_total", labels) or 0.0
 
     assert (count("ok"), count("timeout"), count("unavailable")) == (4, 1, 1)
+
+
+async def test_requests_through_one_inbox_take_turns_by_user() -> None:
+    """Files requests come through their gateway's nc.request() inbox, one reply prefix
+    for every user of that gateway: the Sb-User header tells the callers apart."""
+    registry = CollectorRegistry()
+    metrics = ServiceMetrics(registry, Service.BINARY)
+    gate = asyncio.Event()
+    ran: list[bytes] = []
+
+    async def handler(req: Request) -> bytes:
+        ran.append(req.data)
+        await gate.wait()
+        return b""
+
+    scheduler = FairScheduler(concurrency=1, max_queued_bytes=1 << 20)
+    endpoint = wrap(Service.BINARY, Op.FILE_LIST, handler, metrics, scheduler=scheduler)
+    for n, (data, user) in enumerate(
+        [(b"a1", "ann"), (b"a2", "ann"), (b"a3", "ann"), (b"b1", "bob")]
+    ):
+        hdrs = {h.SENT_AT: h.now_ns(), h.FRAME: "t", h.USER: user}
+        await endpoint(FakeRequest(data, hdrs, FakeMsg(f"_INBOX.gateway1.{n}")))
+    gate.set()
+    await asyncio.wait_for(scheduler.join(), 1)
+    assert ran == [b"a1", b"a2", b"b1", b"a3"]  # one inbox, FIFO, would be a1 a2 a3 b1

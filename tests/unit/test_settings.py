@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -14,6 +15,8 @@ from gateway.settings import GatewaySettings
 from services.chat.settings import ChatSettings
 from services.codec.settings import CodecSettings
 from wire.settings import unknown_variables
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_misspelt_variable_is_refused_with_a_guess(monkeypatch) -> None:
@@ -58,13 +61,19 @@ def test_names_are_compared_as_pydantic_reads_them() -> None:
 
 
 def test_a_worker_with_a_misspelt_variable_does_not_start() -> None:
-    env = {"SB_CODEC_CONCURENCY": "8", "PATH": "/usr/bin:/bin"}
+    env = {
+        "SB_CODEC_CONCURENCY": "8",
+        "SB_NATS_URL": "nats://127.0.0.1:1",  # should it start after all: nothing there
+        "SB_CODEC_METRICS_PORT": "0",
+        "PATH": "/usr/bin:/bin",
+    }
     proc = subprocess.run(
         [sys.executable, "-m", "services.codec"],
         env=env,
+        cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=15,
     )
     assert proc.returncode != 0
     assert "SB_CODEC_CONCURENCY is not a setting (did you mean SB_CODEC_CONCURRENCY?)" in (
