@@ -71,6 +71,7 @@ def test_required_alerts_exist() -> None:
         "SwitchboardErrorRatioHigh",
         "SwitchboardConnectionsDropping",
         "SwitchboardSlowConsumerDrops",
+        "SwitchboardWorkerSaturated",
         "NatsSlowConsumers",
     } <= alerts
 
