@@ -11,6 +11,10 @@ room.
   duplicate within the stream's dedupe window: it returns the original's sequence.
 - The stream republishes each committed event to ``sb.live.<room>``, in stream order:
   that is the live fan-out the gateways subscribe to.
+- Reads (recovery, history pages) position themselves at the first event wanted with
+  single direct gets by stream sequence (:meth:`RoomStore._position`), then fetch pages
+  with JetStream's batched direct get: no consumer, and only the events wanted cross
+  the wire (each costs ~40 us to parse here).
 - Retention: at most ``max_msgs`` events per room (oldest dropped). ``max_age`` is
   applied when reading (older events are never returned) and by :meth:`RoomStore.trim`,
   run every ``SB_CHAT_HISTORY_TRIM_INTERVAL``, which deletes them from the stream except
@@ -47,10 +51,21 @@ from wire.subjects import (
 )
 
 WRONG_LAST_SEQUENCE = 10071
+READ_PAGE = 256  # events per direct get batch when reading history
+SEEK_SLACK = 16  # events before the first wanted that a read may fetch and skip
 
 
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
+    seq: int
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """An event as the stream holds it: its stream sequence, room sequence and frame."""
+
+    stream_seq: int
     seq: int
     frame: bytes
 
@@ -161,43 +176,127 @@ class RoomStore:
         before: int | None = None,
         limit: int | None = None,
         max_bytes: int | None = None,
+        head: int | None = None,
     ) -> list[StoredEvent]:
         """Events with ``after < seq < before`` not older than max_age: the oldest first
         when ``limit`` is None, else the newest ``limit`` of them. With ``max_bytes``, the
         result is cut to fit (keeping the oldest when reading forward, the newest when
-        reading the last ``limit``), so that one NATS reply can carry it."""
-        head = await self.head(room)
+        reading the last ``limit``), so that one NATS reply can carry it. ``head``: the
+        room's last seq, if the caller has just read it."""
+        if head is None:
+            head = await self.head(room)
         if head <= after:
             return []
+        head_stream = self._heads.get(room, (head, 0))[1] if head else 0
+        # The first event wanted: the one after ``after``, or, for the newest ``limit``,
+        # ``limit`` before ``before`` (or the head).
+        first = after + 1
+        if limit is not None:
+            first = max(first, (head + 1 if before is None else before) - limit)
+        subject = history_subject(room)
+        start = await self._age_start(subject)
+        if start is None:  # everything is older than max_age
+            return []
+        if head_stream and first > 1:
+            start = max(start, await self._position(subject, first, head, head_stream))
+        # JetStream's batched direct get, a page at a time from there: answered by
+        # nats-server from the stream, no consumer to create and delete, and only the
+        # events wanted (give or take a few) cross the wire: each costs the client ~40 us
+        # to parse, so reading a 1,000-event room from its start made every recovery
+        # cost ~40 ms of chat's CPU, whatever its gap.
         keep: deque[StoredEvent] = deque(maxlen=limit)
-        oldest_allowed = time.time() - self.max_age
-        sub = await self.js.subscribe(
-            history_subject(room),
-            ordered_consumer=True,
-            deliver_policy=api.DeliverPolicy.ALL,
-            stream=ROOMS_STREAM,
-        )
-        try:
-            while True:
-                msg = await sub.next_msg(timeout=2.0)
-                seq = int((msg.headers or {}).get(h.SEQ, 0))
-                meta = msg.metadata
-                if (
-                    seq > after
-                    and (before is None or seq < before)
-                    and meta.timestamp.timestamp() >= oldest_allowed
-                ):
-                    keep.append(StoredEvent(seq, msg.data))
-                if meta.num_pending == 0 or seq >= head:
-                    break
-        except NatsTimeout:
-            raise WireError(ErrorCode.UNAVAILABLE, "history store unavailable") from None
-        finally:
-            await sub.unsubscribe()
+        request = {"seq": start, "next_by_subj": subject, "batch": READ_PAGE}
+        while True:
+            page = await self._direct_batch(request)
+            for event in page:
+                if event.seq > after and (before is None or event.seq < before):
+                    keep.append(StoredEvent(event.seq, event.frame))
+            if len(page) < READ_PAGE or page[-1].seq >= head:
+                break
+            request = {"seq": page[-1].stream_seq + 1, "next_by_subj": subject, "batch": READ_PAGE}
         events = list(keep)
         if max_bytes is not None:
             events = fit(events, max_bytes, newest=limit is not None)
         return events
+
+    async def _first_at(self, request: dict[str, Any]) -> Stored | None:
+        """The one event a direct get finds (``next_by_subj`` from ``seq`` or
+        ``start_time``), None when there is none (404)."""
+        try:
+            msg = await self.nc.request(
+                direct_get_subject(ROOMS_STREAM), orjson.dumps(request), timeout=2.0
+            )
+        except NatsTimeout:
+            raise WireError(ErrorCode.UNAVAILABLE, "history store unavailable") from None
+        hdrs = msg.headers or {}
+        status = hdrs.get(h.STATUS)
+        if status is not None and not msg.data:
+            if status == "404":
+                return None
+            raise WireError(ErrorCode.UNAVAILABLE, f"history store answered {status}")
+        return Stored(int(hdrs[h.STREAM_SEQUENCE]), int(hdrs.get(h.SEQ, 0)), msg.data)
+
+    async def _age_start(self, subject: str) -> int | None:
+        """Stream sequence of the room's first event not older than max_age; None if
+        every event is older."""
+        cutoff = dt.datetime.fromtimestamp(time.time() - self.max_age, dt.UTC)
+        first = await self._first_at(
+            {"start_time": cutoff.isoformat().replace("+00:00", "Z"), "next_by_subj": subject}
+        )
+        return None if first is None else first.stream_seq
+
+    async def _position(self, subject: str, target: int, head: int, head_stream: int) -> int:
+        """A stream sequence at or shortly before the room's event ``target``.
+
+        Stream sequences grow by at least one per event, so event ``target`` is at most
+        at ``head_stream - (head - target)``. Probe there, then 4, 16, ... times as far
+        back, until the room's first event at or after the probe is ``target`` or older
+        (or the stream's start is reached); then halve the distance between the last two
+        probes until at most :data:`SEEK_SLACK` events before ``target`` would be read.
+        O(log) single direct gets of ~0.2 ms, against ~40 us per event read for nothing."""
+        near = head_stream  # the first event at or after it is newer than target
+        back = max(1, head - target)
+        while True:
+            probe = max(1, head_stream - back)
+            found = await self._first_at({"seq": probe, "next_by_subj": subject})
+            if found is None:
+                return probe
+            if found.seq <= target:
+                break
+            if probe == 1:
+                return 1  # the room's history starts after target
+            near, back = probe, back * 4
+        while target - found.seq > SEEK_SLACK and near - found.stream_seq > 1:
+            middle = (found.stream_seq + near) // 2
+            closer = await self._first_at({"seq": middle, "next_by_subj": subject})
+            if closer is not None and closer.seq <= target:
+                found = closer
+            else:
+                near = middle
+        return found.stream_seq
+
+    async def _direct_batch(self, request: dict[str, Any]) -> list[Stored]:
+        """One page of a batched direct get, in stream order, up to the end-of-batch
+        status (204; 404: nothing at or after the start)."""
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox)
+        page: list[Stored] = []
+        try:
+            body = orjson.dumps(request)
+            await self.nc.publish(direct_get_subject(ROOMS_STREAM), body, reply=inbox)
+            while True:
+                msg = await sub.next_msg(timeout=2.0)
+                hdrs = msg.headers or {}
+                status = hdrs.get(h.STATUS)
+                if status is not None and not msg.data:
+                    if status in ("204", "404"):
+                        return page
+                    raise WireError(ErrorCode.UNAVAILABLE, f"history store answered {status}")
+                page.append(Stored(int(hdrs[h.STREAM_SEQUENCE]), int(hdrs.get(h.SEQ, 0)), msg.data))
+        except NatsTimeout:
+            raise WireError(ErrorCode.UNAVAILABLE, "history store unavailable") from None
+        finally:
+            await sub.unsubscribe()
 
     async def recover(
         self, room: str, since: int, newest: int, max_bytes: int | None = None
@@ -208,11 +307,12 @@ class RoomStore:
         if since == head:
             return Recovery([], True, head)
         if since < head:
-            events = await self.read(room, after=since, max_bytes=max_bytes)
+            events = await self.read(room, after=since, max_bytes=max_bytes, head=head)
             if events and events[0].seq == since + 1:
                 return Recovery(events, True, head)
         # Gap older than retention (or a since from the future): newest events instead.
-        return Recovery(await self.read(room, limit=newest, max_bytes=max_bytes), False, head)
+        newest_events = await self.read(room, limit=newest, max_bytes=max_bytes, head=head)
+        return Recovery(newest_events, False, head)
 
     async def _rooms(self) -> AsyncIterator[tuple[str, int]]:
         """Each room's history subject and its number of stored events, a page of
