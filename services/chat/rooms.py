@@ -34,6 +34,7 @@ from typing import Any
 
 import orjson
 from nats.aio.client import Client
+from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NotFoundError
@@ -53,6 +54,7 @@ from wire.subjects import (
 WRONG_LAST_SEQUENCE = 10071
 READ_PAGE = 256  # events per direct get batch when reading history
 SEEK_SLACK = 16  # events before the first wanted that a read may fetch and skip
+READ_ATTEMPTS = 3  # reads of a range that came back short (a lagging replica) before 503
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,15 +187,46 @@ class RoomStore:
         room's last seq, if the caller has just read it."""
         if head is None:
             head = await self.head(room)
-        if head <= after:
+        # the events wanted: after < seq <= last; the first of them, for the newest
+        # ``limit``, ``limit`` before the end
+        last = head if before is None else min(head, before - 1)
+        if last <= after:
             return []
-        head_stream = self._heads.get(room, (head, 0))[1] if head else 0
-        # The first event wanted: the one after ``after``, or, for the newest ``limit``,
-        # ``limit`` before ``before`` (or the head).
-        first = after + 1
-        if limit is not None:
-            first = max(first, (head + 1 if before is None else before) - limit)
+        first = after + 1 if limit is None else max(after + 1, last + 1 - limit)
+        head_stream = self._heads.get(room, (head, 0))[1]
         subject = history_subject(room)
+        for attempt in range(READ_ATTEMPTS):
+            events = await self._fetch(subject, first, last, head, head_stream, limit, max_bytes)
+            # A replicated stream may answer a direct get from a follower that has not
+            # applied the newest writes yet (no read-after-write). The head's event is
+            # never deleted (trim keeps it), so a read up to the head that does not reach
+            # it is read again rather than taken for history lost; unless the head is
+            # older than max_age, or the read stopped at the reply budget.
+            if last < head or (events and events[-1].seq >= last):
+                break
+            if events and limit is None and max_bytes is not None:
+                break  # forward, cut at the budget: the caller asks for more
+            if not await self._retained(subject):
+                break
+            if attempt + 1 == READ_ATTEMPTS:
+                raise WireError(ErrorCode.UNAVAILABLE, "history store behind, try again")
+            await asyncio.sleep(0.05 * (attempt + 1))
+        if max_bytes is not None:
+            events = fit(events, max_bytes, newest=limit is not None)
+        return events
+
+    async def _fetch(
+        self,
+        subject: str,
+        first: int,
+        last: int,
+        head: int,
+        head_stream: int,
+        limit: int | None,
+        max_bytes: int | None,
+    ) -> list[StoredEvent]:
+        """Events ``first..last`` (those still retained and not older than max_age), read
+        from a stream sequence at or just before ``first``."""
         start = await self._age_start(subject)
         if start is None:  # everything is older than max_age
             return []
@@ -205,19 +238,24 @@ class RoomStore:
         # to parse, so reading a 1,000-event room from its start made every recovery
         # cost ~40 ms of chat's CPU, whatever its gap.
         keep: deque[StoredEvent] = deque(maxlen=limit)
+        size = 0
         request = {"seq": start, "next_by_subj": subject, "batch": READ_PAGE}
         while True:
             page = await self._direct_batch(request)
             for event in page:
-                if event.seq > after and (before is None or event.seq < before):
+                if first <= event.seq <= last:
                     keep.append(StoredEvent(event.seq, event.frame))
-            if len(page) < READ_PAGE or page[-1].seq >= head:
+                    size += len(event.frame)
+            if not page or page[-1].seq >= last:
                 break
+            if limit is None and max_bytes is not None and size > max_bytes:
+                break  # reading forward: what follows would be cut anyway
             request = {"seq": page[-1].stream_seq + 1, "next_by_subj": subject, "batch": READ_PAGE}
-        events = list(keep)
-        if max_bytes is not None:
-            events = fit(events, max_bytes, newest=limit is not None)
-        return events
+        return list(keep)
+
+    async def _retained(self, subject: str) -> bool:
+        """True if the room has an event not older than max_age."""
+        return await self._age_start(subject) is not None
 
     async def _first_at(self, request: dict[str, Any]) -> Stored | None:
         """The one event a direct get finds (``next_by_subj`` from ``seq`` or
@@ -226,7 +264,7 @@ class RoomStore:
             msg = await self.nc.request(
                 direct_get_subject(ROOMS_STREAM), orjson.dumps(request), timeout=2.0
             )
-        except NatsTimeout:
+        except (NatsTimeout, NoRespondersError):
             raise WireError(ErrorCode.UNAVAILABLE, "history store unavailable") from None
         hdrs = msg.headers or {}
         status = hdrs.get(h.STATUS)
@@ -264,7 +302,9 @@ class RoomStore:
             if found.seq <= target:
                 break
             if probe == 1:
-                return 1  # the room's history starts after target
+                return found.stream_seq  # the room's retained history starts after target
+            # (the same event found again does not mean that: another room's events may
+            # fill the stream between two of this room's)
             near, back = probe, back * 4
         while target - found.seq > SEEK_SLACK and near - found.stream_seq > 1:
             middle = (found.stream_seq + near) // 2

@@ -5,6 +5,7 @@ and for recovery, with other rooms' events interleaved in the stream."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 from services.chat.rooms import READ_PAGE, SEEK_SLACK, RoomStore
 from switchboard.localstack import LocalStack
+from wire.errors import ErrorCode, WireError
 
 COUNT = 2 * READ_PAGE + 37  # three pages
 
@@ -116,17 +118,92 @@ async def test_a_recovery_fetches_its_gap_not_the_rooms_history(store, filled) -
 
 async def test_positioning_through_a_stream_crowded_by_another_room(store) -> None:
     """Between two events of room ``sparse``, 300 of room ``crowd``: the probes go back
-    4, 16, 64 ... times as far, then halve the distance, and still land on the right
-    event."""
+    4, 16, 64 ... times as far (finding the same event again on the way), then halve
+    the distance, and still land on the right event."""
+    sparse, crowd = f"sparse-{uuid.uuid4().hex[:6]}", f"crowd-{uuid.uuid4().hex[:6]}"
     for i in range(6):
-        await store.append("sparse", "message", {"text": f"s{i + 1}"}, None)
+        await store.append(sparse, "message", {"text": f"s{i + 1}"}, None)
         for j in range(300 if i == 2 else 3):
-            await store.append("crowd", "message", {"text": f"c{j}"}, None)
+            await store.append(crowd, "message", {"text": f"c{j}"}, None)
     for since in range(0, 6):
-        recovery = await store.recover("sparse", since, newest=20)
-        assert recovery.recovered
+        recovery = await store.recover(sparse, since, newest=20)
+        assert recovery.recovered, since
         assert [e.seq for e in recovery.events] == list(range(since + 1, 7))
-    assert texts(await store.read("sparse", before=4, limit=2)) == ["s2", "s3"]
+    assert texts(await store.read(sparse, before=4, limit=2)) == ["s2", "s3"]
+
+
+async def test_history_pages_at_and_past_the_ends(store, filled) -> None:
+    newest = await store.read(filled, before=COUNT + 1000, limit=10)  # "before" past the head
+    assert [e.seq for e in newest] == list(range(COUNT - 9, COUNT + 1))
+    assert await store.read(filled, before=1, limit=10) == []
+    assert await store.read(filled, before=0, limit=10) == []
+    assert [e.seq for e in await store.read(filled, before=3, limit=10)] == [1, 2]
+    assert await store.read(filled, after=COUNT + 5) == []
+
+
+async def test_a_small_gap_costs_a_few_single_gets(store, filled) -> None:
+    probes = 0
+    first_at = store._first_at
+
+    async def counting(request):
+        nonlocal probes
+        probes += 1
+        return await first_at(request)
+
+    store._first_at = counting
+    recovery = await store.recover(filled, COUNT - 3, newest=20)
+    assert [e.seq for e in recovery.events] == [COUNT - 2, COUNT - 1, COUNT]
+    assert probes <= 4, probes  # the age cut and one or two probes
+
+
+async def test_a_read_that_ends_short_of_the_head_is_read_again(store, filled) -> None:
+    """A replicated stream may answer direct gets from a follower that is behind: a
+    read up to the head that misses it is retried, then refused (503), never returned
+    as if the rest were not retained."""
+    fetch = store._fetch
+    answers: list[str] = []
+
+    async def behind_once(subject, first, last, *args):
+        events = await fetch(subject, first, last, *args)
+        if not answers:
+            answers.append("short")
+            return events[:-1]
+        answers.append("full")
+        return events
+
+    store._fetch = behind_once
+    recovery = await store.recover(filled, COUNT - 5, newest=20)
+    assert answers == ["short", "full"]
+    assert [e.seq for e in recovery.events] == list(range(COUNT - 4, COUNT + 1))
+
+    async def always_behind(subject, first, last, *args):
+        return (await fetch(subject, first, last, *args))[:-1]
+
+    store._fetch = always_behind
+    with pytest.raises(WireError) as exc:
+        await store.recover(filled, COUNT - 5, newest=20)
+    assert exc.value.code == ErrorCode.UNAVAILABLE
+
+
+async def test_events_older_than_max_age_are_never_read(server: LocalStack) -> None:
+    nc = await nats.connect(server.nats_url)
+    try:
+        # the stream settings as the other tests have them (ensure() updates the stream)
+        store = RoomStore(nc, nc.jetstream(), max_msgs=10_000, max_age=1.0, dedupe_window=120)
+        await store.ensure()
+        room = f"aging-{uuid.uuid4().hex[:6]}"
+        for i in range(3):
+            await store.append(room, "message", {"text": f"old{i}"}, None)
+        await asyncio.sleep(1.3)
+        assert await store.read(room, after=0) == []  # all older than max_age
+        for i in range(2):
+            await store.append(room, "message", {"text": f"new{i}"}, None)
+        assert texts(await store.read(room, after=0)) == ["new0", "new1"]
+        assert texts(await store.read(room, limit=10)) == ["new0", "new1"]
+        recovery = await store.recover(room, 1, newest=10)  # 2 and 3 aged out: a gap
+        assert not recovery.recovered and texts(recovery.events) == ["new0", "new1"]
+    finally:
+        await nc.close()
 
 
 async def test_every_recovery_point_starts_exactly_after_since(store, filled) -> None:
