@@ -120,3 +120,27 @@ async def test_rooms_page_join_send_presence_and_recover(stack, page) -> None:
             assert seqs == sorted(set(seqs)), f"duplicate or out-of-order events in {name}"
     finally:
         await bot.close()
+
+
+async def test_rooms_page_joins_again_after_a_passing_refusal(tmp_path, page) -> None:
+    """No chat replica when the page joins: the join is refused (503) and the page tries
+    again with backoff until a replica is back, then shows the room as joined."""
+    with running(tmp_path) as stack:
+        for replica in stack.replicas("chat"):
+            replica.stop()
+        base = f"http://127.0.0.1:{stack.gateways[0].port}"
+        await page.goto(base + "/rooms")
+        await page.fill("#username", "patient")
+        await page.click("#connect")
+        await page.wait_for_selector("#status.open")
+        await page.fill("#room", "later")
+        await page.click("#join")
+        await wait_for_text(page, "later", "joining again in")
+        await asyncio.to_thread(stack.start_service, "chat")
+        await page.wait_for_function(
+            "document.querySelector('.room[data-room=\"later\"] .presence')"
+            ".textContent.includes('patient')",
+            timeout=30_000,
+        )
+        lines = await texts(page, "later")
+        assert any("service unavailable" in line for line in lines), lines
