@@ -75,6 +75,7 @@ NO_SLOW_OPS = SlowOps(frozenset(), 1, 0)
 REQUEST_OVERHEAD = 512
 EXPIRED = WireError(ErrorCode.TIMEOUT, "request expired before it was handled")
 BUSY = WireError(ErrorCode.UNAVAILABLE, "service busy")
+STOPPING = WireError(ErrorCode.UNAVAILABLE, "service stopping")
 READY_LINE = "switchboard-service-ready"
 
 
@@ -213,6 +214,7 @@ def scheduled(
             partial(answer, msg, EXPIRED, expired),
             deadline,
             len(msg.data) + REQUEST_OVERHEAD,
+            partial(answer, msg, STOPPING, refused),
         )
         if not scheduler.submit(caller, job):
             await answer(msg, BUSY, refused)
@@ -324,6 +326,8 @@ async def serve(
             await asyncio.wait_for(nc.drain(), settings.shutdown_timeout)
         except TimeoutError:
             log.warning("drain timed out", extra={"service": str(service)})
+            if schedulers:
+                await _abandon(schedulers, nc, settings.shutdown_timeout)
         except Exception as exc:  # NATS unreachable (reconnecting): nothing can be drained
             log.warning("drain failed: %r", exc, extra={"service": str(service)})
     finally:
@@ -359,6 +363,19 @@ async def _drain_endpoints(svc, nc, schedulers: list[FairScheduler]) -> None:
     await asyncio.sleep(LATE_GRACE)
     await asyncio.gather(*(sub.drain() for sub in subs))
     await asyncio.gather(*(scheduler.join() for scheduler in schedulers))
+
+
+async def _abandon(schedulers: list[FairScheduler], nc, grace: float) -> None:
+    """Out of time on shutdown: what the schedulers still hold waiting is answered 503
+    "service stopping" (the client sends it again) rather than dropped, what runs gets
+    ``grace`` more to finish and be answered, then the connection drains."""
+    with contextlib.suppress(Exception):
+        for scheduler in schedulers:
+            await asyncio.wait_for(scheduler.abandon(), 1.0)
+        joined = asyncio.gather(*(scheduler.join() for scheduler in schedulers))
+        await asyncio.wait_for(joined, grace)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(nc.drain(), grace)
 
 
 def run(

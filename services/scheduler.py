@@ -41,6 +41,7 @@ class Job:
     expire: Callable[[], Awaitable[None]]  # reply that it expired, without handling it
     deadline: float  # event-loop time after which its caller no longer waits
     size: int  # bytes held while it waits
+    refuse: Callable[[], Awaitable[None]] | None = None  # reply "not handled" (abandon)
 
 
 class Gauge(Protocol):
@@ -72,8 +73,11 @@ class FairScheduler:
         self._idle.set()
 
     def submit(self, caller: str, job: Job) -> bool:
-        """Queue ``job`` for ``caller``; False (not queued) when the queue is full. A
-        job alone is always taken, whatever its size (the frame size limit bounds it)."""
+        """Queue ``job`` for ``caller``; False (not queued) when the queue is full or the
+        scheduler abandoned. A job alone is always taken, whatever its size (the frame
+        size limit bounds it)."""
+        if self.concurrency == 0:  # abandoned
+            return False
         if self.queued and self.queued_bytes + job.size > self.max_queued_bytes:
             return False
         queue = self._queues.get(caller)
@@ -135,6 +139,23 @@ class FairScheduler:
                 self._gauge.set(self.queued)
             if not self.running and not self.queued:
                 self._idle.set()
+
+    async def abandon(self) -> None:
+        """Answer every job still waiting with its ``refuse`` instead of running it, and
+        start no more (a worker out of time to finish on shutdown). Running jobs go on."""
+        self.concurrency = 0
+        waiting = [job for queue in self._queues.values() for job in queue]
+        self._queues.clear()
+        self.queued = self.queued_bytes = 0
+        if self._gauge is not None:
+            self._gauge.set(0)
+        for job in waiting:
+            try:
+                await (job.refuse or job.expire)()
+            except Exception:  # the connection may be closing
+                log.exception("request failed")
+        if not self.running:
+            self._idle.set()
 
     async def join(self) -> None:
         """Wait until every job taken has been answered."""

@@ -100,3 +100,30 @@ async def test_a_stopping_codec_answers_every_request_it_took(tmp_path: Path) ->
             reports = [await reply(ws) for _ in range(count)]
         assert [r["status"] for r in reports] == ["success"] * count, reports
         assert await asyncio.to_thread(codec.wait, 15) == 0
+
+
+async def test_a_codec_out_of_time_on_shutdown_refuses_what_still_waits(tmp_path: Path) -> None:
+    """SIGTERM with more queued work than SB_CODEC_SHUTDOWN_TIMEOUT allows: what runs
+    finishes, what still waits is answered at once ("service unavailable": send it
+    again), not dropped for the client to wait out the gateway's timeout."""
+    count = 12
+    env = {
+        "SB_CODEC_CONCURRENCY": "1",
+        "SB_CODEC_SHUTDOWN_TIMEOUT": "0.5",
+        "SB_GATEWAY_REQUEST_TIMEOUT": "20",
+    }
+    with running(tmp_path, env=env) as stack:
+        codec = stack.replicas("codec")[0]
+        async with connect(url(stack), max_size=None) as ws:
+            for _ in range(count):
+                await ws.send(SLOW)  # ~0.15 s each here: ~1.8 s of work
+            await asyncio.sleep(0.3)
+            stopped = time.monotonic()
+            codec.signal(signal.SIGTERM)
+            reports = [await reply(ws) for _ in range(count)]
+            took = time.monotonic() - stopped
+        statuses = [r["status"] for r in reports]
+        assert statuses[0] == "success" and "error" in statuses, statuses
+        assert {r["message"] for r in reports if r["status"] == "error"} == {"service unavailable"}
+        assert took < 10, took  # answered, not left to the gateway's 20 s timeout
+        assert await asyncio.to_thread(codec.wait, 15) == 0

@@ -342,3 +342,30 @@ async def test_requests_through_one_inbox_take_turns_by_user() -> None:
     gate.set()
     await asyncio.wait_for(scheduler.join(), 1)
     assert ran == [b"a1", b"a2", b"b1", b"a3"]  # one inbox, FIFO, would be a1 a2 a3 b1
+
+
+async def test_abandon_answers_the_waiting_and_lets_the_running_finish() -> None:
+    """A worker out of time on shutdown: what waits is refused (not dropped), what runs
+    finishes, nothing new starts."""
+    log = Log()
+    refused: list[str] = []
+    s = FairScheduler(concurrency=1, max_queued_bytes=1000)
+    s.submit("a", log.job("running"))
+    for name in ("w1", "w2"):
+        job = log.job(name)
+
+        async def refuse(name: str = name) -> None:
+            refused.append(name)
+
+        job.refuse = refuse
+        s.submit("b", job)
+    await asyncio.sleep(0)
+    await s.abandon()
+    assert refused == ["w1", "w2"] and s.queued == 0
+    joined = asyncio.create_task(s.join())
+    await asyncio.sleep(0.01)
+    assert not joined.done()  # "running" still runs
+    await finish(log, "running")
+    await asyncio.wait_for(joined, 1)
+    assert log.events == ["start running"]
+    assert not s.submit("c", log.job("late"))  # refused: nothing new once abandoned
