@@ -256,12 +256,8 @@ class FakeRequest:
         await self.respond(data, {**(headers or {}), h.ERROR_CODE: code, h.ERROR: description})
 
 
-async def test_the_runner_queues_by_connection_with_the_callers_deadline() -> None:
-    """services.runner.wrap with a scheduler: the deadline comes from Sb-Timeout (none
-    without it), the turn from the reply subject's connection; an expired request is
-    answered 408 and a refused one 503 without running, each counted."""
-    registry = CollectorRegistry()
-    metrics = ServiceMetrics(registry, Service.CODEC)
+def gated_handler():
+    """A handler that records each request's data, then waits for ``gate``."""
     gate = asyncio.Event()
     ran: list[bytes] = []
 
@@ -269,6 +265,17 @@ async def test_the_runner_queues_by_connection_with_the_callers_deadline() -> No
         ran.append(req.data)
         await gate.wait()
         return encode_text("done")
+
+    return handler, gate, ran
+
+
+async def test_the_runner_queues_by_connection_with_the_callers_deadline() -> None:
+    """services.runner.wrap with a scheduler: the deadline comes from Sb-Timeout (none
+    without it), the turn from the reply subject's connection; an expired request is
+    answered 408 and a refused one 503 without running, each counted."""
+    registry = CollectorRegistry()
+    metrics = ServiceMetrics(registry, Service.CODEC)
+    handler, gate, ran = gated_handler()
 
     queued = metrics.queued.labels(Service.CODEC, Op.TRANSFORM)
     # room for 4 small requests waiting, not for a 5th of 10 bytes
@@ -324,13 +331,7 @@ async def test_requests_through_one_inbox_take_turns_by_user() -> None:
     for every user of that gateway: the Sb-User header tells the callers apart."""
     registry = CollectorRegistry()
     metrics = ServiceMetrics(registry, Service.BINARY)
-    gate = asyncio.Event()
-    ran: list[bytes] = []
-
-    async def handler(req: Request) -> bytes:
-        ran.append(req.data)
-        await gate.wait()
-        return b""
+    handler, gate, ran = gated_handler()
 
     scheduler = FairScheduler(concurrency=1, max_queued_bytes=1 << 20)
     endpoint = wrap(Service.BINARY, Op.FILE_LIST, handler, metrics, scheduler=scheduler)
