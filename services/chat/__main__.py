@@ -1,7 +1,16 @@
 from services.chat.service import build
 from services.chat.settings import ChatSettings
-from services.runner import run
-from wire.subjects import Service
+from services.runner import SlowOps, run
+from wire.subjects import Op, Service
 
 settings = ChatSettings()
-run(Service.CHAT, settings, lambda nc: build(nc, settings))
+# History pages read JetStream (a page of 500 events: ~12 ms): one at a time, a few
+# connections asking for many would hold up everyone's (services/scheduler.py). The
+# ordered operations stay one at a time per subscription, in order.
+READS = frozenset({Op.HISTORY, Op.PRESENCE})
+run(
+    Service.CHAT,
+    settings,
+    lambda nc: build(nc, settings),
+    SlowOps(READS, settings.concurrency, settings.queue_bytes),
+)

@@ -24,3 +24,12 @@ class ChatSettings(ServiceSettings):
     reply_budget_bytes: int = Field(
         1024 * 1024, ge=65536, description="events per history/recovery reply, in bytes"
     )
+    concurrency: int = Field(
+        8,
+        ge=1,
+        description="history and presence requests handled at once per replica; the rest "
+        "wait, taking turns by connection (joins, leaves and publishes keep their order)",
+    )
+    queue_bytes: int = Field(
+        4 * 1024 * 1024, ge=0, description="history/presence requests waiting; past it: busy"
+    )
