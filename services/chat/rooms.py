@@ -60,17 +60,23 @@ READ_ATTEMPTS = 3  # reads of a range that came back short (a lagging replica) b
 
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
+    """A room event: its room sequence, frame, and where the stream holds it."""
+
     seq: int
     frame: bytes
+    stream_seq: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Stored:
-    """An event as the stream holds it: its stream sequence, room sequence and frame."""
-
-    stream_seq: int
-    seq: int
-    frame: bytes
+def stored(msg: Msg) -> StoredEvent | None:
+    """A direct get's answer: the event, or None for "no (more) event" (nats-server's
+    404, or 204 at the end of a batch); WireError(503) for any other status."""
+    hdrs = msg.headers or {}
+    status = hdrs.get(h.STATUS)
+    if status is not None and not msg.data:
+        if status in ("204", "404"):
+            return None
+        raise WireError(ErrorCode.UNAVAILABLE, f"history store answered {status}")
+    return StoredEvent(int(hdrs.get(h.SEQ, 0)), msg.data, int(hdrs[h.STREAM_SEQUENCE]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +251,7 @@ class RoomStore:
             page = await self._direct_batch(request)
             for event in page:
                 if first <= event.seq <= last:
-                    keep.append(StoredEvent(event.seq, event.frame))
+                    keep.append(event)
                     size += len(event.frame)
             if not page or page[-1].seq >= last:
                 break
@@ -258,7 +264,7 @@ class RoomStore:
         """True if the room has an event not older than max_age."""
         return await self._age_start(subject) is not None
 
-    async def _first_at(self, request: dict[str, Any]) -> Stored | None:
+    async def _first_at(self, request: dict[str, Any]) -> StoredEvent | None:
         """The one event a direct get finds (``next_by_subj`` from ``seq`` or
         ``start_time``), None when there is none (404)."""
         try:
@@ -267,13 +273,7 @@ class RoomStore:
             )
         except (NatsTimeout, NoRespondersError):
             raise WireError(ErrorCode.UNAVAILABLE, "history store unavailable") from None
-        hdrs = msg.headers or {}
-        status = hdrs.get(h.STATUS)
-        if status is not None and not msg.data:
-            if status == "404":
-                return None
-            raise WireError(ErrorCode.UNAVAILABLE, f"history store answered {status}")
-        return Stored(int(hdrs[h.STREAM_SEQUENCE]), int(hdrs.get(h.SEQ, 0)), msg.data)
+        return stored(msg)
 
     async def _age_start(self, subject: str) -> int | None:
         """Stream sequence of the room's first event not older than max_age; None if
@@ -316,27 +316,26 @@ class RoomStore:
                 near = middle
         return found.stream_seq
 
-    async def _direct_batch(self, request: dict[str, Any]) -> list[Stored]:
+    async def _direct_batch(self, request: dict[str, Any]) -> list[StoredEvent]:
         """One page of a batched direct get, in stream order, up to the end-of-batch
         status (204; 404: nothing at or after the start). The messages are taken by a
         callback, not ``next_msg()`` (which spends a ``wait_for`` and a task per
         message: a third of the cost of each event read)."""
-        page: list[Stored] = []
+        page: list[StoredEvent] = []
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         async def take(msg: Msg) -> None:
             if done.done():
                 return
-            hdrs = msg.headers or {}
-            status = hdrs.get(h.STATUS)
-            if status is not None and not msg.data:
-                if status in ("204", "404"):
-                    done.set_result(None)
-                else:
-                    error = WireError(ErrorCode.UNAVAILABLE, f"history store answered {status}")
-                    done.set_exception(error)
+            try:
+                event = stored(msg)
+            except WireError as exc:
+                done.set_exception(exc)
                 return
-            page.append(Stored(int(hdrs[h.STREAM_SEQUENCE]), int(hdrs.get(h.SEQ, 0)), msg.data))
+            if event is None:
+                done.set_result(None)
+            else:
+                page.append(event)
 
         sub = await self.nc.subscribe(self.nc.new_inbox(), cb=take)
         try:
