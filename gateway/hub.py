@@ -71,6 +71,14 @@ Queued = tuple[Connection, int, Pending, bytes, dict[str, str]]
 RELEASING = -1  # Connection.gate while held requests are being published
 
 
+def _stamp_deadline(headers: dict[str, str], pending: Pending) -> None:
+    """``Sb-Timeout``: how long we still wait for the reply; a worker that cannot start
+    the request by then skips it (services/scheduler.py)."""
+    left = pending.deadline - asyncio.get_running_loop().time()
+    if left < math.inf:
+        headers[h.TIMEOUT] = h.timeout_ms(left)
+
+
 def frames_to_messages(payload: bytes) -> list[Message]:
     out: list[Message] = []
     for frame in decode_frames(payload):
@@ -266,10 +274,7 @@ class Hub:
         headers: dict[str, str],
     ) -> None:
         assert self.nc is not None
-        # how long we still wait: a worker that cannot start it by then skips it
-        left = pending.deadline - asyncio.get_running_loop().time()
-        if left < math.inf:
-            headers[h.TIMEOUT] = h.timeout_ms(left)
+        _stamp_deadline(headers, pending)
         try:
             await self.nc.publish(
                 subject, data, reply=reply_subject(self._prefix, conn.id, seq), headers=headers
@@ -676,9 +681,7 @@ class Hub:
         subject, data, headers = pending.retry
         pending.retry = None
         self.metrics.retries.labels(pending.service).inc()
-        left = pending.deadline - asyncio.get_running_loop().time()
-        if h.TIMEOUT in headers and left < math.inf:  # what is left, not the first's
-            headers = {**headers, h.TIMEOUT: h.timeout_ms(left)}
+        _stamp_deadline(headers, pending)  # what is left now, not the first's
         with contextlib.suppress(Exception):
             reply = reply_subject(self._prefix, conn.id, seq)
             await self.nc.publish(subject, data, reply=reply, headers=headers)
