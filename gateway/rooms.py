@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 
 
 class Member:
-    __slots__ = ("buffer", "conn", "fill", "held", "key", "last", "leaving", "room", "syncing")
+    __slots__ = (
+        "buffer", "conn", "fill", "gone", "held", "key", "last", "leaving", "room", "syncing"
+    )  # fmt: skip
 
     def __init__(
         self, conn: Connection, room: str, fill: Callable[[Member], None], key: int = 0
@@ -54,8 +56,13 @@ class Member:
         # the join's ack, while a replay too large for one reply is still being filled
         self.held: Message | None = None
         self.leaving = False  # its leave is on its way: live events wait for its seq
+        # abandoned (its join, leave or a fill failed): until the room has dropped it
+        # (a task), live events still come; they are not its client's any more
+        self.gone = False
 
     def on_event(self, seq: int, message: Message) -> None:
+        if self.gone:
+            return
         if self.syncing or self.leaving:
             self.buffer.append((seq, message))
             return
@@ -80,6 +87,8 @@ class Member:
     ) -> None:
         """Called at the reply's turn: send the replay (numbered from ``first``), then
         ``after`` (the join's ack), then the buffered live events."""
+        if self.gone:
+            return
         enqueue = self.conn.enqueue
         if first is not None:
             for i, message in enumerate(replay):
@@ -122,7 +131,9 @@ class Member:
         self.conn.wake.set()
 
     def abandon(self, error_message: Message | None) -> None:
-        """The join failed: nothing buffered is sent."""
+        """The join failed (or its leave, or a fill): nothing buffered is sent, and
+        nothing that comes later."""
+        self.gone = True
         self.syncing = False
         self.buffer = []
         self.held = None

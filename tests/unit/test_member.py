@@ -60,6 +60,19 @@ def test_abandon_sends_only_the_error() -> None:
     assert sent(m.conn) == ["err"]
 
 
+def test_an_abandoned_member_takes_no_more_events_and_asks_no_fill() -> None:
+    # Its join failed (timed out): until the gateway has removed it from the room (a
+    # task), live events still reach it. Taken as a gap after seq 0, each one asked
+    # for a fill of the room's whole history, which was then sent to a client not in
+    # the room (seen in a reconnect storm: 88 fills of 1,000 events each).
+    m, fills = member()
+    m.abandon({"type": "websocket.send", "text": "err"})
+    for seq in (40, 41, 43):
+        m.on_event(seq, ev(seq))
+    m.synced([ev(42)], 42, None, [], accept_gaps=True)  # a fill's late answer
+    assert fills == [] and sent(m.conn) == ["err"]
+
+
 def test_failed_fill_closes_instead_of_skipping_the_gap() -> None:
     from gateway.v2 import V2Endpoint
     from wire.errors import ErrorCode, WireError
