@@ -40,6 +40,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NotFoundError
 
+from services.chat.recent import RecentEvents
 from wire import envelope
 from wire import headers as h
 from wire.errors import ErrorCode, WireError
@@ -103,8 +104,10 @@ class RoomStore:
         max_age: float,
         dedupe_window: float,
         replicas: int = 1,
+        recent: RecentEvents | None = None,
     ) -> None:
         self.nc = nc
+        self.recent = recent  # the newest events of rooms read lately (services/chat/recent.py)
         self.js = js
         self.max_msgs = max_msgs
         self.max_age = max_age
@@ -174,6 +177,8 @@ class RoomStore:
                     original = await self.js.get_msg(ROOMS_STREAM, ack.seq)
                     return Appended(int((original.headers or {})[h.SEQ]), original.data, True)
                 self._heads[room] = (seq, ack.seq)
+                if self.recent is not None:
+                    self.recent.add(room, [StoredEvent(seq, frame, ack.seq)])
                 return Appended(seq, frame, False)
         raise WireError(ErrorCode.UNAVAILABLE, "room too contended, try again")
 
@@ -202,6 +207,10 @@ class RoomStore:
         first = after + 1 if limit is None else max(after + 1, last + 1 - limit)
         head_stream = self._heads.get(room, (head, 0))[1]
         subject = history_subject(room)
+        if limit is None and self.recent is not None:
+            held = await self._read_recent(room, subject, first, last, head, head_stream)
+            if held is not None:
+                return held if max_bytes is None else fit(held, max_bytes, newest=False)
         for attempt in range(READ_ATTEMPTS):
             events = await self._fetch(subject, first, last, head, head_stream, limit, max_bytes)
             # A replicated stream may answer a direct get from a follower that has not
@@ -218,6 +227,8 @@ class RoomStore:
             if attempt + 1 == READ_ATTEMPTS:
                 raise WireError(ErrorCode.UNAVAILABLE, "history store behind, try again")
             await asyncio.sleep(0.05 * (attempt + 1))
+        if self.recent is not None:
+            self.recent.add(room, events, newest=bool(events) and events[-1].seq == head)
         if max_bytes is not None:
             events = fit(events, max_bytes, newest=limit is not None)
         return events
@@ -231,10 +242,13 @@ class RoomStore:
         head_stream: int,
         limit: int | None,
         max_bytes: int | None,
+        start: int | None = None,
     ) -> list[StoredEvent]:
         """Events ``first..last`` (those still retained and not older than max_age), read
-        from a stream sequence at or just before ``first``."""
-        start = await self._age_start(subject)
+        from a stream sequence at or just before ``first``. ``start``: the stream
+        sequence of the room's first event not older than max_age, if just read."""
+        if start is None:
+            start = await self._age_start(subject)
         if start is None:  # everything is older than max_age
             return []
         if head_stream and first > 1:
@@ -259,6 +273,41 @@ class RoomStore:
                 break  # reading forward: what follows would be cut anyway
             request = {"seq": page[-1].stream_seq + 1, "next_by_subj": subject, "batch": READ_PAGE}
         return list(keep)
+
+    async def _read_recent(
+        self, room: str, subject: str, first: int, last: int, head: int, head_stream: int
+    ) -> list[StoredEvent] | None:
+        """Events ``first..last`` from the newest events held in memory (``self.recent``)
+        and, for those appended after them, from the stream; None if memory does not
+        hold ``first`` (the caller reads the stream). The stream stays the truth: its head
+        must be the event held under that seq, and what is older than max_age is left
+        out, as a read of the stream would."""
+        recent = self.recent
+        assert recent is not None
+        span = recent.span(room)
+        if span is None or not span[0] <= first <= span[1] + 1:
+            return None
+        if span[1] > head:  # the stream went back (recreated): not its history
+            recent.forget(room)
+            return None
+        start = await self._age_start(subject)
+        if start is None:  # everything is older than max_age
+            return []
+        if span[1] < last:  # appended since, by another replica: read only those
+            after = span[1] + 1
+            tail = await self._fetch(subject, after, last, head, head_stream, None, None, start)
+            if not tail or tail[0].seq != after or tail[-1].seq != last:
+                return None  # the stream's read, with its retries, decides
+            recent.add(room, tail)
+        events = recent.get(room, first, last)
+        if events is None:
+            return None
+        if last == head and head_stream and events[-1].stream_seq != head_stream:
+            recent.forget(room)
+            return None
+        if events[0].stream_seq < start:
+            events = [e for e in events if e.stream_seq >= start]
+        return events
 
     async def _retained(self, subject: str) -> bool:
         """True if the room has an event not older than max_age."""

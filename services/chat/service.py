@@ -11,6 +11,7 @@ from nats.aio.msg import Msg
 
 from services.chat.handlers import ChatHandlers
 from services.chat.presence import PresenceBook
+from services.chat.recent import RecentEvents
 from services.chat.rooms import RoomStore
 from services.chat.settings import ChatSettings
 from services.runner import Handler
@@ -28,6 +29,9 @@ async def build(nc: Client, settings: ChatSettings) -> Mapping[Op, Handler]:
         max_age=settings.history_max_age,
         dedupe_window=settings.dedupe_window,
         replicas=settings.stream_replicas,
+        recent=RecentEvents(settings.history_max_messages, settings.recent_bytes)
+        if settings.recent_bytes
+        else None,
     )
     for attempt in range(50):  # JetStream may still be starting up
         try:

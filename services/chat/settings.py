@@ -30,6 +30,12 @@ class ChatSettings(ServiceSettings):
         description="history and presence requests handled at once per replica; the rest "
         "wait, taking turns by connection (joins, leaves and publishes keep their order)",
     )
+    recent_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="memory for rooms' newest events, which recoveries read instead of the "
+        "stream (least recently read rooms forgotten first); 0 = off",
+    )
     queue_bytes: int = Field(
         4 * 1024 * 1024, ge=0, description="history/presence requests waiting; past it: busy"
     )
