@@ -28,6 +28,7 @@ from nats.micro import add_service
 from nats.micro.request import Request as MicroRequest
 from prometheus_client import CollectorRegistry, start_http_server
 
+from services.lanes import Lanes
 from services.scheduler import FairScheduler, Job
 from services.settings import ServiceSettings
 from wire import batch, logs, natsconn
@@ -222,6 +223,20 @@ def scheduled(
     return take
 
 
+def laned(endpoint: Callable[[MicroRequest, int], Awaitable[None]], lanes: Lanes):
+    """``endpoint`` of an ordered op behind ``lanes``: each connection's requests in
+    order, different connections' at once (services/lanes.py)."""
+
+    async def take(msg: MicroRequest) -> None:
+        received = time.time_ns()
+        hdrs = msg.headers or {}
+        gateway, conn = hdrs.get(h.GATEWAY), hdrs.get(h.CONN)
+        caller = f"{gateway} {conn}" if gateway and conn else reply_caller(msg._msg.reply or "")
+        await lanes.submit(caller, partial(endpoint, msg, received))
+
+    return take
+
+
 def wrap_batch(service: Service, handlers: Mapping[Op, Handler], metrics: ServiceMetrics):
     """The batch endpoint (:mod:`wire.batch`): each frame through its operation's
     :class:`OpCall`, in order, then one reply with every frame's result. A batch that
@@ -259,7 +274,10 @@ async def serve(
     stop: asyncio.Event,
     registry: CollectorRegistry | None = None,
     slow: SlowOps = NO_SLOW_OPS,
+    ordered_concurrency: int = 1,
 ) -> None:
+    """``ordered_concurrency``: requests of ordered ops handled at once (each
+    connection's one at a time, in order: :class:`services.lanes.Lanes`)."""
     registry = registry or CollectorRegistry()
     metrics = ServiceMetrics(registry, service)
     server, _ = start_http_server(settings.metrics_port, settings.metrics_host, registry=registry)
@@ -286,6 +304,7 @@ async def serve(
             metadata={"metrics_port": str(server.server_port)},
         )
         schedulers: list[FairScheduler] = []
+        lanes = Lanes(ordered_concurrency)
         for op, handler in handlers.items():
             ordered = op in ORDERED_OPS  # its replies name this replica (Sb-Instance)
             scheduler = None
@@ -295,6 +314,8 @@ async def serve(
                 schedulers.append(scheduler)
             instance = svc.id if ordered else None
             endpoint = wrap(service, op, handler, metrics, instance, scheduler)
+            if ordered:
+                endpoint = laned(endpoint, lanes)
             subject = service_subject(service, op)
             await svc.add_endpoint(name=str(op), subject=subject, handler=endpoint)
             if ordered:  # and gateways pin a connection's requests of it here
@@ -322,12 +343,12 @@ async def serve(
         publisher.cancel()
         log.info("draining", extra={"service": str(service)})
         try:
-            await asyncio.wait_for(_drain_endpoints(svc, nc, schedulers), settings.shutdown_timeout)
+            drained = _drain_endpoints(svc, nc, schedulers, lanes)
+            await asyncio.wait_for(drained, settings.shutdown_timeout)
             await asyncio.wait_for(nc.drain(), settings.shutdown_timeout)
         except TimeoutError:
             log.warning("drain timed out", extra={"service": str(service)})
-            if schedulers:
-                await _abandon(schedulers, nc, settings.shutdown_timeout)
+            await _abandon(schedulers, lanes, nc, settings.shutdown_timeout)
         except Exception as exc:  # NATS unreachable (reconnecting): nothing can be drained
             log.warning("drain failed: %r", exc, extra={"service": str(service)})
     finally:
@@ -341,7 +362,7 @@ async def serve(
 LATE_GRACE = 0.1
 
 
-async def _drain_endpoints(svc, nc, schedulers: list[FairScheduler]) -> None:
+async def _drain_endpoints(svc, nc, schedulers: list[FairScheduler], lanes: Lanes) -> None:
     """Stop taking requests and finish those already received, first, while the rest of
     the connection still works: ``nc.drain()`` drains every subscription at once, the
     request-reply inbox too, so a handler that makes a request of its own while it
@@ -354,7 +375,8 @@ async def _drain_endpoints(svc, nc, schedulers: list[FairScheduler]) -> None:
     be dropped, neither answered nor refused with 503 (seen in CI: a chat message sent
     to a stopping replica timed out, lost). So: UNSUB all, one round trip, a grace
     period while the subscriptions still take what arrives, then drain as before; and
-    last, wait for what the schedulers took (:class:`SlowOps`) to be answered."""
+    last, wait for what the schedulers (:class:`SlowOps`) and the lanes of ordered ops
+    took to be answered."""
     subs = [getattr(ep, "_subscription", None) for ep in getattr(svc, "_endpoints", ())]
     subs = [sub for sub in subs if sub is not None]
     for sub in subs:
@@ -362,17 +384,18 @@ async def _drain_endpoints(svc, nc, schedulers: list[FairScheduler]) -> None:
     await nc.flush()
     await asyncio.sleep(LATE_GRACE)
     await asyncio.gather(*(sub.drain() for sub in subs))
-    await asyncio.gather(*(scheduler.join() for scheduler in schedulers))
+    await asyncio.gather(*(scheduler.join() for scheduler in schedulers), lanes.join())
 
 
-async def _abandon(schedulers: list[FairScheduler], nc, grace: float) -> None:
+async def _abandon(schedulers: list[FairScheduler], lanes: Lanes, nc, grace: float) -> None:
     """Out of time on shutdown: what the schedulers still hold waiting is answered 503
-    "service stopping" (the client sends it again) rather than dropped, what runs gets
-    ``grace`` more to finish and be answered, then the connection drains."""
+    "service stopping" (the client sends it again) rather than dropped, what runs (and
+    the ordered ops taken, never skipped) gets ``grace`` more to finish and be answered,
+    then the connection drains."""
     with contextlib.suppress(Exception):
         for scheduler in schedulers:
             await asyncio.wait_for(scheduler.abandon(), 1.0)
-        joined = asyncio.gather(*(scheduler.join() for scheduler in schedulers))
+        joined = asyncio.gather(*(scheduler.join() for scheduler in schedulers), lanes.join())
         await asyncio.wait_for(joined, grace)
     with contextlib.suppress(Exception):
         await asyncio.wait_for(nc.drain(), grace)
@@ -383,6 +406,7 @@ def run(
     settings: ServiceSettings,
     factory: HandlerFactory,
     slow: SlowOps = NO_SLOW_OPS,
+    ordered_concurrency: int = 1,
 ) -> None:
     """Entry point of ``python -m services.<name>``."""
     logs.configure(settings.log_level, str(service))
@@ -392,7 +416,9 @@ def run(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(service, settings, factory, stop, slow=slow)
+        await serve(
+            service, settings, factory, stop, slow=slow, ordered_concurrency=ordered_concurrency
+        )
 
     try:
         import uvloop

@@ -109,7 +109,7 @@ SERVICE_OPS: dict[Service, tuple[Op, ...]] = {
 # two replicas would handle them side by side; so a gateway sends a connection's
 # requests of these one at a time until a reply names the replica that handled them
 # (headers.INSTANCE), then pipelines them to that replica (pinned_subject), which
-# handles them in order.
+# handles each connection's in order, across these operations (services/lanes.py).
 ORDERED_OPS = frozenset({Op.JOIN, Op.SEND, Op.ROOM_JOIN, Op.ROOM_LEAVE, Op.PUBLISH})
 
 

@@ -36,6 +36,12 @@ class ChatSettings(ServiceSettings):
         description="memory for rooms' newest events, which recoveries read instead of the "
         "stream (least recently read rooms forgotten first); 0 = off",
     )
+    ordered_concurrency: int = Field(
+        64,
+        ge=1,
+        description="joins, leaves and publishes handled at once per replica (each "
+        "connection's one at a time, in order; the rest wait in NATS's pending queue)",
+    )
     queue_bytes: int = Field(
         4 * 1024 * 1024, ge=0, description="history/presence requests waiting; past it: busy"
     )
