@@ -40,6 +40,7 @@ from wire.frames import Reply, Request, decode_request
 from wire.gcpolicy import freeze_startup_heap
 from wire.metrics import ServiceMetrics, Status
 from wire.subjects import (
+    EXPIRING_OPS,
     ORDERED_OPS,
     Op,
     Service,
@@ -178,6 +179,20 @@ def wrap(
     return scheduled(service, op, endpoint, metrics, scheduler)
 
 
+async def _answer(msg: MicroRequest, error: WireError, counter) -> None:
+    """Answer ``msg`` with ``error`` without handling it, counted in ``counter``."""
+    counter.inc()
+    stamp = {h.HANDLED_AT: h.now_ns()}
+    await msg.respond_error(str(error.code), error.description, headers=stamp)
+
+
+def _deadline(hdrs: Mapping[str, str]) -> float:
+    """Event-loop time after which the request's caller no longer waits for it
+    (``Sb-Timeout`` from now; never without one)."""
+    timeout = h.timeout_seconds(hdrs.get(h.TIMEOUT))
+    return math.inf if timeout is None else asyncio.get_running_loop().time() + timeout
+
+
 def scheduled(
     service: Service,
     op: Op,
@@ -193,11 +208,6 @@ def scheduled(
     expired = metrics.requests.labels(service, op, Status.TIMEOUT)
     refused = metrics.requests.labels(service, op, Status.UNAVAILABLE)
 
-    async def answer(msg: MicroRequest, error: WireError, counter) -> None:
-        counter.inc()
-        stamp = {h.HANDLED_AT: h.now_ns()}
-        await msg.respond_error(str(error.code), error.description, headers=stamp)
-
     async def take(msg: MicroRequest) -> None:
         received = time.time_ns()
         hdrs = msg.headers or {}
@@ -207,32 +217,45 @@ def scheduled(
         user = hdrs.get(h.USER)
         if user:
             caller = f"{caller} {user}"
-        timeout = h.timeout_seconds(hdrs.get(h.TIMEOUT))
-        loop = asyncio.get_running_loop()
-        deadline = math.inf if timeout is None else loop.time() + timeout
+        deadline = _deadline(hdrs)
         job = Job(
             partial(endpoint, msg, received),
-            partial(answer, msg, EXPIRED, expired),
+            partial(_answer, msg, EXPIRED, expired),
             deadline,
             len(msg.data) + REQUEST_OVERHEAD,
-            partial(answer, msg, STOPPING, refused),
+            partial(_answer, msg, STOPPING, refused),
         )
         if not scheduler.submit(caller, job):
-            await answer(msg, BUSY, refused)
+            await _answer(msg, BUSY, refused)
 
     return take
 
 
-def laned(endpoint: Callable[[MicroRequest, int], Awaitable[None]], lanes: Lanes):
+def laned(
+    endpoint: Callable[[MicroRequest, int], Awaitable[None]],
+    lanes: Lanes,
+    expired=None,
+):
     """``endpoint`` of an ordered op behind ``lanes``: each connection's requests in
-    order, different connections' at once (services/lanes.py)."""
+    order, different connections' at once (services/lanes.py). With ``expired`` (the
+    op's timeout counter), a request whose caller stopped waiting (``Sb-Timeout``)
+    before its turn came is answered 408 instead of handled: for operations the gateway
+    gives up on at its timeout (a join's membership is dropped, a publish is sent again
+    by the client with its id), not for those that must happen (leaves)."""
+
+    async def run(msg: MicroRequest, received: int, deadline: float) -> None:
+        if asyncio.get_running_loop().time() > deadline:
+            await _answer(msg, EXPIRED, expired)
+        else:
+            await endpoint(msg, received)
 
     async def take(msg: MicroRequest) -> None:
         received = time.time_ns()
         hdrs = msg.headers or {}
         gateway, conn = hdrs.get(h.GATEWAY), hdrs.get(h.CONN)
         caller = f"{gateway} {conn}" if gateway and conn else reply_caller(msg._msg.reply or "")
-        await lanes.submit(caller, partial(endpoint, msg, received))
+        deadline = _deadline(hdrs) if expired is not None else math.inf
+        await lanes.submit(caller, partial(run, msg, received, deadline))
 
     return take
 
@@ -315,7 +338,8 @@ async def serve(
             instance = svc.id if ordered else None
             endpoint = wrap(service, op, handler, metrics, instance, scheduler)
             if ordered:
-                endpoint = laned(endpoint, lanes)
+                late = metrics.requests.labels(service, op, Status.TIMEOUT)
+                endpoint = laned(endpoint, lanes, late if op in EXPIRING_OPS else None)
             subject = service_subject(service, op)
             await svc.add_endpoint(name=str(op), subject=subject, handler=endpoint)
             if ordered:  # and gateways pin a connection's requests of it here

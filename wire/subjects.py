@@ -111,6 +111,11 @@ SERVICE_OPS: dict[Service, tuple[Op, ...]] = {
 # (headers.INSTANCE), then pipelines them to that replica (pinned_subject), which
 # handles each connection's in order, across these operations (services/lanes.py).
 ORDERED_OPS = frozenset({Op.JOIN, Op.SEND, Op.ROOM_JOIN, Op.ROOM_LEAVE, Op.PUBLISH})
+# Ordered operations a worker skips (answers 408) when their turn comes after the
+# gateway stopped waiting (Sb-Timeout): the gateway has told the client it failed and
+# dropped what it held for it (a join's membership; a publish is sent again by the
+# client, with its id). Leaves, and the tutorial chat's join and send, always happen.
+EXPIRING_OPS = frozenset({Op.ROOM_JOIN, Op.PUBLISH})
 
 
 def is_token(value: str) -> bool:

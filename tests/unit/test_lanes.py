@@ -127,3 +127,53 @@ async def test_the_runner_orders_a_connections_requests_across_operations() -> N
     await asyncio.wait_for(lanes.join(), 1)
     assert ran[2:] == [b"c1-publish", b"c1-leave"]
     assert len(first.replies) == len(then.replies) == len(gone.replies) == 1
+
+
+async def test_a_join_whose_caller_stopped_waiting_is_answered_408_a_leave_still_runs() -> None:
+    """Behind a slow request of its connection, a join whose Sb-Timeout passes before
+    its turn is not handled (the gateway has told the client it failed and dropped the
+    membership: handled late, it would store a join nobody leaves); a leave always is."""
+    registry = CollectorRegistry()
+    metrics = ServiceMetrics(registry, Service.CHAT)
+    gate = asyncio.Event()
+    ran: list[bytes] = []
+
+    async def handler(req: Request) -> bytes:
+        ran.append(req.data)
+        if req.data == b"slow":
+            await gate.wait()
+        return encode_text("ok")
+
+    lanes = Lanes(limit=16)
+    timeouts = {
+        op: metrics.requests.labels(Service.CHAT, op, "timeout")
+        for op in (Op.ROOM_JOIN, Op.ROOM_LEAVE)
+    }
+    join = laned(wrap(Service.CHAT, Op.ROOM_JOIN, handler, metrics), lanes, timeouts[Op.ROOM_JOIN])
+    leave = laned(wrap(Service.CHAT, Op.ROOM_LEAVE, handler, metrics), lanes)
+    prefix = reply_prefix("gw")
+
+    def request(data: bytes, seq: int, timeout_ms: str | None) -> FakeRequest:
+        hdrs = {h.SENT_AT: h.now_ns(), h.FRAME: "t", h.GATEWAY: "gw", h.CONN: "1"}
+        if timeout_ms is not None:
+            hdrs[h.TIMEOUT] = timeout_ms
+        return FakeRequest(data, hdrs, FakeMsg(reply_subject(prefix, 1, seq)))
+
+    slow, late, bye, fresh = (
+        request(b"slow", 1, None),
+        request(b"late-join", 2, "20"),
+        request(b"leave", 3, "20"),
+        request(b"fresh-join", 4, "60000"),
+    )
+    await join(slow)
+    await join(late)
+    await leave(bye)
+    await join(fresh)
+    await asyncio.sleep(0.05)  # past the 20 ms
+    gate.set()
+    await asyncio.wait_for(lanes.join(), 1)
+    assert ran == [b"slow", b"leave", b"fresh-join"]
+    assert late.replies[0][h.ERROR_CODE] == "408"
+    labels = {"service": "chat", "operation": "room_join", "status": "timeout"}
+    assert registry.get_sample_value("switchboard_service_requests_total", labels) == 1
+    assert h.ERROR_CODE not in bye.replies[0] and h.ERROR_CODE not in fresh.replies[0]
