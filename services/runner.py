@@ -103,6 +103,7 @@ class OpCall:
         outcomes = (Status.OK, Status.ERROR)
         self.handling = {st: metrics.handling_seconds.labels(service, op, st) for st in outcomes}
         self.transit = {st: metrics.transit_seconds.labels(service, op, st) for st in outcomes}
+        self.queue = {st: metrics.queue_seconds.labels(service, op, st) for st in outcomes}
         self.in_flight = metrics.in_flight.labels(service)
         self.fields = {"service": str(service), "op": str(op)}
 
@@ -110,6 +111,7 @@ class OpCall:
         """The handler's reply, or the WireError to send instead (an unexpected exception
         is logged and becomes an internal error)."""
         start = time.perf_counter()
+        waited = max(0, time.time_ns() - received) / 1e9
         age = h.age_seconds(req.sent_at, received)
         token = logs.TRACE_ID.set(h.trace_id(req.traceparent))
         debug = log.isEnabledFor(logging.DEBUG)
@@ -136,6 +138,7 @@ class OpCall:
             self.ok.inc()
         elapsed = time.perf_counter() - start
         self.handling[status].observe(elapsed)
+        self.queue[status].observe(waited)
         if age is not None:
             self.transit[status].observe(age)
         if debug:

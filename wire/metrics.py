@@ -190,6 +190,15 @@ class ServiceMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.queue_seconds = LoopHistogram(
+            "switchboard_service_queue_duration_seconds",
+            "Time from the worker's receipt to its handler's start (a turn in a scheduler "
+            "or behind the connection's earlier requests; in a batch, behind its frames "
+            "before), by outcome",
+            ["service", "operation", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.transit_seconds = LoopHistogram(
             "switchboard_service_transit_duration_seconds",
             "NATS transit from gateway publish to worker receipt (Sb-Sent-At header), "

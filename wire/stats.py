@@ -19,7 +19,7 @@ Payload (JSON, one object)::
 Gateway figures: counters ``frames_in`` by endpoint, ``frames`` (answered) by status,
 ``errors`` by code; gauges ``connections`` by endpoint; hops ``receive``, ``return``,
 ``send`` and ``total`` (end to end). Worker figures: counters ``requests`` by status;
-gauges ``in_flight``; hops ``transit`` and ``handling``.
+gauges ``in_flight``; hops ``transit``, ``queue`` and ``handling``.
 
 Snapshots are read once a second from the process's own metric objects (the
 histograms' counts directly, not a ``registry.collect()``, which takes milliseconds of
@@ -99,6 +99,7 @@ def gateway_snapshot(metrics: GatewayMetrics, instance: str) -> Snapshot:
 def service_snapshot(metrics: ServiceMetrics, service: str, instance: str) -> Snapshot:
     hops = {
         "transit": metrics.transit_seconds.cumulative_by(None),
+        "queue": metrics.queue_seconds.cumulative_by(None),
         "handling": metrics.handling_seconds.cumulative_by(None),
     }
     return {

@@ -460,6 +460,7 @@ def _breakdown(q: float, label: str) -> Panel:
         [
             _gateway_hop(q, "receive"),
             _worker_hop(q, "transit_duration_seconds", "transit"),
+            _worker_hop(q, "queue_duration_seconds", "queue"),
             _worker_hop(q, "handling_duration_seconds", "handling"),
             _gateway_hop(q, "return"),
             _gateway_hop(q, "send"),
@@ -467,7 +468,8 @@ def _breakdown(q: float, label: str) -> Panel:
         unit="s",
         stack=True,
         description="Each hop's own percentile, stacked in order: receive (gateway), "
-        "transit (NATS to the worker), handling (worker), return (NATS back), send "
+        "transit (NATS to the worker), queue (waiting in the worker), handling (worker), "
+        "return (NATS back), send "
         "(gateway to the socket). Pick the endpoint and the service that serves it.",
     )
 
@@ -518,6 +520,12 @@ def hop_latency() -> dict[str, Any]:
                         "switchboard_service_transit_duration_seconds_bucket"
                         f'{{service=~"$service"}}[{RATE}])))',
                         "{{service}} transit",
+                    ),
+                    (
+                        "histogram_quantile(0.99, sum by (service, le) (rate("
+                        "switchboard_service_queue_duration_seconds_bucket"
+                        f'{{service=~"$service"}}[{RATE}])))',
+                        "{{service}} queue",
                     ),
                     (
                         "histogram_quantile(0.99, sum by (service, le) (rate("

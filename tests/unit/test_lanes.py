@@ -177,3 +177,9 @@ async def test_a_join_whose_caller_stopped_waiting_is_answered_408_a_leave_still
     labels = {"service": "chat", "operation": "room_join", "status": "timeout"}
     assert registry.get_sample_value("switchboard_service_requests_total", labels) == 1
     assert h.ERROR_CODE not in bye.replies[0] and h.ERROR_CODE not in fresh.replies[0]
+    # the wait behind "slow" is the queue hop (switchboard_service_queue_duration_seconds)
+    ok = {"service": "chat", "operation": "room_join", "status": "ok"}
+    queue = "switchboard_service_queue_duration_seconds"
+    assert registry.get_sample_value(f"{queue}_count", ok) == 2  # slow, fresh
+    assert registry.get_sample_value(f"{queue}_sum", ok) >= 0.05  # fresh waited for the gate
+    assert registry.get_sample_value(f"{queue}_bucket", {**ok, "le": "0.025"}) == 1  # slow

@@ -55,9 +55,11 @@ def test_snapshots_read_the_metrics() -> None:
     svc.requests.labels("codec", "echo", Status.OK).inc(5)
     svc.handling_seconds.labels("codec", "echo", Status.OK).observe(0.001)
     svc.transit_seconds.labels("codec", "echo", Status.OK).observe(0.0004)
+    svc.queue_seconds.labels("codec", "echo", Status.OK).observe(0.02)
     snap = live.service_snapshot(svc, "codec", "abc")
     assert snap["counters"]["requests"] == {"ok": 5}
     assert snap["hops"]["handling"][-1] == 1 and snap["hops"]["transit"][-1] == 1
+    assert snap["hops"]["queue"][-1] == 1 and snap["hops"]["queue"][7] == 0  # > 10 ms
 
 
 def _snap(component: str, iid: str, at: float, **parts) -> dict:
