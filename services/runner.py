@@ -28,7 +28,6 @@ from nats.micro import add_service
 from nats.micro.request import Request as MicroRequest
 from prometheus_client import CollectorRegistry, start_http_server
 
-from services.lanes import Lanes
 from services.scheduler import FairScheduler, Job
 from services.settings import ServiceSettings
 from wire import batch, logs, natsconn
@@ -72,6 +71,25 @@ class SlowOps:
 
 
 NO_SLOW_OPS = SlowOps(frozenset(), 1, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderedOps:
+    """How a worker handles its ordered operations (:data:`wire.subjects.ORDERED_OPS`,
+    chat's): through one :class:`FairScheduler` whose callers are connections, one
+    request of each at a time (so in the order they arrived, across operations),
+    ``concurrency`` connections' at once, taking turns; joins and publishes past
+    ``max_queued_bytes`` waiting are refused ``service busy``, leaves never."""
+
+    concurrency: int
+    max_queued_bytes: int
+
+    def scheduler(self, queued_gauge=None) -> FairScheduler:
+        return FairScheduler(self.concurrency, self.max_queued_bytes, queued_gauge, per_caller=1)
+
+
+ONE_AT_A_TIME = OrderedOps(1, 1 << 20)
+ORDERED = "ordered"  # the operation label of the ordered ops' queue gauge
 # bytes a waiting request counts for beyond its payload (headers, bookkeeping): requests
 # with an empty payload (file_read, file_list) are bounded too
 REQUEST_OVERHEAD = 512
@@ -179,7 +197,7 @@ def wrap(
 
     if scheduler is None:
         return endpoint
-    return scheduled(service, op, endpoint, metrics, scheduler)
+    return scheduled(service, op, endpoint, metrics, scheduler, ordered=instance is not None)
 
 
 async def _answer(msg: MicroRequest, error: WireError, counter) -> None:
@@ -202,14 +220,22 @@ def scheduled(
     endpoint: Callable[[MicroRequest, int], Awaitable[None]],
     metrics: ServiceMetrics,
     scheduler: FairScheduler,
+    *,
+    ordered: bool = False,
 ):
     """``endpoint`` behind ``scheduler``: each request is queued as it arrives, for its
     caller (connection, and user when there is one), with the deadline its
     ``Sb-Timeout`` gives (none without one). An expired
     request is answered 408, a refused one 503 ``service busy``; both are counted in
-    ``switchboard_service_requests_total`` (status ``timeout``, ``unavailable``)."""
+    ``switchboard_service_requests_total`` (status ``timeout``, ``unavailable``).
+
+    ``ordered`` (:class:`OrderedOps`): the caller is the connection its ``Sb-Gateway``
+    and ``Sb-Conn`` headers name (a socket's leave on close has no reply subject of its
+    own); an operation outside :data:`wire.subjects.EXPIRING_OPS` (a leave) never
+    expires and is never refused for a full queue: it must happen."""
     expired = metrics.requests.labels(service, op, Status.TIMEOUT)
     refused = metrics.requests.labels(service, op, Status.UNAVAILABLE)
+    must_run = ordered and op not in EXPIRING_OPS
 
     async def take(msg: MicroRequest) -> None:
         received = time.time_ns()
@@ -217,48 +243,21 @@ def scheduled(
         # whose turn: the reply subject's connection (relayed frames); requests made
         # with nc.request() (files) share their gateway's inbox, so the user counts too
         caller = reply_caller(msg._msg.reply or "")  # micro's Request keeps it private
-        user = hdrs.get(h.USER)
-        if user:
+        gateway, conn = hdrs.get(h.GATEWAY), hdrs.get(h.CONN)
+        if ordered and gateway and conn:
+            caller = f"{gateway} {conn}"
+        elif user := hdrs.get(h.USER):
             caller = f"{caller} {user}"
-        deadline = _deadline(hdrs)
         job = Job(
             partial(endpoint, msg, received),
             partial(_answer, msg, EXPIRED, expired),
-            deadline,
+            math.inf if must_run else _deadline(hdrs),
             len(msg.data) + REQUEST_OVERHEAD,
             partial(_answer, msg, STOPPING, refused),
+            must_run,
         )
         if not scheduler.submit(caller, job):
             await _answer(msg, BUSY, refused)
-
-    return take
-
-
-def laned(
-    endpoint: Callable[[MicroRequest, int], Awaitable[None]],
-    lanes: Lanes,
-    expired=None,
-):
-    """``endpoint`` of an ordered op behind ``lanes``: each connection's requests in
-    order, different connections' at once (services/lanes.py). With ``expired`` (the
-    op's timeout counter), a request whose caller stopped waiting (``Sb-Timeout``)
-    before its turn came is answered 408 instead of handled: for operations the gateway
-    gives up on at its timeout (a join's membership is dropped, a publish is sent again
-    by the client with its id), not for those that must happen (leaves)."""
-
-    async def run(msg: MicroRequest, received: int, deadline: float) -> None:
-        if asyncio.get_running_loop().time() > deadline:
-            await _answer(msg, EXPIRED, expired)
-        else:
-            await endpoint(msg, received)
-
-    async def take(msg: MicroRequest) -> None:
-        received = time.time_ns()
-        hdrs = msg.headers or {}
-        gateway, conn = hdrs.get(h.GATEWAY), hdrs.get(h.CONN)
-        caller = f"{gateway} {conn}" if gateway and conn else reply_caller(msg._msg.reply or "")
-        deadline = _deadline(hdrs) if expired is not None else math.inf
-        await lanes.submit(caller, partial(run, msg, received, deadline))
 
     return take
 
@@ -300,10 +299,8 @@ async def serve(
     stop: asyncio.Event,
     registry: CollectorRegistry | None = None,
     slow: SlowOps = NO_SLOW_OPS,
-    ordered_concurrency: int = 1,
+    ordered: OrderedOps = ONE_AT_A_TIME,
 ) -> None:
-    """``ordered_concurrency``: requests of ordered ops handled at once (each
-    connection's one at a time, in order: :class:`services.lanes.Lanes`)."""
     registry = registry or CollectorRegistry()
     metrics = ServiceMetrics(registry, service)
     server, _ = start_http_server(settings.metrics_port, settings.metrics_host, registry=registry)
@@ -329,23 +326,21 @@ async def serve(
             queue_group=str(service),
             metadata={"metrics_port": str(server.server_port)},
         )
-        schedulers: list[FairScheduler] = []
-        lanes = Lanes(ordered_concurrency)
+        # Ordered ops share one scheduler, one turn per connection (OrderedOps).
+        in_order = ordered.scheduler(metrics.queued.labels(service, ORDERED))
+        schedulers: list[FairScheduler] = [in_order]
         for op, handler in handlers.items():
-            ordered = op in ORDERED_OPS  # its replies name this replica (Sb-Instance)
-            scheduler = None
-            if op in slow.ops and not ordered:
+            is_ordered = op in ORDERED_OPS  # its replies name this replica (Sb-Instance)
+            scheduler = in_order if is_ordered else None
+            if op in slow.ops and not is_ordered:
                 queued = metrics.queued.labels(service, op)
                 scheduler = FairScheduler(slow.concurrency, slow.max_queued_bytes, queued)
                 schedulers.append(scheduler)
-            instance = svc.id if ordered else None
+            instance = svc.id if is_ordered else None
             endpoint = wrap(service, op, handler, metrics, instance, scheduler)
-            if ordered:
-                late = metrics.requests.labels(service, op, Status.TIMEOUT)
-                endpoint = laned(endpoint, lanes, late if op in EXPIRING_OPS else None)
             subject = service_subject(service, op)
             await svc.add_endpoint(name=str(op), subject=subject, handler=endpoint)
-            if ordered:  # and gateways pin a connection's requests of it here
+            if is_ordered:  # and gateways pin a connection's requests of it here
                 pinned = pinned_subject(service, svc.id, op)
                 await svc.add_endpoint(name=f"{op}-pinned", subject=pinned, handler=endpoint)
         if BATCH_OPS & handlers.keys():
@@ -370,12 +365,12 @@ async def serve(
         publisher.cancel()
         log.info("draining", extra={"service": str(service)})
         try:
-            drained = _drain_endpoints(svc, nc, schedulers, lanes)
+            drained = _drain_endpoints(svc, nc, schedulers)
             await asyncio.wait_for(drained, settings.shutdown_timeout)
             await asyncio.wait_for(nc.drain(), settings.shutdown_timeout)
         except TimeoutError:
             log.warning("drain timed out", extra={"service": str(service)})
-            await _abandon(schedulers, lanes, nc, settings.shutdown_timeout)
+            await _abandon(schedulers, nc, settings.shutdown_timeout)
         except Exception as exc:  # NATS unreachable (reconnecting): nothing can be drained
             log.warning("drain failed: %r", exc, extra={"service": str(service)})
     finally:
@@ -389,7 +384,7 @@ async def serve(
 LATE_GRACE = 0.1
 
 
-async def _drain_endpoints(svc, nc, schedulers: list[FairScheduler], lanes: Lanes) -> None:
+async def _drain_endpoints(svc, nc, schedulers: list[FairScheduler]) -> None:
     """Stop taking requests and finish those already received, first, while the rest of
     the connection still works: ``nc.drain()`` drains every subscription at once, the
     request-reply inbox too, so a handler that makes a request of its own while it
@@ -402,8 +397,8 @@ async def _drain_endpoints(svc, nc, schedulers: list[FairScheduler], lanes: Lane
     be dropped, neither answered nor refused with 503 (seen in CI: a chat message sent
     to a stopping replica timed out, lost). So: UNSUB all, one round trip, a grace
     period while the subscriptions still take what arrives, then drain as before; and
-    last, wait for what the schedulers (:class:`SlowOps`) and the lanes of ordered ops
-    took to be answered."""
+    last, wait for what the schedulers (:class:`SlowOps`, :class:`OrderedOps`) took to
+    be answered."""
     subs = [getattr(ep, "_subscription", None) for ep in getattr(svc, "_endpoints", ())]
     subs = [sub for sub in subs if sub is not None]
     for sub in subs:
@@ -411,18 +406,18 @@ async def _drain_endpoints(svc, nc, schedulers: list[FairScheduler], lanes: Lane
     await nc.flush()
     await asyncio.sleep(LATE_GRACE)
     await asyncio.gather(*(sub.drain() for sub in subs))
-    await asyncio.gather(*(scheduler.join() for scheduler in schedulers), lanes.join())
+    await asyncio.gather(*(scheduler.join() for scheduler in schedulers))
 
 
-async def _abandon(schedulers: list[FairScheduler], lanes: Lanes, nc, grace: float) -> None:
+async def _abandon(schedulers: list[FairScheduler], nc, grace: float) -> None:
     """Out of time on shutdown: what the schedulers still hold waiting is answered 503
-    "service stopping" (the client sends it again) rather than dropped, what runs (and
-    the ordered ops taken, never skipped) gets ``grace`` more to finish and be answered,
-    then the connection drains."""
+    "service stopping" (the client sends it again; a leave still waiting is lost, its
+    member left to presence expiry) rather than dropped, what runs gets ``grace`` more
+    to finish and be answered, then the connection drains."""
     with contextlib.suppress(Exception):
         for scheduler in schedulers:
             await asyncio.wait_for(scheduler.abandon(), 1.0)
-        joined = asyncio.gather(*(scheduler.join() for scheduler in schedulers), lanes.join())
+        joined = asyncio.gather(*(scheduler.join() for scheduler in schedulers))
         await asyncio.wait_for(joined, grace)
     with contextlib.suppress(Exception):
         await asyncio.wait_for(nc.drain(), grace)
@@ -433,7 +428,7 @@ def run(
     settings: ServiceSettings,
     factory: HandlerFactory,
     slow: SlowOps = NO_SLOW_OPS,
-    ordered_concurrency: int = 1,
+    ordered: OrderedOps = ONE_AT_A_TIME,
 ) -> None:
     """Entry point of ``python -m services.<name>``."""
     logs.configure(settings.log_level, str(service))
@@ -443,9 +438,7 @@ def run(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(
-            service, settings, factory, stop, slow=slow, ordered_concurrency=ordered_concurrency
-        )
+        await serve(service, settings, factory, stop, slow=slow, ordered=ordered)
 
     try:
         import uvloop

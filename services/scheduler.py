@@ -42,6 +42,7 @@ class Job:
     deadline: float  # event-loop time after which its caller no longer waits
     size: int  # bytes held while it waits
     refuse: Callable[[], Awaitable[None]] | None = None  # reply "not handled" (abandon)
+    must_run: bool = False  # never refused for a full queue (a chat leave)
 
 
 class Gauge(Protocol):
@@ -75,10 +76,11 @@ class FairScheduler:
     def submit(self, caller: str, job: Job) -> bool:
         """Queue ``job`` for ``caller``; False (not queued) when the queue is full or the
         scheduler abandoned. A job alone is always taken, whatever its size (the frame
-        size limit bounds it)."""
+        size limit bounds it), and so is a ``must_run`` job."""
         if self.concurrency == 0:  # abandoned
             return False
-        if self.queued and self.queued_bytes + job.size > self.max_queued_bytes:
+        full = self.queued and self.queued_bytes + job.size > self.max_queued_bytes
+        if full and not job.must_run:
             return False
         queue = self._queues.get(caller)
         if queue is None:

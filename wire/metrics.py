@@ -192,9 +192,8 @@ class ServiceMetrics:
         )
         self.queue_seconds = LoopHistogram(
             "switchboard_service_queue_duration_seconds",
-            "Time from the worker's receipt to its handler's start (a turn in a scheduler "
-            "or behind the connection's earlier requests; in a batch, behind its frames "
-            "before), by outcome",
+            "Time from the worker's receipt to its handler's start (its turn in a "
+            "scheduler; in a batch, behind its frames before), by outcome",
             ["service", "operation", "status"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
@@ -215,7 +214,8 @@ class ServiceMetrics:
         )
         self.queued = Gauge(
             "switchboard_service_queued_requests",
-            "Requests taken but waiting their turn (operations with a scheduler)",
+            "Requests taken but waiting their turn (operations with a scheduler; "
+            "operation=ordered: chat's joins, leaves and publishes)",
             ["service", "operation"],
             registry=registry,
         )

@@ -109,7 +109,7 @@ SERVICE_OPS: dict[Service, tuple[Op, ...]] = {
 # two replicas would handle them side by side; so a gateway sends a connection's
 # requests of these one at a time until a reply names the replica that handled them
 # (headers.INSTANCE), then pipelines them to that replica (pinned_subject), which
-# handles each connection's in order, across these operations (services/lanes.py).
+# handles each connection's in order, across these operations (services.runner.OrderedOps).
 ORDERED_OPS = frozenset({Op.JOIN, Op.SEND, Op.ROOM_JOIN, Op.ROOM_LEAVE, Op.PUBLISH})
 # Ordered operations a worker skips (answers 408) when their turn comes after the
 # gateway stopped waiting (Sb-Timeout): the gateway has told the client it failed and

@@ -34,13 +34,19 @@ class ChatSettings(ServiceSettings):
         64 * 1024 * 1024,
         ge=0,
         description="memory for rooms' newest events, which recoveries read instead of the "
-        "stream (least recently read rooms forgotten first); 0 = off",
+        "stream (least recently used rooms forgotten first); 0 = off",
     )
     ordered_concurrency: int = Field(
         64,
         ge=1,
-        description="joins, leaves and publishes handled at once per replica (each "
-        "connection's one at a time, in order; the rest wait in NATS's pending queue)",
+        description="connections whose join, leave or publish is handled at once per "
+        "replica (each connection's one at a time, in order; the rest wait their turn)",
+    )
+    ordered_queue_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=0,
+        description="joins and publishes waiting their turn; past it: busy (leaves are "
+        "always taken)",
     )
     queue_bytes: int = Field(
         4 * 1024 * 1024, ge=0, description="history/presence requests waiting; past it: busy"
