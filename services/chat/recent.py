@@ -1,4 +1,4 @@
-"""The newest events of recently read rooms, in memory: what recoveries mostly ask for.
+"""The newest events of recently used rooms, in memory: what recoveries mostly ask for.
 
 A recovery (a ``join`` with ``since``, or a gateway filling a gap) wants the events after
 ``since``, and ``since`` is usually recent. Read from JetStream, each event costs chat
@@ -7,7 +7,8 @@ rejoin a room is also sent the k-1 joins before its own, cost O(clients²) parse
 clients rejoining one room were ~125,000 event reads. Here each room keeps one
 contiguous run of its newest events, as :class:`~services.chat.rooms.StoredEvent`: a
 recovery that starts inside the run reads from the stream only the events after it
-(those appended since, by another replica), and copies the rest from memory.
+(those appended since, by another replica; from its last event on, which must still be
+the stream's), and copies the rest from memory.
 
 What goes in (:meth:`RecentEvents.add`): the events a read fetched from the stream, and
 the events this replica appends. A run only grows by events that touch or overlap it,
@@ -16,7 +17,9 @@ sequence: the stream was recreated), the newer information replaces the run. The
 the room's newest events up to ``max_events`` (the stream's own per-room limit, so it
 never holds an event the stream dropped); rooms past ``max_bytes`` in all are forgotten,
 least recently used first. Age (``max_age``) and the stream's truth (its head) are
-checked by the reader, :meth:`services.chat.rooms.RoomStore.read`, not here.
+checked by the reader, :meth:`services.chat.rooms.RoomStore.read`, not here. Every
+replica must keep ``max_events`` equal to the stream's per-room limit
+(``SB_CHAT_HISTORY_MAX_MESSAGES``): a larger one could serve events the stream dropped.
 """
 
 from __future__ import annotations

@@ -277,32 +277,35 @@ class RoomStore:
     async def _read_recent(
         self, room: str, subject: str, first: int, last: int, head: int, head_stream: int
     ) -> list[StoredEvent] | None:
-        """Events ``first..last`` from the newest events held in memory (``self.recent``)
-        and, for those appended after them, from the stream; None if memory does not
-        hold ``first`` (the caller reads the stream). The stream stays the truth: its head
-        must be the event held under that seq, and what is older than max_age is left
-        out, as a read of the stream would."""
+        """Events ``first..last`` (``last`` the head) from the newest events held in
+        memory (``self.recent``) and, for those appended after them, from the stream;
+        None if memory does not hold ``first`` (the caller reads the stream). The stream
+        stays the truth: the event memory holds under the head's seq must be the
+        stream's (same stream sequence), so must the run's last event when the stream
+        has more after it, and what is older than max_age is left out, as a read of the
+        stream would. Otherwise the room's run is forgotten (a purged or recreated room)."""
         recent = self.recent
         assert recent is not None
         span = recent.span(room)
-        if span is None or not span[0] <= first <= span[1] + 1:
-            return None
-        if span[1] > head:  # the stream went back (recreated): not its history
-            recent.forget(room)
+        if last != head or span is None or not span[0] <= first <= span[1] + 1:
             return None
         start = await self._age_start(subject)
         if start is None:  # everything is older than max_age
             return []
-        if span[1] < last:  # appended since, by another replica: read only those
-            after = span[1] + 1
-            tail = await self._fetch(subject, after, last, head, head_stream, None, None, start)
-            if not tail or tail[0].seq != after or tail[-1].seq != last:
+        if span[1] < last:  # appended since, by another replica: read those, from the
+            # run's last event on, which must still be the stream's event of that seq
+            end = recent.get(room, span[1], span[1])
+            tail = await self._fetch(subject, span[1], last, head, head_stream, None, None, start)
+            if end is None or not tail or tail[0].seq != span[1] or tail[-1].seq != last:
                 return None  # the stream's read, with its retries, decides
-            recent.add(room, tail)
+            if tail[0].stream_seq != end[0].stream_seq:
+                recent.forget(room)
+                return None
+            recent.add(room, tail[1:])
         events = recent.get(room, first, last)
         if events is None:
             return None
-        if last == head and head_stream and events[-1].stream_seq != head_stream:
+        if head_stream and events[-1].stream_seq != head_stream:
             recent.forget(room)
             return None
         if events[0].stream_seq < start:

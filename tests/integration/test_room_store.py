@@ -279,9 +279,13 @@ async def test_recovery_reads_from_the_stream_only_what_memory_lacks(server: Loc
         await nc.close()
 
 
-async def test_a_purged_room_is_read_from_the_stream_not_from_memory(server: LocalStack) -> None:
-    """Memory is checked against the stream's head: a room purged and written again
-    (its seqs start over) is not answered with the events held from before."""
+@pytest.mark.parametrize("written", [3, 15], ids=["below", "past"])
+async def test_a_purged_room_is_read_from_the_stream_not_from_memory(
+    server: LocalStack, written: int
+) -> None:
+    """Memory is checked against the stream: a room purged and written again (its seqs
+    start over), below or past the end of the run held from before, is not answered
+    with those events, nor with a mix of them and the new ones."""
     nc = await nats.connect(server.nats_url)
     try:
         mine = remembering(nc)
@@ -290,10 +294,46 @@ async def test_a_purged_room_is_read_from_the_stream_not_from_memory(server: Loc
             await mine.append(room, "message", {"text": f"before{i + 1}"}, None)
         await nc.jetstream().purge_stream(ROOMS_STREAM, subject=history_subject(room))
         other = remembering(nc)
-        for i in range(3):
+        for i in range(written):
             await other.append(room, "message", {"text": f"after{i + 1}"}, None)
-        assert texts(await mine.read(room, after=0)) == ["after1", "after2", "after3"]
+        after = [f"after{i + 1}" for i in range(written)]
+        assert texts(await mine.read(room, after=0)) == after
+        assert texts(await mine.read(room, after=2)) == after[2:]
         recovery = await mine.recover(room, 1, newest=20)
-        assert texts(recovery.events) == ["after2", "after3"]
+        assert texts(recovery.events) == after[1:]
+    finally:
+        await nc.close()
+
+
+async def test_an_append_racing_a_recovery_keeps_memory(server: LocalStack) -> None:
+    """This replica's own append can be stored while a recovery reads the head (the
+    head read answers the older one): memory then holds an event past that head. That
+    is no reason to forget the room (as it did: in a reconnect storm, joins append and
+    recover side by side, so the room was read from the stream again and again)."""
+    nc = await nats.connect(server.nats_url)
+    try:
+        mine = remembering(nc)
+        await mine.ensure()
+        room = f"race-{uuid.uuid4().hex[:6]}"
+        for i in range(10):
+            await mine.append(room, "message", {"text": f"m{i + 1}"}, None)
+        get_last_msg = mine.js.get_last_msg
+        raced: list[int] = []
+        racing = False
+
+        async def appended_meanwhile(*args, **kwargs):
+            nonlocal racing
+            msg = await get_last_msg(*args, **kwargs)  # the head before the append
+            if not racing:
+                racing = True  # (the append reads the head too)
+                raced.append((await mine.append(room, "message", {"text": "m11"}, None)).seq)
+            return msg
+
+        mine.js.get_last_msg = appended_meanwhile
+        fetched = count_fetched(mine)
+        recovery = await mine.recover(room, 5, newest=20)
+        assert raced == [11] and recovery.head == 10
+        assert texts(recovery.events) == ["m6", "m7", "m8", "m9", "m10"]
+        assert sum(fetched) == 0 and mine.recent.span(room) == (1, 11)
     finally:
         await nc.close()
