@@ -56,8 +56,8 @@ class Member:
         # the join's ack, while a replay too large for one reply is still being filled
         self.held: Message | None = None
         self.leaving = False  # its leave is on its way: live events wait for its seq
-        # abandoned (its join, leave or a fill failed): until the room has dropped it
-        # (a task), live events still come; they are not its client's any more
+        # left, or abandoned (its join, leave or a fill failed): until the room has
+        # dropped it (a task), live events still come; they are not its client's any more
         self.gone = False
 
     def on_event(self, seq: int, message: Message) -> None:
@@ -126,6 +126,7 @@ class Member:
                     self.last = seq
         self.buffer = []
         self.syncing = False
+        self.gone = True  # a fill still out (a replay cut to the budget) sends nothing now
         for message in after:
             enqueue(message)
         self.conn.wake.set()

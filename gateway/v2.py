@@ -245,6 +245,8 @@ class V2Endpoint(RelayEndpoint):
         headers: Mapping[str, str] | None,
         error: WireError | None,
     ) -> None:
+        if member.gone:  # left or abandoned meanwhile: neither this nor more fills
+            return
         if error is not None:
             # Sending what follows the gap would lose the missing events for this
             # client; closing lets it reconnect and recover them with since.

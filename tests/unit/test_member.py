@@ -1,5 +1,7 @@
 """The per-member merge of live room events with replayed history (gateway/rooms.py)."""
 
+from types import SimpleNamespace
+
 from gateway.connection import Connection
 from gateway.endpoints import V2
 from gateway.rooms import Member
@@ -71,6 +73,25 @@ def test_an_abandoned_member_takes_no_more_events_and_asks_no_fill() -> None:
         m.on_event(seq, ev(seq))
     m.synced([ev(42)], 42, None, [], accept_gaps=True)  # a fill's late answer
     assert fills == [] and sent(m.conn) == ["err"]
+
+
+def test_a_member_that_left_takes_nothing_more_not_even_a_fills_answer() -> None:
+    # A join whose replay was cut to the reply budget, then at once a leave: the fill
+    # for the rest is still out when the leave's turn comes. Its answer came after the
+    # leave's ack, with events past the leave, and asked for more fills.
+    m, fills = member()
+    m.on_event(9, ev(9))
+    m.left(9, [{"type": "websocket.send", "text": "leave-ack"}])
+    m.on_event(10, ev(10))
+    m.synced([ev(5), ev(6)], 5, None, [], accept_gaps=True)  # the fill's late answer
+    assert sent(m.conn) == ["leave-ack"] and fills == []
+    # nor does a fill's answer saying there is more ask for the next page
+    from gateway.v2 import V2Endpoint
+    from wire import headers as h
+
+    endpoint = SimpleNamespace(_fill=fills.append)
+    V2Endpoint._filled(endpoint, m, [ev(7)], {h.FIRST_SEQ: "7", h.MORE: "1"}, None)  # type: ignore[arg-type]
+    assert sent(m.conn) == ["leave-ack"] and fills == []
 
 
 def test_failed_fill_closes_instead_of_skipping_the_gap() -> None:
