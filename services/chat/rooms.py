@@ -207,10 +207,11 @@ class RoomStore:
         first = after + 1 if limit is None else max(after + 1, last + 1 - limit)
         head_stream = self._heads.get(room, (head, 0))[1]
         subject = history_subject(room)
-        if limit is None and self.recent is not None:
+        if self.recent is not None:  # a recovery, a fill, the newest page: from memory
             held = await self._read_recent(room, subject, first, last, head, head_stream)
             if held is not None:
-                return held if max_bytes is None else fit(held, max_bytes, newest=False)
+                newest = limit is not None
+                return held if max_bytes is None else fit(held, max_bytes, newest=newest)
         for attempt in range(READ_ATTEMPTS):
             events = await self._fetch(subject, first, last, head, head_stream, limit, max_bytes)
             # A replicated stream may answer a direct get from a follower that has not

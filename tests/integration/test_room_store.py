@@ -337,3 +337,32 @@ async def test_an_append_racing_a_recovery_keeps_memory(server: LocalStack) -> N
         assert sum(fetched) == 0 and mine.recent.span(room) == (1, 11)
     finally:
         await nc.close()
+
+
+async def test_the_newest_page_comes_from_memory_older_pages_from_the_stream(
+    server: LocalStack,
+) -> None:
+    """A client's history request for the newest events (no ``before``), as the rooms
+    page sends on every join, is answered from memory; a page further back is read from
+    the stream; both exactly as a stream read gives them."""
+    nc = await nats.connect(server.nats_url)
+    try:
+        mine = remembering(nc)
+        await mine.ensure()
+        plain = RoomStore(nc, nc.jetstream(), max_msgs=10_000, max_age=3600, dedupe_window=120)
+        room = f"page-{uuid.uuid4().hex[:6]}"
+        for i in range(120):
+            await mine.append(room, "message", {"text": f"m{i + 1}"}, None)
+        fetched = count_fetched(mine)
+        for limit in (1, 50, 120, 500):
+            page = await mine.read(room, limit=limit)
+            assert [e.frame for e in page] == [e.frame for e in await plain.read(room, limit=limit)]
+        assert len(page) == 120 and sum(fetched) == 0
+        budget = sum(len(e.frame) for e in page[-7:])  # cut to a reply budget: the newest
+        assert texts(await mine.read(room, limit=50, max_bytes=budget)) == [
+            f"m{i}" for i in range(114, 121)
+        ]
+        older = await mine.read(room, before=60, limit=10)
+        assert texts(older) == [f"m{i}" for i in range(50, 60)] and sum(fetched) >= 10
+    finally:
+        await nc.close()
