@@ -11,9 +11,10 @@ recovery that starts inside the run reads from the stream only the events after 
 the stream's), and copies the rest from memory.
 
 What goes in (:meth:`RecentEvents.add`): the events a read fetched from the stream, and
-the events this replica appends. A run only grows by events that touch or overlap it,
-so it never has a hole; where an event of the same seq disagrees (a different stream
-sequence: the stream was recreated), the newer information replaces the run. The run is
+the events this replica appends. A run only grows by events that overlap it or are
+known to follow its last event in the stream, so it never has a hole; where an event
+of the same seq disagrees (a different stream sequence: the room was purged or the
+stream recreated), the newer information replaces the run. The run is
 the room's newest events up to ``max_events`` (the stream's own per-room limit, so it
 never holds an event the stream dropped); rooms past ``max_bytes`` in all are forgotten,
 least recently used first. Age (``max_age``) and the stream's truth (its head) are
@@ -88,21 +89,34 @@ class RecentEvents:
         if run is not None:
             self.size -= run.size
 
-    def add(self, room: str, events: Sequence[StoredEvent], *, newest: bool = False) -> None:
+    def add(
+        self,
+        room: str,
+        events: Sequence[StoredEvent],
+        *,
+        newest: bool = False,
+        after: int | None = None,
+    ) -> None:
         """Take ``events`` (ascending seqs, none missing in between) into ``room``'s run
-        if they touch or overlap it. ``newest``: they are the room's newest events, read
-        just now; if they do not touch the run, they replace it (else they are dropped:
-        a run never has a hole)."""
+        if they overlap it, or continue it: right after its last event, and ``after``
+        (the stream sequence of the event stored just before them, when known: an
+        append's expected last, a read that started at the run's last event) is that
+        event's. Adjacent seqs alone prove nothing: the room may have been purged and
+        written again. ``newest``: they are the room's newest events, read just now; if
+        they do not join the run, they replace it (else they are dropped: a run never
+        has a hole)."""
         if not events or self.max_bytes <= 0 or not _contiguous(events):
             return
         run = self._rooms.get(room)
-        if run is not None and events[0].seq == run.hi + 1:  # the usual: newer, right after
+        if (
+            run is not None and events[0].seq == run.hi + 1 and after == run.events[-1].stream_seq
+        ):  # the usual: an append, or what another replica appended, right after
             run.events.extend(events)
             self._grew(room, run, _cost(events))
             return
         if run is None:
             merged = list(events)
-        elif events[0].seq > run.hi + 1 or events[-1].seq < run.lo - 1:  # apart
+        elif events[0].seq > run.hi or events[-1].seq < run.lo:  # no event in common
             if not (newest and events[0].seq > run.hi):
                 return
             merged = list(events)

@@ -177,8 +177,8 @@ class RoomStore:
                     original = await self.js.get_msg(ROOMS_STREAM, ack.seq)
                     return Appended(int((original.headers or {})[h.SEQ]), original.data, True)
                 self._heads[room] = (seq, ack.seq)
-                if self.recent is not None:
-                    self.recent.add(room, [StoredEvent(seq, frame, ack.seq)])
+                if self.recent is not None:  # right after the event it expected last
+                    self.recent.add(room, [StoredEvent(seq, frame, ack.seq)], after=stream_seq)
                 return Appended(seq, frame, False)
         raise WireError(ErrorCode.UNAVAILABLE, "room too contended, try again")
 
@@ -302,7 +302,7 @@ class RoomStore:
             if tail[0].stream_seq != end[0].stream_seq:
                 recent.forget(room)
                 return None
-            recent.add(room, tail[1:])
+            recent.add(room, tail[1:], after=tail[0].stream_seq)
         events = recent.get(room, first, last)
         if events is None:
             return None

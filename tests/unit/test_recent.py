@@ -18,13 +18,19 @@ def seqs(events: list[StoredEvent] | None) -> list[int] | None:
     return None if events is None else [e.seq for e in events]
 
 
-def test_runs_grow_by_what_touches_them_and_never_get_a_hole() -> None:
+def test_runs_grow_by_what_overlaps_or_provably_follows_them_and_never_get_a_hole() -> None:
     recent = RecentEvents(max_events=100, max_bytes=1 << 20)
     recent.add("r", evs(5, 9))
-    recent.add("r", [ev(10)])  # an append right after
-    recent.add("r", [ev(12)])  # 11 not seen: dropped, not a hole
+    recent.add("r", [ev(10)], after=ev(9).stream_seq)  # an append right after event 9
+    recent.add("r", [ev(12)], after=ev(11).stream_seq)  # 11 not seen: dropped, not a hole
     assert recent.span("r") == (5, 10)
-    recent.add("r", evs(11, 13))  # a read of what followed, overlapping nothing
+    # the next seq, but not known to follow event 10 in the stream: the room may have
+    # been purged and written again (its seqs start over): dropped
+    recent.add("r", [ev(11, stream=999)])
+    recent.add("r", [ev(11, stream=999)], after=998)
+    recent.add("r", evs(1, 4))  # just before the run: the same doubt
+    assert recent.span("r") == (5, 10)
+    recent.add("r", evs(10, 13))  # a read from the run's last event on: overlaps it
     recent.add("r", evs(2, 6))  # an older read that overlaps the start
     assert recent.span("r") == (2, 13)
     assert seqs(recent.get("r", 4, 13)) == list(range(4, 14))
@@ -54,7 +60,7 @@ def test_at_most_max_events_per_room_the_newest() -> None:
     recent = RecentEvents(max_events=10, max_bytes=1 << 20)
     recent.add("r", evs(1, 8))
     for seq in range(9, 26):
-        recent.add("r", [ev(seq)])
+        recent.add("r", [ev(seq)], after=ev(seq - 1).stream_seq)
     assert recent.span("r") == (16, 25)
     assert recent.size == 10 * (10 + OVERHEAD)
     recent.add("q", evs(1, 30))
