@@ -124,6 +124,11 @@ class Member:
                 if self.last < seq < upto:
                     enqueue(message)
                     self.last = seq
+        if self.held is not None:
+            # its join's replay was still being filled (cut to the reply budget): the
+            # join is answered now, before the leave; the rest of the replay is moot
+            enqueue(self.held)
+            self.held = None
         self.buffer = []
         self.syncing = False
         self.gone = True  # a fill still out (a replay cut to the budget) sends nothing now

@@ -94,6 +94,17 @@ def test_a_member_that_left_takes_nothing_more_not_even_a_fills_answer() -> None
     assert sent(m.conn) == ["leave-ack"] and fills == []
 
 
+def test_a_leave_while_the_joins_replay_is_filled_answers_the_join_first() -> None:
+    m, _ = member()
+    join_ack = {"type": "websocket.send", "text": "join-ack"}
+    m.held = join_ack  # v2._joined: the replay was cut, its ack waits for the last fill
+    m.synced([ev(5)], 5, None, [], accept_gaps=False)
+    m.syncing = True  # the fill is out
+    m.left(20, [{"type": "websocket.send", "text": "leave-ack"}])
+    m.synced([ev(6)], 6, None, [], accept_gaps=True)  # the fill's answer, after the leave
+    assert sent(m.conn) == ["e5", "join-ack", "leave-ack"]
+
+
 def test_failed_fill_closes_instead_of_skipping_the_gap() -> None:
     from gateway.v2 import V2Endpoint
     from wire.errors import ErrorCode, WireError
