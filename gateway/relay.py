@@ -309,6 +309,9 @@ class RelayEndpoint:
         subscription = self.settings.reply_mode == "subscription"
         request = hub.request if subscription else hub.request_future
         user, room = conn.user, conn.room
+        # ordered routes (the tutorial chat): the worker keeps a connection's requests
+        # in order by these, as for its join and leave
+        ordered = {h.GATEWAY: self.settings.id, h.CONN: str(conn.id)}
         capacity = conn.capacity
         limiter = conn.limiter
         waiting = stopped = False  # waiting: in receive() with no frame in hand
@@ -375,7 +378,8 @@ class RelayEndpoint:
                     hub.answer_locally(conn, WireError(ErrorCode.FORBIDDEN, forbidden))
                 elif route is not None:
                     frame = "binary" if text is None else "text"
-                    headers = request_headers(frame, user=user, room=room)
+                    extra = ordered if route.ordered else None
+                    headers = request_headers(frame, user=user, room=room, extra=extra)
                     await request(conn, route, data, headers, received=received)
                 elif stopped:
                     break
