@@ -451,10 +451,21 @@ class Hub:
 
     def _unpin(self, conn: Connection, seq: int, pending: Pending) -> None:
         """A request sent to the pinned replica found it gone (no responders, so it was
-        not handled): forget the replica and send the request again, in its turn."""
+        not handled): forget the replica and send the request again, in its turn. The
+        requests sent to it before this one may still be handled there (a stopping
+        replica finishes what it took, in order): the last of them becomes the gate, so
+        that this one is sent again, to another replica, only once they are answered."""
         conn.pin = None
         self._hold(conn, seq, pending)
-        if conn.gate is None:
+        if conn.gate is not None:
+            return
+        held = {s for s, _ in conn.held or ()}
+        earlier = [
+            s for s, p in conn.pending.items() if s < seq and p.resend is not None and s not in held
+        ]
+        if earlier:
+            conn.gate = max(earlier)
+        else:
             self._release(conn)
 
     def _ungate(self, conn: Connection) -> None:

@@ -132,3 +132,38 @@ async def test_pinned_replica_stopping_loses_and_reorders_nothing(topology) -> N
         after = sample(scrape(stack.gateways[0].port), "switchboard_gateway_errors_total")  # type: ignore[arg-type]
         assert after == errors  # not one error frame (the room is only alice's and bob's)
     await replace(stack, "chat")
+
+
+async def test_a_stopping_replicas_backlog_is_handled_before_what_goes_elsewhere(
+    topology,
+) -> None:
+    """alice pipelines a burst, and the replica handling her messages is stopped while
+    it still works through them. Sent to it after it left, her next messages found no
+    responders and went straight to the other replica, which handled them before the
+    stopping one had finished hers: out of order. They now wait for the last message
+    the stopping replica took to be answered."""
+    stack = topology
+    await asyncio.to_thread(wait_instances, stack, "chat", REPLICAS)
+    alice, bob = f"alice-{uuid.uuid4().hex[:6]}", f"bob-{uuid.uuid4().hex[:6]}"
+    async with connect(chat_url(stack, 1, bob)) as b:
+        a = await connect(chat_url(stack, 0, alice), max_queue=None)
+        before = sends(stack)
+        await a.send(json.dumps({"message": "0"}))
+        seen = await alices_messages(b, alice, until=": 0")  # pinned by now
+        handled = [x - y for x, y in zip(sends(stack), before, strict=True)]
+        victim = stack.replicas("chat")[handled.index(1)]
+        sent = 1
+        for _ in range(10):  # a backlog for the victim: 200 messages sent in one go
+            for _ in range(20):
+                await a.send(json.dumps({"message": str(sent)}))
+                sent += 1
+            await asyncio.sleep(0)
+        victim.signal(signal.SIGTERM)
+        while victim.alive():
+            await a.send(json.dumps({"message": str(sent)}))
+            sent += 1
+            await asyncio.sleep(0.002)
+        await a.close()
+        await alices_messages(b, alice, seen=seen)
+        assert seen == in_order(alice, [str(i) for i in range(sent)])
+    await replace(stack, "chat")
