@@ -44,7 +44,8 @@ from wire.subjects import (
     Op,
     Service,
     batch_subject,
-    pinned_subject,
+    pinned_op,
+    pinned_wildcard,
     reply_caller,
     service_subject,
     stats_subject,
@@ -175,6 +176,7 @@ def wrap(
     metrics: ServiceMetrics,
     instance: str | None = None,
     scheduler: FairScheduler | None = None,
+    handoff: Callable[[MicroRequest], Awaitable[None]] | None = None,
 ):
     """The one place a handler's result or WireError becomes a NATS reply. With
     ``instance``, every reply names it (``Sb-Instance``: ordered ops, see
@@ -197,7 +199,8 @@ def wrap(
 
     if scheduler is None:
         return endpoint
-    return scheduled(service, op, endpoint, metrics, scheduler, ordered=instance is not None)
+    ordered = instance is not None
+    return scheduled(service, op, endpoint, metrics, scheduler, ordered=ordered, handoff=handoff)
 
 
 async def _answer(msg: MicroRequest, error: WireError, counter) -> None:
@@ -222,6 +225,7 @@ def scheduled(
     scheduler: FairScheduler,
     *,
     ordered: bool = False,
+    handoff: Callable[[MicroRequest], Awaitable[None]] | None = None,
 ):
     """``endpoint`` behind ``scheduler``: each request is queued as it arrives, for its
     caller (connection, and user when there is one), with the deadline its
@@ -232,10 +236,12 @@ def scheduled(
     ``ordered`` (:class:`OrderedOps`): the caller is the connection its ``Sb-Gateway``
     and ``Sb-Conn`` headers name (a socket's leave on close has no reply subject of its
     own); an operation outside :data:`wire.subjects.EXPIRING_OPS` (a leave) never
-    expires and is never refused for a full queue: it must happen."""
+    expires and is never refused for a full queue: it must happen, so if the worker
+    stops before its turn comes, it goes to ``handoff`` (another replica) instead."""
     expired = metrics.requests.labels(service, op, Status.TIMEOUT)
     refused = metrics.requests.labels(service, op, Status.UNAVAILABLE)
     must_run = ordered and op not in EXPIRING_OPS
+    hand_off = handoff if must_run else None
 
     async def take(msg: MicroRequest) -> None:
         received = time.time_ns()
@@ -253,13 +259,27 @@ def scheduled(
             partial(_answer, msg, EXPIRED, expired),
             math.inf if must_run else _deadline(hdrs),
             len(msg.data) + REQUEST_OVERHEAD,
-            partial(_answer, msg, STOPPING, refused),
+            partial(hand_off, msg) if hand_off else partial(_answer, msg, STOPPING, refused),
             must_run,
         )
         if not scheduler.submit(caller, job):
             await _answer(msg, BUSY, refused)
 
     return take
+
+
+def by_op(endpoints: Mapping[Op, Callable[[MicroRequest], Awaitable[None]]]):
+    """One endpoint for the pinned subjects of several ops (:func:`pinned_wildcard`):
+    each request to its op's endpoint, in the order they arrive."""
+
+    async def endpoint(msg: MicroRequest) -> None:
+        target = endpoints.get(pinned_op(msg.subject))  # type: ignore[arg-type]
+        if target is None:
+            await msg.respond_error(str(ErrorCode.BAD_REQUEST), f"no operation at {msg.subject}")
+            return
+        await target(msg)
+
+    return endpoint
 
 
 def wrap_batch(service: Service, handlers: Mapping[Op, Handler], metrics: ServiceMetrics):
@@ -329,6 +349,7 @@ async def serve(
         # Ordered ops share one scheduler, one turn per connection (OrderedOps).
         in_order = ordered.scheduler(metrics.queued.labels(service, ORDERED))
         schedulers: list[FairScheduler] = [in_order]
+        pinned: dict[Op, Callable[[MicroRequest], Awaitable[None]]] = {}
         for op, handler in handlers.items():
             is_ordered = op in ORDERED_OPS  # its replies name this replica (Sb-Instance)
             scheduler = in_order if is_ordered else None
@@ -337,12 +358,15 @@ async def serve(
                 scheduler = FairScheduler(slow.concurrency, slow.max_queued_bytes, queued)
                 schedulers.append(scheduler)
             instance = svc.id if is_ordered else None
-            endpoint = wrap(service, op, handler, metrics, instance, scheduler)
             subject = service_subject(service, op)
+            handoff = partial(_hand_off, nc, subject) if is_ordered else None
+            endpoint = wrap(service, op, handler, metrics, instance, scheduler, handoff)
             await svc.add_endpoint(name=str(op), subject=subject, handler=endpoint)
             if is_ordered:  # and gateways pin a connection's requests of it here
-                pinned = pinned_subject(service, svc.id, op)
-                await svc.add_endpoint(name=f"{op}-pinned", subject=pinned, handler=endpoint)
+                pinned[op] = endpoint
+        if pinned:  # one subscription for all of them: taken in the order they came
+            subject = pinned_wildcard(service, svc.id)
+            await svc.add_endpoint(name="pinned", subject=subject, handler=by_op(pinned))
         if BATCH_OPS & handlers.keys():
             await svc.add_endpoint(
                 name="batch",
@@ -409,14 +433,22 @@ async def _drain_endpoints(svc, nc, schedulers: list[FairScheduler]) -> None:
     await asyncio.gather(*(scheduler.join() for scheduler in schedulers))
 
 
+async def _hand_off(nc: Client, subject: str, msg: MicroRequest) -> None:
+    """A request that must happen (a leave), taken but not handled before this worker
+    stopped: to the queue group again, with its reply subject, for another replica (its
+    dedupe id makes a repeat harmless; with no other replica, nats-server answers 503)."""
+    await nc.publish(subject, msg.data, reply=msg._msg.reply or "", headers=msg.headers)
+
+
 async def _abandon(schedulers: list[FairScheduler], nc, grace: float) -> None:
     """Out of time on shutdown: what the schedulers still hold waiting is answered 503
-    "service stopping" (the client sends it again; a leave still waiting is lost, its
-    member left to presence expiry) rather than dropped, what runs gets ``grace`` more
-    to finish and be answered, then the connection drains."""
-    with contextlib.suppress(Exception):
-        for scheduler in schedulers:
+    "service stopping" (the client sends it again; a leave is handed to another
+    replica) rather than dropped, what runs gets ``grace`` more to finish and be
+    answered, then the connection drains."""
+    for scheduler in schedulers:
+        with contextlib.suppress(Exception):
             await asyncio.wait_for(scheduler.abandon(), 1.0)
+    with contextlib.suppress(Exception):
         joined = asyncio.gather(*(scheduler.join() for scheduler in schedulers))
         await asyncio.wait_for(joined, grace)
     with contextlib.suppress(Exception):

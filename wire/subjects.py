@@ -108,14 +108,18 @@ SERVICE_OPS: dict[Service, tuple[Op, ...]] = {
 # sender's join, one sender's messages in the order sent). Pipelined to a queue group,
 # two replicas would handle them side by side; so a gateway sends a connection's
 # requests of these one at a time until a reply names the replica that handled them
-# (headers.INSTANCE), then pipelines them to that replica (pinned_subject), which
-# handles each connection's in order, across these operations (services.runner.OrderedOps).
+# (headers.INSTANCE), then pipelines them to that replica (pinned_subject), which takes
+# them on one subscription (pinned_wildcard) and handles each connection's in order,
+# across these operations (services.runner.OrderedOps).
 ORDERED_OPS = frozenset({Op.JOIN, Op.SEND, Op.ROOM_JOIN, Op.ROOM_LEAVE, Op.PUBLISH})
 # Ordered operations a worker skips (answers 408) when their turn comes after the
-# gateway stopped waiting (Sb-Timeout): the gateway has told the client it failed and
-# dropped what it held for it (a join's membership; a publish is sent again by the
-# client, with its id). Leaves, and the tutorial chat's join and send, always happen.
-EXPIRING_OPS = frozenset({Op.ROOM_JOIN, Op.PUBLISH})
+# gateway stopped waiting (Sb-Timeout), and refuses (503 busy) past its queue bound: the
+# gateway has told the client it failed and dropped what it held for it (a join's
+# membership; a publish is sent again by the client, with its id; a tutorial chat
+# message got its error frame). The others must happen: leaves, and the tutorial chat's
+# join (its leave follows); there is at most one of each per membership, so they are
+# bounded by the connections.
+EXPIRING_OPS = frozenset({Op.ROOM_JOIN, Op.PUBLISH, Op.SEND})
 
 
 def is_token(value: str) -> bool:
@@ -137,6 +141,22 @@ def service_subject(service: Service, op: Op) -> str:
 def pinned_subject(service: Service, instance: str, op: Op) -> str:
     """Request of an ordered op (:data:`ORDERED_OPS`) to one instance of ``service``."""
     return f"{PREFIX}.svc.{service}.at.{_token(instance, 'instance id')}.{op}"
+
+
+def pinned_wildcard(service: Service, instance: str) -> str:
+    """Every ordered op's :func:`pinned_subject` of one instance: the instance takes
+    them with one subscription, so a connection's requests of different ops reach it
+    in the order they were sent (a subscription per op would each be drained by a task
+    of its own, one subject's backlog before another's)."""
+    return f"{PREFIX}.svc.{service}.at.{_token(instance, 'instance id')}.*"
+
+
+def pinned_op(subject: str) -> Op | None:
+    """The op a :func:`pinned_subject` names, None if it names none."""
+    try:
+        return Op(subject.rpartition(".")[2])
+    except ValueError:
+        return None
 
 
 def batch_subject(service: Service) -> str:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +25,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     with running(tmp_path_factory.mktemp("stack")) as s:
         yield s
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """A nats-server alone (JetStream on), for tests that run worker code in process."""
+    stack = LocalStack(var_dir=Path(tmp_path_factory.mktemp("nats")))
+    try:
+        stack.start_nats()
+        yield stack
+    finally:
+        stack.stop()
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import nats
 import orjson
@@ -20,16 +19,6 @@ from wire.errors import ErrorCode, WireError
 from wire.subjects import ROOMS_STREAM, history_subject
 
 COUNT = 2 * READ_PAGE + 37  # three pages
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    stack = LocalStack(var_dir=Path(tmp_path_factory.mktemp("room-store")))
-    try:
-        stack.start_nats()
-        yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture

@@ -28,10 +28,14 @@ class Chat:
         self.scheduler = OrderedOps(concurrency, max_queued_bytes).scheduler()
         self.gates: dict[bytes, asyncio.Event] = {}
         self.ran: list[bytes] = []
+        self.handed_off: list[bytes] = []  # what a stopping replica passed on
         self.endpoints = {
-            op: wrap(Service.CHAT, op, self.handler, metrics, "i1", self.scheduler)
+            op: wrap(Service.CHAT, op, self.handler, metrics, "i1", self.scheduler, self.hand_off)
             for op in (Op.ROOM_JOIN, Op.PUBLISH, Op.ROOM_LEAVE)
         }
+
+    async def hand_off(self, msg: FakeRequest) -> None:
+        self.handed_off.append(msg.data)
 
     async def handler(self, req: Request) -> bytes:
         self.ran.append(req.data)
@@ -159,3 +163,20 @@ async def test_a_drain_that_times_out_cancels_nothing_taken() -> None:
     gate.set()
     await asyncio.wait_for(chat.scheduler.join(), 1)
     assert chat.ran == [b"c1-publish", b"c1-leave"] and errors(leave) == [None]
+
+
+async def test_stopping_out_of_time_refuses_what_waits_and_hands_leaves_on() -> None:
+    """services.runner._abandon: a worker out of time on shutdown answers what still
+    waits 503 "service stopping" (the client sends it again), except a leave, which must
+    happen: it goes to the queue group again, for another replica."""
+    chat = Chat(concurrency=1)
+    gate = chat.gate(b"running")
+    await chat.send(Op.PUBLISH, request(b"running", 1, 1))
+    waiting = await chat.send(Op.PUBLISH, request(b"waiting", 2, 1))
+    leave = await chat.send(Op.ROOM_LEAVE, request(b"leave", 3, 1))
+    await chat.scheduler.abandon()
+    assert errors(waiting) == ["503"] and waiting.replies[0][h.ERROR] == "service stopping"
+    assert leave.replies == [] and chat.handed_off == [b"leave"]
+    gate.set()
+    await asyncio.wait_for(chat.scheduler.join(), 1)
+    assert chat.ran == [b"running"]

@@ -22,7 +22,9 @@ from wire.subjects import (
     is_inbox,
     is_token,
     parse_reply_subject,
+    pinned_op,
     pinned_subject,
+    pinned_wildcard,
     reply_prefix,
     reply_subject,
     reply_wildcard,
@@ -39,6 +41,11 @@ def test_service_subjects() -> None:
     for bad in ("", "a.b", ">", "*"):  # a reply header names the instance: checked
         with pytest.raises(ValueError):
             pinned_subject(Service.CHAT, bad, Op.SEND)
+        with pytest.raises(ValueError):
+            pinned_wildcard(Service.CHAT, bad)
+    wildcard = pinned_wildcard(Service.CHAT, "5pL2fWgRBB9FB6OCFpyQ1k")
+    assert wildcard == "sb.svc.chat.at.5pL2fWgRBB9FB6OCFpyQ1k.*"
+    assert pinned_op(pinned) == Op.SEND and pinned_op(wildcard[:-1] + "nope") is None
 
 
 def test_reply_subject_round_trip() -> None:
