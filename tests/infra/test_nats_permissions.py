@@ -24,7 +24,14 @@ from nats.micro import add_service
 
 from tests.infra.conftest import NATS_CONF, NATS_PASSWORDS, ROOT, NatsServer
 from wire.files import direct_get_request
-from wire.subjects import direct_get_subject
+from wire.subjects import (
+    EXPIRING_OPS,
+    ORDERED_OPS,
+    Op,
+    Service,
+    direct_get_subject,
+    service_subject,
+)
 
 WAIT = 2.0
 
@@ -163,6 +170,37 @@ async def test_binary_replicas_talk_to_the_owner_of_an_upload(connect: Connect) 
         async with connect("codec") as codec:
             await codec.nc.publish("sb.svc.binary.chunk.f2", b"")
             assert "sb.svc.binary.chunk.f2" in await codec.violation()
+
+
+async def test_a_stopping_chat_replica_hands_must_run_requests_on(connect: Connect) -> None:
+    """services.runner._hand_off: a leave (or a tutorial join) a chat replica took but
+    could not handle before it stopped goes to the queue group again, with the
+    gateway's reply subject; another replica answers the gateway. Any other request
+    is still refused to chat."""
+    must_run = sorted(ORDERED_OPS - EXPIRING_OPS)
+    assert must_run == [Op.JOIN, Op.ROOM_LEAVE]
+    async with (
+        connect("gateway") as gateway,
+        connect("chat") as stopping,
+        connect("chat") as other,
+    ):
+        replies: asyncio.Queue[Msg] = asyncio.Queue()
+        await gateway.nc.subscribe("sb.gw.g1.>", cb=replies.put)
+
+        async def answer(msg: Msg) -> None:
+            await msg.respond(b"handled")
+
+        for op in must_run:
+            await other.nc.subscribe(service_subject(Service.CHAT, op), queue="chat", cb=answer)
+        await other.sync()
+        for i, op in enumerate(must_run):
+            reply = f"sb.gw.g1.0.{i}"
+            await stopping.nc.publish(service_subject(Service.CHAT, op), b"", reply=reply)
+            got = await asyncio.wait_for(replies.get(), WAIT)
+            assert (got.subject, got.data) == (reply, b"handled")
+        await stopping.no_error()
+        await stopping.nc.publish(service_subject(Service.CHAT, Op.PUBLISH), b"")
+        assert "sb.svc.chat.publish" in await stopping.violation()
 
 
 async def test_binary_has_a_download_delivered_to_the_gateway(connect: Connect) -> None:
