@@ -130,6 +130,7 @@ class Connection:
         "room",
         "rooms",
         "spec",
+        "unpinned",
         "user",
         "wake",
     )
@@ -167,6 +168,7 @@ class Connection:
         # RELEASING), and those waiting as (seq, Pending), in seq order (the deque is made
         # when needed).
         self.pin: str | None = None
+        self.unpinned: str | None = None  # the pinned replica that left: not again
         self.gate: int | None = None
         self.held: deque[Any] | None = None
         self.parked: dict[int, list[Message] | Release] = {}

@@ -416,10 +416,18 @@ class Hub:
 
     def _release(self, conn: Connection, instance: str | None = None) -> None:
         """The request at the connection's gate is answered (by replica ``instance``,
-        if it says): send what waits behind it."""
+        if it says, and it is not the one that left): send what waits behind it; but
+        with no replica pinned, only once every request sent before it is answered
+        (:meth:`_sent_before`)."""
         if instance is not None and conn.pin is None and is_token(instance):
-            conn.pin = instance
+            if instance != conn.unpinned:
+                conn.pin = instance
         self._ungate(conn)
+        if conn.held and conn.pin is None:
+            out = self._sent_before(conn, conn.held[0][0])
+            if out is not None:
+                conn.gate = out  # its answer (or failure) releases again
+                return
         if conn.held:
             conn.gate = RELEASING
             task = asyncio.get_running_loop().create_task(self._send_held(conn))
@@ -438,9 +446,13 @@ class Hub:
             if conn.pending.get(seq) is not pending:
                 continue  # failed while held (timed out, closed)
             assert pending.resend is not None
+            alone = conn.pin is None
+            if alone and (out := self._sent_before(conn, seq)) is not None:
+                held.appendleft((seq, pending))  # unpinned meanwhile: wait for those
+                conn.gate = out
+                return
             route, data, headers = pending.resend
             pending.deadline = loop.time() + self.settings.request_timeout
-            alone = conn.pin is None
             if alone:
                 conn.gate = seq
             await self._publish(conn, seq, pending, self._target(conn, route), data, headers)
@@ -451,22 +463,23 @@ class Hub:
 
     def _unpin(self, conn: Connection, seq: int, pending: Pending) -> None:
         """A request sent to the pinned replica found it gone (no responders, so it was
-        not handled): forget the replica and send the request again, in its turn. The
-        requests sent to it before this one may still be handled there (a stopping
-        replica finishes what it took, in order): the last of them becomes the gate, so
-        that this one is sent again, to another replica, only once they are answered."""
-        conn.pin = None
+        not handled): forget the replica and send the request again, in its turn, once
+        the requests sent before it are answered (:meth:`_release`)."""
+        if conn.pin is not None:
+            conn.unpinned, conn.pin = conn.pin, None
         self._hold(conn, seq, pending)
-        if conn.gate is not None:
-            return
-        held = {s for s, _ in conn.held or ()}
-        earlier = [
-            s for s, p in conn.pending.items() if s < seq and p.resend is not None and s not in held
-        ]
-        if earlier:
-            conn.gate = max(earlier)
-        else:
+        if conn.gate is None:
             self._release(conn)
+
+    @staticmethod
+    def _sent_before(conn: Connection, seq: int) -> int | None:
+        """The last ordered request of ``conn`` before ``seq`` that is out (sent, not
+        answered), if any. A replica that stops finishes what it took (or hands it to
+        another), so a request sent again elsewhere waits for them: else it could take
+        effect first."""
+        held = {s for s, _ in conn.held or ()}
+        out = [s for s, p in conn.pending.items() if s < seq and p.resend is not None]
+        return max((s for s in out if s not in held), default=None)
 
     def _ungate(self, conn: Connection) -> None:
         conn.gate = None
@@ -545,8 +558,9 @@ class Hub:
             self.in_flight -= 1
             tag, hook = pending.tag, pending.hook
             if pending.resend is not None:
-                if error.code is ErrorCode.TIMEOUT:
-                    conn.pin = None  # the pinned replica does not answer: find another
+                if error.code is ErrorCode.TIMEOUT and conn.pin is not None:
+                    # the pinned replica does not answer: find another
+                    conn.unpinned, conn.pin = conn.pin, None
                 if self._settling:
                     self._wake_settle(conn)
         if seq == conn.gate:

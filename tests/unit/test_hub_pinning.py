@@ -1,0 +1,66 @@
+"""gateway/hub.py: a connection's ordered requests when the replica they are pinned to
+stops. Sent again elsewhere, a request must wait until every request sent before it is
+answered, or another replica could handle it first."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client import CollectorRegistry
+
+from gateway.connection import Connection
+from gateway.endpoints import PUBLISH, V2
+from gateway.hub import Hub
+from gateway.settings import GatewaySettings
+from wire import headers as h
+from wire.metrics import GatewayMetrics
+from wire.subjects import Service, pinned_subject, reply_subject, service_subject
+
+
+class Msg:
+    def __init__(self, subject: str, headers: dict[str, str]) -> None:
+        self.subject, self.data, self.headers = subject, b"", headers
+
+
+class FakeNats:
+    is_connected = True
+    is_closed = False
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []  # (subject, reply)
+
+    async def publish(self, subject, data, reply="", headers=None) -> None:
+        self.sent.append((subject, reply))
+
+
+async def test_a_request_sent_again_waits_for_those_the_stopping_replica_still_has() -> None:
+    hub = Hub(GatewaySettings(), GatewayMetrics(CollectorRegistry()))
+    nc = hub.nc = FakeNats()  # type: ignore[assignment]
+    conn = Connection(hub.new_id(), V2, 1000)
+    hub.register(conn)
+
+    def reply_to(seq: int) -> str:
+        return reply_subject(hub._prefix, conn.id, seq)
+
+    async def answer(seq: int, **hdrs: str) -> None:
+        await hub._on_reply(Msg(reply_to(seq), hdrs))  # type: ignore[arg-type]
+        await asyncio.sleep(0.01)  # held requests go out from a task
+
+    await hub.request(conn, PUBLISH, b"x", {})
+    await answer(0, **{h.INSTANCE: "A"})  # pinned to replica A
+    for _ in range(4):  # 1 runs at A, 2 and 3 wait there, 4 finds A gone
+        await hub.request(conn, PUBLISH, b"x", {})
+    at_a = pinned_subject(Service.CHAT, "A", PUBLISH.op)
+    assert nc.sent[-4:] == [(at_a, reply_to(seq)) for seq in (1, 2, 3, 4)]
+    await answer(4, **{h.STATUS: "503"})  # no responders: A has left
+    assert conn.gate == 3 and [s for s, _ in conn.held] == [4]
+    # A stops out of time: 3 is refused at once, 2 handed to another replica, 1 runs on
+    await answer(3, **{h.ERROR_CODE: "503", h.ERROR: "service stopping"})
+    assert conn.gate == 2 and len(nc.sent) == 5  # 4 waits for 1 and 2
+    await answer(2)  # handled by replica B
+    assert conn.gate == 1 and len(nc.sent) == 5
+    await answer(1, **{h.INSTANCE: "A"})  # A's last answer: not pinned to A again
+    assert conn.pin is None and conn.gate == 4
+    assert nc.sent[-1] == (service_subject(Service.CHAT, PUBLISH.op), reply_to(4))
+    await answer(4, **{h.INSTANCE: "B"})
+    assert conn.pin == "B" and conn.gate is None and not conn.pending
