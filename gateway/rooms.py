@@ -138,12 +138,15 @@ class Member:
 
     def abandon(self, error_message: Message | None) -> None:
         """The join failed (or its leave, or a fill): nothing buffered is sent, and
-        nothing that comes later."""
+        nothing that comes later. A join's ack still held (its leave failed while the
+        replay was being filled) answers the join first."""
         self.gone = True
         self.syncing = False
         self.buffer = []
-        self.held = None
+        held, self.held = self.held, None
         if error_message is not None:
+            if held is not None:
+                self.conn.enqueue(held)
             self.conn.enqueue(error_message)
             self.conn.wake.set()
 

@@ -103,6 +103,12 @@ def test_a_leave_while_the_joins_replay_is_filled_answers_the_join_first() -> No
     m.left(20, [{"type": "websocket.send", "text": "leave-ack"}])
     m.synced([ev(6)], 6, None, [], accept_gaps=True)  # the fill's answer, after the leave
     assert sent(m.conn) == ["e5", "join-ack", "leave-ack"]
+    # the same when the leave fails (v2._left: abandon with its error)
+    m, _ = member()
+    m.held = join_ack
+    m.syncing = True
+    m.abandon({"type": "websocket.send", "text": "leave-error"})
+    assert sent(m.conn) == ["join-ack", "leave-error"]
 
 
 def test_failed_fill_closes_instead_of_skipping_the_gap() -> None:
