@@ -259,6 +259,7 @@ class Hub:
                 return None
             if conn.pin is None:  # no replica yet: this one alone, its reply names one
                 conn.gate = seq
+                conn.unpinned = None  # whichever answers it, the one that left too
         if self.batches(route, len(data)):
             self._queue(route, (conn, seq, pending, data, headers))
             return None
@@ -455,6 +456,7 @@ class Hub:
             pending.deadline = loop.time() + self.settings.request_timeout
             if alone:
                 conn.gate = seq
+                conn.unpinned = None  # sent to the queue group: its answerer is alive
             await self._publish(conn, seq, pending, self._target(conn, route), data, headers)
             if alone:
                 return

@@ -13,6 +13,7 @@ from gateway.endpoints import PUBLISH, V2
 from gateway.hub import Hub
 from gateway.settings import GatewaySettings
 from wire import headers as h
+from wire.errors import ErrorCode, WireError
 from wire.metrics import GatewayMetrics
 from wire.subjects import Service, pinned_subject, reply_subject, service_subject
 
@@ -64,3 +65,27 @@ async def test_a_request_sent_again_waits_for_those_the_stopping_replica_still_h
     assert nc.sent[-1] == (service_subject(Service.CHAT, PUBLISH.op), reply_to(4))
     await answer(4, **{h.INSTANCE: "B"})
     assert conn.pin == "B" and conn.gate is None and not conn.pending
+
+
+async def test_a_replica_that_timed_out_is_pinned_again_once_it_answers_afresh() -> None:
+    """A pinned request that times out unpins (a hung replica); the connection's next
+    request goes alone to the queue group, and if that same replica answers it, it is
+    alive: the connection pins to it again (not one request at a time for ever)."""
+    hub = Hub(GatewaySettings(), GatewayMetrics(CollectorRegistry()))
+    nc = hub.nc = FakeNats()  # type: ignore[assignment]
+    conn = Connection(hub.new_id(), V2, 1000)
+    hub.register(conn)
+
+    async def answer(seq: int, **hdrs: str) -> None:
+        await hub._on_reply(Msg(reply_subject(hub._prefix, conn.id, seq), hdrs))  # type: ignore[arg-type]
+        await asyncio.sleep(0.01)
+
+    await hub.request(conn, PUBLISH, b"x", {})
+    await answer(0, **{h.INSTANCE: "A"})
+    await hub.request(conn, PUBLISH, b"x", {})
+    hub._fail(conn, 1, WireError(ErrorCode.TIMEOUT, "service unavailable"))
+    assert conn.pin is None and conn.unpinned == "A"
+    await hub.request(conn, PUBLISH, b"x", {})
+    assert nc.sent[-1][0] == service_subject(Service.CHAT, PUBLISH.op)  # alone
+    await answer(2, **{h.INSTANCE: "A"})
+    assert conn.pin == "A"
