@@ -52,6 +52,7 @@ class Pending:
     # comes (Hub._send_held), or again through the queue group if the replica it was
     # pinned to is gone (no responders).
     resend: tuple[Any, bytes, dict[str, str]] | None = None
+    at: str | None = None  # the replica it was pinned to when sent (None: queue group)
 
 
 class Flag:

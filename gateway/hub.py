@@ -258,8 +258,15 @@ class Hub:
                 self._hold(conn, seq, pending)
                 return None
             if conn.pin is None:  # no replica yet: this one alone, its reply names one
+                out = self._sent_before(conn, seq)
+                if out is not None:  # unpinned with requests still out: after them
+                    self._hold(conn, seq, pending)
+                    conn.gate = out
+                    return None
                 conn.gate = seq
                 conn.unpinned = None  # whichever answers it, the one that left too
+            else:
+                pending.at = conn.pin
         if self.batches(route, len(data)):
             self._queue(route, (conn, seq, pending, data, headers))
             return None
@@ -420,15 +427,15 @@ class Hub:
         if it says, and it is not the one that left): send what waits behind it; but
         with no replica pinned, only once every request sent before it is answered
         (:meth:`_sent_before`)."""
+        self._ungate(conn)
+        if conn.held:
+            out = self._sent_before(conn, conn.held[0][0])
+            if out is not None:  # not pinned anywhere yet either (a hand-off's answer
+                conn.gate = out  # names a new replica while the old one still works)
+                return
         if instance is not None and conn.pin is None and is_token(instance):
             if instance != conn.unpinned:
                 conn.pin = instance
-        self._ungate(conn)
-        if conn.held and conn.pin is None:
-            out = self._sent_before(conn, conn.held[0][0])
-            if out is not None:
-                conn.gate = out  # its answer (or failure) releases again
-                return
         if conn.held:
             conn.gate = RELEASING
             task = asyncio.get_running_loop().create_task(self._send_held(conn))
@@ -454,6 +461,7 @@ class Hub:
                 return
             route, data, headers = pending.resend
             pending.deadline = loop.time() + self.settings.request_timeout
+            pending.at = conn.pin
             if alone:
                 conn.gate = seq
                 conn.unpinned = None  # sent to the queue group: its answerer is alive
@@ -467,7 +475,7 @@ class Hub:
         """A request sent to the pinned replica found it gone (no responders, so it was
         not handled): forget the replica and send the request again, in its turn, once
         the requests sent before it are answered (:meth:`_release`)."""
-        if conn.pin is not None:
+        if pending.at is not None and pending.at == conn.pin:  # not an older replica's
             conn.unpinned, conn.pin = conn.pin, None
         self._hold(conn, seq, pending)
         if conn.gate is None:
@@ -560,7 +568,8 @@ class Hub:
             self.in_flight -= 1
             tag, hook = pending.tag, pending.hook
             if pending.resend is not None:
-                if error.code is ErrorCode.TIMEOUT and conn.pin is not None:
+                hung = pending.at is not None and pending.at == conn.pin
+                if error.code is ErrorCode.TIMEOUT and hung:
                     # the pinned replica does not answer: find another
                     conn.unpinned, conn.pin = conn.pin, None
                 if self._settling:

@@ -58,13 +58,42 @@ async def test_a_request_sent_again_waits_for_those_the_stopping_replica_still_h
     # A stops out of time: 3 is refused at once, 2 handed to another replica, 1 runs on
     await answer(3, **{h.ERROR_CODE: "503", h.ERROR: "service stopping"})
     assert conn.gate == 2 and len(nc.sent) == 5  # 4 waits for 1 and 2
-    await answer(2)  # handled by replica B
-    assert conn.gate == 1 and len(nc.sent) == 5
+    await answer(2, **{h.INSTANCE: "B"})  # handed to replica B, which names itself
+    assert conn.gate == 1 and len(nc.sent) == 5 and conn.pin is None  # 1 still at A
     await answer(1, **{h.INSTANCE: "A"})  # A's last answer: not pinned to A again
     assert conn.pin is None and conn.gate == 4
     assert nc.sent[-1] == (service_subject(Service.CHAT, PUBLISH.op), reply_to(4))
     await answer(4, **{h.INSTANCE: "B"})
     assert conn.pin == "B" and conn.gate is None and not conn.pending
+
+
+async def test_after_a_timeout_new_requests_wait_for_those_still_out() -> None:
+    """A pinned request times out (a hung replica): the connection unpins, and its next
+    request must not go to the queue group while an earlier one may still be handled
+    at the hung replica."""
+    hub = Hub(GatewaySettings(), GatewayMetrics(CollectorRegistry()))
+    nc = hub.nc = FakeNats()  # type: ignore[assignment]
+    conn = Connection(hub.new_id(), V2, 1000)
+    hub.register(conn)
+
+    async def answer(seq: int, **hdrs: str) -> None:
+        await hub._on_reply(Msg(reply_subject(hub._prefix, conn.id, seq), hdrs))  # type: ignore[arg-type]
+        await asyncio.sleep(0.01)
+
+    await hub.request(conn, PUBLISH, b"x", {})
+    await answer(0, **{h.INSTANCE: "A"})
+    for _ in range(2):
+        await hub.request(conn, PUBLISH, b"x", {})
+    hub._fail(conn, 1, WireError(ErrorCode.TIMEOUT, "service unavailable"))
+    assert conn.pin is None
+    await hub.request(conn, PUBLISH, b"x", {})  # 3
+    assert len(nc.sent) == 3 and conn.gate == 2  # held until 2 is answered
+    await answer(2, **{h.INSTANCE: "A"})  # A's late answer to a pinned request
+    assert conn.pin is None  # not pinned to A by it
+    assert nc.sent[-1] == (
+        service_subject(Service.CHAT, PUBLISH.op),
+        reply_subject(hub._prefix, conn.id, 3),
+    )
 
 
 async def test_a_replica_that_timed_out_is_pinned_again_once_it_answers_afresh() -> None:
