@@ -79,8 +79,9 @@ class OrderedOps:
     """How a worker handles its ordered operations (:data:`wire.subjects.ORDERED_OPS`,
     chat's): through one :class:`FairScheduler` whose callers are connections, one
     request of each at a time (so in the order they arrived, across operations),
-    ``concurrency`` connections' at once, taking turns; joins and publishes past
-    ``max_queued_bytes`` waiting are refused ``service busy``, leaves never."""
+    ``concurrency`` connections' at once, taking turns; past ``max_queued_bytes``
+    waiting, :data:`wire.subjects.EXPIRING_OPS` are refused ``service busy``, the
+    others (leaves, the tutorial join) never."""
 
     concurrency: int
     max_queued_bytes: int

@@ -34,23 +34,34 @@ class FakeNats:
         self.sent.append((subject, reply))
 
 
-async def test_a_request_sent_again_waits_for_those_the_stopping_replica_still_has() -> None:
-    hub = Hub(GatewaySettings(), GatewayMetrics(CollectorRegistry()))
-    nc = hub.nc = FakeNats()  # type: ignore[assignment]
-    conn = Connection(hub.new_id(), V2, 1000)
-    hub.register(conn)
+class Harness:
+    """A hub with one /ws/v2 connection and a fake NATS client: requests are recorded,
+    replies are fed in by hand."""
 
-    def reply_to(seq: int) -> str:
-        return reply_subject(hub._prefix, conn.id, seq)
+    def __init__(self) -> None:
+        self.hub = Hub(GatewaySettings(), GatewayMetrics(CollectorRegistry()))
+        self.nc = self.hub.nc = FakeNats()  # type: ignore[assignment]
+        self.conn = Connection(self.hub.new_id(), V2, 1000)
+        self.hub.register(self.conn)
 
-    async def answer(seq: int, **hdrs: str) -> None:
-        await hub._on_reply(Msg(reply_to(seq), hdrs))  # type: ignore[arg-type]
+    def reply_to(self, seq: int) -> str:
+        return reply_subject(self.hub._prefix, self.conn.id, seq)
+
+    async def publish(self, count: int = 1) -> None:
+        for _ in range(count):
+            await self.hub.request(self.conn, PUBLISH, b"x", {})
+
+    async def answer(self, seq: int, **hdrs: str) -> None:
+        await self.hub._on_reply(Msg(self.reply_to(seq), hdrs))  # type: ignore[arg-type]
         await asyncio.sleep(0.01)  # held requests go out from a task
 
-    await hub.request(conn, PUBLISH, b"x", {})
+
+async def test_a_request_sent_again_waits_for_those_the_stopping_replica_still_has() -> None:
+    t = Harness()
+    nc, conn, answer, reply_to = t.nc, t.conn, t.answer, t.reply_to
+    await t.publish()
     await answer(0, **{h.INSTANCE: "A"})  # pinned to replica A
-    for _ in range(4):  # 1 runs at A, 2 and 3 wait there, 4 finds A gone
-        await hub.request(conn, PUBLISH, b"x", {})
+    await t.publish(4)  # 1 runs at A, 2 and 3 wait there, 4 finds A gone
     at_a = pinned_subject(Service.CHAT, "A", PUBLISH.op)
     assert nc.sent[-4:] == [(at_a, reply_to(seq)) for seq in (1, 2, 3, 4)]
     await answer(4, **{h.STATUS: "503"})  # no responders: A has left
@@ -71,22 +82,14 @@ async def test_after_a_timeout_new_requests_wait_for_those_still_out() -> None:
     """A pinned request times out (a hung replica): the connection unpins, and its next
     request must not go to the queue group while an earlier one may still be handled
     at the hung replica."""
-    hub = Hub(GatewaySettings(), GatewayMetrics(CollectorRegistry()))
-    nc = hub.nc = FakeNats()  # type: ignore[assignment]
-    conn = Connection(hub.new_id(), V2, 1000)
-    hub.register(conn)
-
-    async def answer(seq: int, **hdrs: str) -> None:
-        await hub._on_reply(Msg(reply_subject(hub._prefix, conn.id, seq), hdrs))  # type: ignore[arg-type]
-        await asyncio.sleep(0.01)
-
-    await hub.request(conn, PUBLISH, b"x", {})
+    t = Harness()
+    hub, nc, conn, answer = t.hub, t.nc, t.conn, t.answer
+    await t.publish()
     await answer(0, **{h.INSTANCE: "A"})
-    for _ in range(2):
-        await hub.request(conn, PUBLISH, b"x", {})
+    await t.publish(2)
     hub._fail(conn, 1, WireError(ErrorCode.TIMEOUT, "service unavailable"))
     assert conn.pin is None
-    await hub.request(conn, PUBLISH, b"x", {})  # 3
+    await t.publish()  # 3
     assert len(nc.sent) == 3 and conn.gate == 2  # held until 2 is answered
     await answer(2, **{h.INSTANCE: "A"})  # A's late answer to a pinned request
     assert conn.pin is None  # not pinned to A by it
@@ -100,21 +103,14 @@ async def test_a_replica_that_timed_out_is_pinned_again_once_it_answers_afresh()
     """A pinned request that times out unpins (a hung replica); the connection's next
     request goes alone to the queue group, and if that same replica answers it, it is
     alive: the connection pins to it again (not one request at a time for ever)."""
-    hub = Hub(GatewaySettings(), GatewayMetrics(CollectorRegistry()))
-    nc = hub.nc = FakeNats()  # type: ignore[assignment]
-    conn = Connection(hub.new_id(), V2, 1000)
-    hub.register(conn)
-
-    async def answer(seq: int, **hdrs: str) -> None:
-        await hub._on_reply(Msg(reply_subject(hub._prefix, conn.id, seq), hdrs))  # type: ignore[arg-type]
-        await asyncio.sleep(0.01)
-
-    await hub.request(conn, PUBLISH, b"x", {})
+    t = Harness()
+    hub, nc, conn, answer = t.hub, t.nc, t.conn, t.answer
+    await t.publish()
     await answer(0, **{h.INSTANCE: "A"})
-    await hub.request(conn, PUBLISH, b"x", {})
+    await t.publish()
     hub._fail(conn, 1, WireError(ErrorCode.TIMEOUT, "service unavailable"))
     assert conn.pin is None and conn.unpinned == "A"
-    await hub.request(conn, PUBLISH, b"x", {})
+    await t.publish()
     assert nc.sent[-1][0] == service_subject(Service.CHAT, PUBLISH.op)  # alone
     await answer(2, **{h.INSTANCE: "A"})
     assert conn.pin == "A"
