@@ -5,7 +5,8 @@
     sb.svc.<service>.at.<instance>.<op>  an ordered op (ORDERED_OPS) to one replica: where
                                        a gateway sends a connection's requests of them
                                        once a reply has said which replica (queue group
-                                       <service>, one member)
+                                       <service>, one member, taking every op's on one
+                                       subscription: sb.svc.<service>.at.<instance>.*)
     sb.svc.binary.chunk.<file>         an upload's chunks, to the one binary replica that
                                        owns the upload (queue group binary, one member)
     sb.gw.<gateway>.<conn>.<seq>       reply to request <seq> of connection <conn>
