@@ -28,6 +28,20 @@ async def page(tmp_path) -> AsyncIterator[object]:
         yield await browser.new_page()
 
 
+async def connect_page(page, base: str, user: str) -> None:
+    """Open the rooms page and connect as ``user``."""
+    await page.goto(base + "/rooms")
+    await page.fill("#username", user)
+    await page.click("#connect")
+    await page.wait_for_selector("#status.open")
+
+
+async def ask_to_join(page, room: str) -> None:
+    """Type ``room`` and press Join (the room's panel may take a while: not waited for)."""
+    await page.fill("#room", room)
+    await page.click("#join")
+
+
 async def texts(page, room: str) -> list[str]:
     return await page.locator(f'.room[data-room="{room}"] .log li').all_inner_texts()
 
@@ -51,16 +65,11 @@ async def test_rooms_page_join_send_presence_and_recover(stack, page) -> None:
             await bot.request("join", name)
             await bot.request("publish", name, text=f"before the page came to {name}")
 
-        await page.goto(base + "/rooms")
-        await page.fill("#username", "pageuser")
-        await page.click("#connect")
-        await page.wait_for_selector("#status.open")
-        await page.fill("#room", "lobby")
-        await page.click("#join")
+        await connect_page(page, base, "pageuser")
+        await ask_to_join(page, "lobby")
         await page.wait_for_selector('.room[data-room="lobby"]')
         await wait_for_text(page, "lobby", "bot: before the page came to lobby")  # history
-        await page.fill("#room", "annex")  # a second room on the same socket
-        await page.click("#join")
+        await ask_to_join(page, "annex")  # a second room on the same socket
         await page.wait_for_selector('.room[data-room="annex"]')
         await wait_for_text(page, "annex", "bot: before the page came to annex")
 
@@ -99,13 +108,9 @@ async def test_rooms_page_join_send_presence_and_recover(stack, page) -> None:
         # The same user in a second tab: its requests must not repeat the first tab's ids,
         # which would make its publish a duplicate of the first tab's (silently dropped).
         second = await page.context.browser.new_page()
-        await second.goto(base + "/rooms")
-        await second.fill("#username", "pageuser")
-        await second.click("#connect")
-        await second.wait_for_selector("#status.open")
+        await connect_page(second, base, "pageuser")
         for name in ("lobby", "annex"):
-            await second.fill("#room", name)
-            await second.click("#join")
+            await ask_to_join(second, name)
             await second.wait_for_selector(f'.room[data-room="{name}"]')
         tab = second.locator('.room[data-room="lobby"]')
         await tab.locator(".text").fill("hello from the second tab")
@@ -129,12 +134,8 @@ async def test_rooms_page_joins_again_after_a_passing_refusal(tmp_path, page) ->
         for replica in stack.replicas("chat"):
             replica.stop()
         base = f"http://127.0.0.1:{stack.gateways[0].port}"
-        await page.goto(base + "/rooms")
-        await page.fill("#username", "patient")
-        await page.click("#connect")
-        await page.wait_for_selector("#status.open")
-        await page.fill("#room", "later")
-        await page.click("#join")
+        await connect_page(page, base, "patient")
+        await ask_to_join(page, "later")
         await wait_for_text(page, "later", "joining again in")
         await asyncio.to_thread(stack.start_service, "chat")
         await page.wait_for_function(
