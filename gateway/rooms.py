@@ -164,7 +164,7 @@ class Rooms:
         self.gateway = gateway
         self.interval = interval
         self.nc: Client | None = None
-        self.members: dict[str, dict[int, Member]] = {}
+        self.members: dict[str, dict[int, Member]] = {}  # room -> Member.key -> member
         self._subs: dict[str, Subscription] = {}
         self._tutorial: dict[int, tuple[str, str]] = {}  # conn id -> (room, user)
         self._task: asyncio.Task[None] | None = None
@@ -188,14 +188,13 @@ class Rooms:
             self._subs[member.room] = await self.nc.subscribe(
                 live_subject(member.room), cb=self._on_event
             )
-        members[member.conn.id] = member
+        members[member.key] = member  # a socket that left may be back before that is done
         await self._delta(Heartbeat(self.gateway, False, joined=[self._entry(member)]))
 
     async def remove(self, member: Member) -> None:
         members = self.members.get(member.room)
-        if members is None or members.get(member.conn.id) is not member:
-            return  # gone already, or the same socket has joined again since
-        del members[member.conn.id]
+        if members is None or members.pop(member.key, None) is None:
+            return  # gone already
         if not members:
             del self.members[member.room]
             sub = self._subs.pop(member.room, None)

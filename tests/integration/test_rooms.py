@@ -323,6 +323,37 @@ async def test_events_stored_before_a_leave_reach_the_leaver(stack) -> None:
         await asyncio.gather(client.close(), other.close())
 
 
+async def test_a_join_sent_right_after_a_leave_does_not_cost_the_leaver_its_events(stack) -> None:
+    """publish, leave, join pipelined on one socket: the join's membership used to
+    replace the leaving one on the gateway, so the message stored before the leave
+    never came (the new membership starts after it), and the old membership's presence
+    entry stayed until the next full snapshot."""
+    client = await V2.open(url(stack, 0, username="rejoiner"))
+    try:
+        for _ in range(5):  # lost every time before
+            room = room_name()
+            await client.request("join", room)
+            pid = await client.send("publish", room, text="last words")
+            lid = await client.send("leave", room)
+            jid = await client.send("join", room)
+            stored = (await client.reply(pid))["payload"]["seq"]
+            left = (await client.reply(lid))["payload"]["seq"]
+            joined = (await client.reply(jid))["payload"]["seq"]
+            assert stored < left < joined
+            await client.request("ping")  # a round trip: anything due has come by now
+            assert stored in client.seqs(room), client.seqs(room)
+            deadline = time.monotonic() + 2  # presence deltas travel apart from replies
+            while True:
+                members = (await client.request("presence", room))["payload"]["members"]
+                if members == [{"user": "rejoiner", "connections": 1}]:
+                    break
+                assert time.monotonic() < deadline, members
+                await asyncio.sleep(0.05)
+            await client.request("leave", room)
+    finally:
+        await client.close()
+
+
 async def test_tutorial_chat_and_v2_share_general(stack) -> None:
     name = f"tut{uuid.uuid4().hex[:6]}"
     v2 = await V2.open(url(stack, 1, username="modern"))
