@@ -3,7 +3,9 @@
 The token comes in the query (``?token=``) or, for browsers, which cannot set headers,
 as a WebSocket subprotocol ``bearer.<token>`` next to ``switchboard.v2``. Claims: ``sub``
 is the user id; ``rooms`` (optional) lists the rooms the user may join, ``publish``
-(optional, defaults to ``rooms``) those it may publish to; ``"*"`` means any room.
+(optional, defaults to ``rooms``) those it may publish to; ``"*"`` means any room, and
+a claim that is ``null`` counts as absent. ``aud`` is checked only against a configured
+audience; ``exp``, ``nbf`` and ``iat`` allow ``SB_GATEWAY_JWT_LEEWAY`` of clock skew.
 """
 
 from __future__ import annotations
@@ -43,6 +45,26 @@ def _room_set(value: Any, claim: str) -> frozenset[str] | None:
     if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
         raise WireError(ErrorCode.UNAUTHORIZED, f"claim {claim!r} must be a list of room names")
     return None if "*" in value else frozenset(value)
+
+
+def _reason(exc: jwt.PyJWTError) -> str:
+    """A close reason for a refused token: fixed texts (PyJWT's own can be longer than a
+    close frame allows, and echo what the client sent)."""
+    match exc:
+        case jwt.ExpiredSignatureError():
+            return "token expired"
+        case jwt.InvalidSignatureError():
+            return "invalid token signature"
+        case jwt.ImmatureSignatureError():
+            return "token not yet valid"
+        case jwt.InvalidAudienceError():
+            return "token audience not accepted"
+        case jwt.InvalidIssuerError():
+            return "token issuer not accepted"
+        case jwt.MissingRequiredClaimError(claim=claim) if claim in ("sub", "exp"):
+            return f"token lacks the {claim!r} claim"
+        case _:
+            return "invalid token"
 
 
 def token_from(query: dict[str, str], subprotocols: Iterable[str]) -> str | None:
@@ -85,21 +107,21 @@ class Authenticator:
         key = next((k for alg, k in self.keys if alg == header.get("alg")), None)
         if key is None:
             raise WireError(ErrorCode.UNAUTHORIZED, "token algorithm not accepted")
+        audience = self.settings.jwt_audience
         try:
             claims = jwt.decode(
                 token,
                 key,
                 algorithms=[header["alg"]],
-                audience=self.settings.jwt_audience,
+                audience=audience,
                 issuer=self.settings.jwt_issuer,
-                options={"require": ["sub", "exp"]},
+                leeway=self.settings.jwt_leeway,
+                # an aud claim is only checked against a configured audience (else
+                # PyJWT refuses every token that has one, as most issuers' do)
+                options={"require": ["sub", "exp"], "verify_aud": audience is not None},
             )
-        except jwt.ExpiredSignatureError:
-            raise WireError(ErrorCode.UNAUTHORIZED, "token expired") from None
-        except jwt.InvalidSignatureError:
-            raise WireError(ErrorCode.UNAUTHORIZED, "invalid token signature") from None
-        except jwt.InvalidTokenError as exc:
-            raise WireError(ErrorCode.UNAUTHORIZED, f"invalid token: {exc}") from None
+        except jwt.PyJWTError as exc:
+            raise WireError(ErrorCode.UNAUTHORIZED, _reason(exc)) from None
         user = claims["sub"]
         if not isinstance(user, str) or not user:
             raise WireError(ErrorCode.UNAUTHORIZED, "claim 'sub' must be a non-empty string")
@@ -109,5 +131,7 @@ class Authenticator:
             raise WireError(ErrorCode.UNAUTHORIZED, f"claim 'sub': {exc.description}") from None
         self._not_reserved(user)
         rooms = _room_set(claims.get("rooms"), "rooms")
-        publish = _room_set(claims["publish"], "publish") if "publish" in claims else rooms
+        publish = (
+            rooms if claims.get("publish") is None else _room_set(claims["publish"], "publish")
+        )
         return Identity(user=user, anonymous=False, rooms=rooms, publish=publish)

@@ -29,6 +29,7 @@ from typing import Any
 from gateway.endpoints import EndpointSpec
 from gateway.limits import RateLimiter
 from gateway.wsframe import encode
+from wire.errors import close_reason
 
 Message = dict[str, Any]
 Release = Callable[[], None]
@@ -277,5 +278,7 @@ class Connection:
     def close(self, code: int, reason: str) -> None:
         if not self.closing:
             self.closing = True
-            self.out.append({"type": "websocket.close", "code": code, "reason": reason[:120]})
+            self.out.append(
+                {"type": "websocket.close", "code": code, "reason": close_reason(reason)}
+            )
             self.wake.set()

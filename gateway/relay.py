@@ -28,7 +28,7 @@ from gateway.limits import RATE_LIMITED, RateLimiter, client_ip, origin_allowed
 from gateway.settings import GatewaySettings
 from gateway.wsframe import DIRECT_WRITE, FRAME_HOOK
 from wire import headers as h
-from wire.errors import CloseCode, ErrorCode, WireError
+from wire.errors import CloseCode, ErrorCode, WireError, close_reason
 from wire.frames import request_headers
 from wire.metrics import DropReason, GatewayMetrics
 from wire.names import check_username
@@ -225,10 +225,13 @@ class RelayEndpoint:
     async def refuse(self, send, accept: dict[str, object], ip: str, exc: WireError) -> None:
         """Accept, then close 1008 with the reason (a browser sees it; a refused
         handshake would only say 1006), and give the address's admission back."""
-        await send(accept)
-        code = int(CloseCode.POLICY_VIOLATION)
-        await send({"type": "websocket.close", "code": code, "reason": exc.description})
-        self.hub.admission.release(ip)
+        try:
+            await send(accept)
+            code = int(CloseCode.POLICY_VIOLATION)
+            reason = close_reason(exc.description)
+            await send({"type": "websocket.close", "code": code, "reason": reason})
+        finally:  # also when the client is gone already
+            self.hub.admission.release(ip)
 
     def connection(
         self, ip: str, user: str | None, room: str | None, scope: dict | None = None

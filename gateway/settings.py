@@ -6,6 +6,8 @@ import secrets
 from pathlib import Path
 from typing import Literal
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -60,6 +62,9 @@ class GatewaySettings(SharedSettings):
     jwt_public_key: str | None = Field(None, description="RS256 public key: PEM, or @path")
     jwt_audience: str | None = Field(None, description="required token aud, if set")
     jwt_issuer: str | None = Field(None, description="required token iss, if set")
+    jwt_leeway: float = Field(
+        30.0, ge=0, le=300, description="seconds of clock skew allowed on exp, nbf and iat"
+    )
     api_key: SecretStr | None = Field(None, description="key for POST /api/rooms/*/messages")
     system_sender: str = Field(
         "system",
@@ -104,8 +109,13 @@ class GatewaySettings(SharedSettings):
     def _check_identity(self) -> GatewaySettings:
         if self.jwt_public_key and self.jwt_public_key.startswith("@"):
             self.jwt_public_key = Path(self.jwt_public_key[1:]).read_text()
-        if self.jwt_public_key and "BEGIN PUBLIC KEY" not in self.jwt_public_key:
-            raise ValueError("SB_GATEWAY_JWT_PUBLIC_KEY must be a PEM public key or @path")
+        if self.jwt_public_key:
+            try:
+                key = serialization.load_pem_public_key(self.jwt_public_key.encode())
+            except ValueError:
+                key = None
+            if not isinstance(key, rsa.RSAPublicKey):  # RS256 tokens are checked with it
+                raise ValueError("SB_GATEWAY_JWT_PUBLIC_KEY must be an RSA PEM public key or @path")
         if self.api_key is not None and len(self.api_key.get_secret_value()) < 16:
             raise ValueError("SB_GATEWAY_API_KEY must be at least 16 characters (or unset)")
         if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value()) < 32:

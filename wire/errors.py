@@ -39,6 +39,18 @@ class CloseCode(IntEnum):
     TRY_AGAIN_LATER = 1013
 
 
+MAX_CLOSE_REASON = 123  # bytes of UTF-8 a close frame's reason may carry (RFC 6455 5.5)
+
+
+def close_reason(text: str) -> str:
+    """``text`` cut to what fits in a close frame, at a character boundary (a longer
+    reason makes the WebSocket library fail the close itself: the client sees 1006)."""
+    raw = text.encode()
+    if len(raw) <= MAX_CLOSE_REASON:
+        return text
+    return raw[:MAX_CLOSE_REASON].decode(errors="ignore")
+
+
 _CLOSE_CODES: dict[ErrorCode, CloseCode] = {
     ErrorCode.BAD_REQUEST: CloseCode.POLICY_VIOLATION,
     ErrorCode.UNAUTHORIZED: CloseCode.POLICY_VIOLATION,
