@@ -34,6 +34,7 @@ _HTTP_STATUS: dict[errors.ErrorCode, int] = {
     errors.ErrorCode.FORBIDDEN: 403,
     errors.ErrorCode.NOT_FOUND: 404,
     errors.ErrorCode.TIMEOUT: 504,
+    errors.ErrorCode.GONE: 410,
     errors.ErrorCode.TOO_LARGE: 413,
     errors.ErrorCode.RATE_LIMITED: 429,
     errors.ErrorCode.INTERNAL: 502,

@@ -21,6 +21,7 @@ class ErrorCode(StrEnum):
     FORBIDDEN = "403"  # policy: bad user name, room not permitted
     NOT_FOUND = "404"
     TIMEOUT = "408"  # no reply within the request timeout
+    GONE = "410"  # a re-sent publish stored before, no longer in the room's history
     TOO_LARGE = "413"
     UNSUPPORTED = "415"  # wrong frame type for the endpoint
     RATE_LIMITED = "429"
@@ -57,6 +58,7 @@ _CLOSE_CODES: dict[ErrorCode, CloseCode] = {
     ErrorCode.FORBIDDEN: CloseCode.POLICY_VIOLATION,
     ErrorCode.NOT_FOUND: CloseCode.POLICY_VIOLATION,
     ErrorCode.TIMEOUT: CloseCode.TRY_AGAIN_LATER,
+    ErrorCode.GONE: CloseCode.POLICY_VIOLATION,
     ErrorCode.TOO_LARGE: CloseCode.MESSAGE_TOO_BIG,
     ErrorCode.UNSUPPORTED: CloseCode.UNSUPPORTED_DATA,
     ErrorCode.RATE_LIMITED: CloseCode.POLICY_VIOLATION,

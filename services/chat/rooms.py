@@ -56,6 +56,7 @@ from wire.subjects import (
 WRONG_LAST_SEQUENCE = 10071
 READ_PAGE = 256  # events per direct get batch when reading history
 SEEK_SLACK = 16  # events before the first wanted that a read may fetch and skip
+STORED_IDS = 65536  # message ids whose room seq a replica remembers (~10 MiB)
 READ_ATTEMPTS = 3  # reads of a range that came back short (a lagging replica) before 503
 
 
@@ -115,6 +116,7 @@ class RoomStore:
         self.replicas = replicas
         self._heads: dict[str, tuple[int, int]] = {}  # room -> (room seq, stream seq)
         self._locks: dict[str, asyncio.Lock] = {}
+        self._stored: dict[str, int] = {}  # Nats-Msg-Id -> room seq, the latest appends
 
     async def ensure(self) -> None:
         config = api.StreamConfig(
@@ -174,13 +176,32 @@ class RoomStore:
                 except NatsTimeout:
                     raise WireError(ErrorCode.UNAVAILABLE, "history store unavailable") from None
                 if ack.duplicate:
-                    original = await self.js.get_msg(ROOMS_STREAM, ack.seq)
-                    return Appended(int((original.headers or {})[h.SEQ]), original.data, True)
+                    return await self._original(msg_id, ack.seq)
                 self._heads[room] = (seq, ack.seq)
+                if msg_id is not None:
+                    self._stored[msg_id] = seq
+                    if len(self._stored) > STORED_IDS:
+                        del self._stored[next(iter(self._stored))]  # the oldest
                 if self.recent is not None:  # right after the event it expected last
                     self.recent.add(room, [StoredEvent(seq, frame, ack.seq)], after=stream_seq)
                 return Appended(seq, frame, False)
         raise WireError(ErrorCode.UNAVAILABLE, "room too contended, try again")
+
+    async def _original(self, msg_id: str | None, stream_seq: int) -> Appended:
+        """What a duplicate (``msg_id`` was stored within the dedupe window, as stream
+        sequence ``stream_seq``) was stored as: its room seq, from this replica's memory
+        of its latest appends, else from the stream, unless the room's newer events have
+        pushed it out of the history (SB_CHAT_HISTORY_MAX_MESSAGES) by now."""
+        seq = self._stored.get(msg_id) if msg_id is not None else None
+        if seq is not None:
+            return Appended(seq, b"", True)
+        try:
+            original = await self.js.get_msg(ROOMS_STREAM, stream_seq)
+        except NotFoundError:
+            raise WireError(
+                ErrorCode.GONE, "already stored; no longer in the room's history"
+            ) from None
+        return Appended(int((original.headers or {})[h.SEQ]), original.data, True)
 
     async def read(
         self,

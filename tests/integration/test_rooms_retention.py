@@ -17,9 +17,12 @@ import nats
 import pytest
 from nats.js.errors import NotFoundError
 
+from services.chat.rooms import RoomStore
 from switchboard.localstack import LocalStack, running
 from tests.integration.v2client import V2
 from wire import headers as h
+from wire.errors import ErrorCode, WireError
+from wire.frames import quoted
 from wire.subjects import ROOMS_STREAM, history_subject
 
 KEEP = 5
@@ -112,6 +115,32 @@ async def test_a_gap_inside_retention_is_still_recovered(stack) -> None:
             await back.close()
     finally:
         await writer.close()
+
+
+async def test_a_publish_sent_again_after_its_event_left_history_is_answered(stack) -> None:
+    """A retried publish whose first copy was pushed out of the room's history within
+    the dedupe window (a busy room): JetStream still says duplicate, but the event to
+    read its seq from is gone. The replica that stored it remembers the seq; another
+    (here a RoomStore with no memory) answers 410. Both were a 500 'internal error'."""
+    room = room_name()
+    client = await V2.open(url(stack, "retrier"))
+    try:
+        first = await client.request("publish", room, rid="important-1", text="once")
+        await publish(client, room, *(f"more-{i}" for i in range(KEEP + 1)))
+        again = await client.request("publish", room, rid="important-1", text="once")
+        assert again["type"] == "ack", again
+        assert again["payload"] == {"seq": first["payload"]["seq"], "duplicate": True}
+    finally:
+        await client.close()
+    nc = await nats.connect(stack.nats_url)
+    try:
+        store = RoomStore(nc, nc.jetstream(), max_msgs=KEEP, max_age=3600, dedupe_window=120)
+        msg_id = f"msg:{room}:{quoted('retrier')}:important-1"
+        with pytest.raises(WireError) as exc:
+            await store.append(room, "message", {"text": "once"}, msg_id)
+        assert exc.value.code is ErrorCode.GONE
+    finally:
+        await nc.close()
 
 
 async def test_history_keeps_only_the_newest_per_room(stack) -> None:
