@@ -22,6 +22,7 @@ from wire.frames import Request, encode_text
 
 HEAD_BYTES = 256 * 1024
 OCTET_STREAM = "application/octet-stream"
+MAX_DIMENSION = 2**31  # pixels; larger (or not finite) is no dimension worth reporting
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +100,12 @@ def kind(head: bytes) -> Kind:
     head = head[:HEAD_BYTES]
     mime = media_type(head)
     if mime.startswith("image/"):
-        width, height = imagesize.get(io.BytesIO(head))
-        if width > 0 and height > 0:  # SVG sizes come as floats: whole pixels, like others
+        try:
+            width, height = imagesize.get(io.BytesIO(head))
+        except Exception:  # a header it cannot read: the type alone
+            return Kind(mime)
+        # SVG sizes come as floats (inf for width="9…9"): whole pixels, like others
+        if 0 < width < MAX_DIMENSION and 0 < height < MAX_DIMENSION:
             return Kind(mime, max(1, round(width)), max(1, round(height)))
     return Kind(mime)
 

@@ -214,3 +214,11 @@ def test_zip_based_and_elf_types_are_told_apart(data: bytes, mime: str) -> None:
 def test_svg_dimensions_are_whole_pixels() -> None:
     svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="20.4"></svg>'
     assert inspect.kind(svg) == inspect.Kind("image/svg+xml", 10, 20)
+
+
+@pytest.mark.parametrize("width", [b"9" * 400, b"1e999", b"3000000000"])
+def test_svg_dimensions_too_large_to_be_pixels_are_left_out(width: bytes) -> None:
+    """``round(inf)`` raised while a file was committed: its upload failed with a 503
+    on every resume, and /ws/inspect answered 'internal error'."""
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="' + width + b'" height="5"></svg>'
+    assert inspect.kind(svg) == inspect.Kind("image/svg+xml")
