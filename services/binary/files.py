@@ -162,6 +162,15 @@ class Owned:
     active: float = field(default_factory=time.monotonic)
     error: WireError | None = None  # set once broken: the next claim repairs it
     closed: bool = False
+    deleted: bool = False  # by file_delete: a chunk acknowledged after it commits nothing
+
+    def refusal(self) -> WireError:
+        """The answer to a chunk of an upload this replica no longer owns."""
+        if self.deleted:
+            return WireError(ErrorCode.NOT_FOUND, f"upload {self.record.file} was deleted")
+        return self.error or WireError(
+            ErrorCode.UNAVAILABLE, "upload interrupted; send upload again"
+        )
 
     async def settle(self) -> None:
         """Wait for every chunk on its way to be acknowledged (or to fail)."""
@@ -440,6 +449,9 @@ class FileStore:
         usage = await self._usage(record.user, skip=record.file)
         if usage + record.size > quota:
             raise over(usage)
+        full = await self._store_full(record.size)
+        if full is not None:
+            raise full
         try:
             revision = await self.kv.create(record.file, record.encode())
         except KeyWrongLastSequenceError:
@@ -454,6 +466,22 @@ class FileStore:
                 await self.kv.delete(record.file)
             raise over(usage)
         return record, revision
+
+    async def _store_full(self, size: int) -> WireError | None:
+        """With ``SB_BINARY_STORE_MAX_BYTES`` set: the error for ``size`` more bytes that
+        the store has no room for (JetStream would refuse the chunks, and nats-py leaves
+        such a refused publish unanswered), else None."""
+        limit = self.settings.store_max_bytes
+        if limit < 0:
+            return None
+        used = (await self.js.stream_info(self.stream)).state.bytes
+        if used + size <= limit:
+            return None
+        return WireError(
+            ErrorCode.TOO_LARGE,
+            f"file storage is full: {used} of {limit} bytes used, {size} more do not fit; "
+            "delete files, then send upload again",
+        )
 
     async def _sync(self, fid: str) -> int | None:
         """The durable offset according to the upload's owner, None if it has none."""
@@ -546,12 +574,12 @@ class FileStore:
             await self._respond(msg, **{h.END: str(owned.durable)})
             return
         if control == "abort":
-            await self._drop(owned, release=False)
+            await self._abort(owned)
             await self._respond(msg)
             return
         owned.active = time.monotonic()
         if owned.error is not None or owned.closed:
-            raise WireError(ErrorCode.UNAVAILABLE, "upload interrupted; send upload again")
+            raise owned.refusal()
         record = owned.record
         if _user(hdrs) != record.user:
             raise WireError(ErrorCode.FORBIDDEN, "not your upload")
@@ -597,8 +625,10 @@ class FileStore:
             ack = await asyncio.wait_for(future, self.settings.store_timeout)
         except Exception as exc:
             if owned.error is None:
-                log.warning("storing a chunk failed: %s", exc, extra={"file": owned.record.file})
-                owned.error = WireError(
+                log.warning("storing a chunk failed: %r", exc, extra={"file": owned.record.file})
+                with contextlib.suppress(Exception):  # other uploads filled the store
+                    owned.error = await self._store_full(owned.record.chunk_size)
+                owned.error = owned.error or WireError(
                     ErrorCode.UNAVAILABLE, "storing failed; send upload again to resume"
                 )
                 await self._drop(owned, release=False)
@@ -606,6 +636,9 @@ class FileStore:
             return
         owned.first = owned.first or ack.seq
         owned.durable = max(owned.durable, end)
+        if owned.closed and end == owned.record.size:  # deleted (or let go) meanwhile
+            await self._respond_error(msg, owned.refusal(), **{h.END: str(owned.durable)})
+            return
         if end < owned.record.size:
             await self._respond(msg, **{h.END: str(end)})
             return
@@ -637,6 +670,8 @@ class FileStore:
             raise owned.error
         head = await self._next_chunk(owned.subject, owned.first or 1)
         first_chunk = (head.data or b"") if head is not None else b""
+        if owned.closed:  # deleted while this commit read the stream
+            raise owned.refusal()
         info = await self._write_meta(record, digest, owned.count, first_chunk)
         await self._drop(owned, release=False)
         with contextlib.suppress(Exception):
@@ -830,25 +865,39 @@ class FileStore:
 
     async def _delete(self, fid: str, user: str) -> bytes:
         if await self._stored(fid, user) is not None:
-            obs = await self.js.object_store(self.bucket)
-            with contextlib.suppress(ObjectNotFoundError):
-                await obs.delete(fid)
-            return orjson.dumps({"file": fid, "deleted": "file"})
+            return await self._delete_stored(fid)
         found = await self._record(fid)
         if found is None or found[0].user != user:
+            if await self._stored(fid, user) is not None:  # committed since the first look
+                return await self._delete_stored(fid)
             raise WireError(ErrorCode.NOT_FOUND, f"no file {fid}")
         owned = self.owned.get(fid)
         if owned is not None:
-            await self._drop(owned, release=False)
+            await self._abort(owned)
         else:
             with contextlib.suppress(Exception):
                 await self.nc.request(
                     upload_subject(fid), b"", timeout=SYNC_TIMEOUT, headers={h.CONTROL: "abort"}
                 )
+        if await self._stored(fid, user) is not None:  # its last chunk was committed first
+            return await self._delete_stored(fid)
         with contextlib.suppress(KeyNotFoundError):
             await self.kv.delete(fid)
         await self.js.purge_stream(self.stream, subject=self._chunks(fid))
         return orjson.dumps({"file": fid, "deleted": "upload"})
+
+    async def _delete_stored(self, fid: str) -> bytes:
+        obs = await self.js.object_store(self.bucket)
+        with contextlib.suppress(ObjectNotFoundError):
+            await obs.delete(fid)
+        return orjson.dumps({"file": fid, "deleted": "file"})
+
+    async def _abort(self, owned: Owned) -> None:
+        """An upload being deleted: stop owning it, and wait for its chunks on their way,
+        which then commit nothing (a commit already writing the file finishes first)."""
+        owned.deleted = True
+        await self._drop(owned, release=False)
+        await owned.settle()
 
     # -- housekeeping ------------------------------------------------------------------
     async def _sweep_forever(self) -> None:

@@ -417,6 +417,41 @@ async def test_list_delete_and_inspect(stack) -> None:
         assert caught.value.code == "404"
 
 
+async def test_deleting_an_upload_while_its_last_chunk_is_stored_leaves_nothing(stack) -> None:
+    """Socket B deletes the upload socket A is sending its last chunk of. Before, the
+    commit went on after the delete purged the chunks: A was told ``stored``, B
+    ``upload`` deleted, and the file stayed listed and counted with no data (its
+    download failed; 17 of 30 rounds). Now either the delete comes first (A's chunk is
+    answered 404, nothing is stored) or the commit does (B deletes the stored file)."""
+    for i in range(12):
+        who = user()
+        data = os.urandom(2 * CHUNK)
+        async with connect(url(stack, who)) as a, connect(url(stack, who)) as b:
+            begin = {"type": "upload", "id": "u", "name": "x", "size": len(data)}
+            await a.send(orjson.dumps({**begin, "sha256": sha(data)}).decode())
+            fid = orjson.loads(await recv(a))["file"]
+            await a.send(wf.pack_chunk(0, data[:CHUNK]))
+            assert orjson.loads(await recv(a))["type"] == "progress"
+
+            async def delete(b: websockets.ClientConnection, fid: str, delay: float) -> dict:
+                await asyncio.sleep(delay)
+                await b.send(orjson.dumps({"type": "delete", "id": "d", "file": fid}).decode())
+                return orjson.loads(await recv(b))
+
+            _, deleted = await asyncio.gather(
+                a.send(wf.pack_chunk(CHUNK, data[CHUNK:])), delete(b, fid, 0.001 * (i % 6))
+            )
+            last = orjson.loads(await recv(a))
+        assert deleted["type"] == "deleted", deleted
+        if deleted["kind"] == "file":
+            assert last["type"] == "stored", last
+        else:
+            assert (last["type"], last["code"]) == ("error", "404"), last
+        async with await FilesClient.open(url(stack, who)) as client:
+            listing = await client.list()
+        assert listing["files"] == [] and listing["usage"] == 0, listing
+
+
 async def test_protocol_errors(stack) -> None:
     who = user()
     async with connect(url(stack, who)) as ws:
