@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
+from gateway.settings import GatewaySettings
+from services.settings import ServiceSettings
 from tests.infra.conftest import NATS_CONF, ROOT, nats_env, require_tool
 
 COMPOSE = ROOT / "docker-compose.yml"
@@ -168,10 +170,13 @@ def test_every_service_has_a_healthcheck_and_a_restart_policy(
     services: dict[str, dict[str, Any]],
 ) -> None:
     for name, service in services.items():
+        assert service.get("restart") in {"unless-stopped", "always"}, name
+        if name == "nats-exporter":  # FROM scratch: nothing in it could run a check
+            assert "healthcheck" not in service
+            continue
         check = service.get("healthcheck") or {}
         assert check.get("test") and not check.get("disable"), f"{name}: no healthcheck"
         assert "curl" not in str(check["test"]) or name == "edge", f"{name}: no curl there"
-        assert service.get("restart") in {"unless-stopped", "always"}, name
 
 
 def test_python_healthchecks_hit_the_right_port(services: dict[str, dict[str, Any]]) -> None:
@@ -188,8 +193,34 @@ def test_startup_order(services: dict[str, dict[str, Any]]) -> None:
     for name in ("codec", "binary", "chat"):
         assert healthy_deps(name) == {"nats"}
     assert healthy_deps("gateway") == {"nats", "codec", "binary", "chat"}
-    assert healthy_deps("edge") == {"gateway"}
+    # compose stops dependents first: an edge depending on the gateways would be gone
+    # before they could close their sockets with 1001
+    assert "gateway" not in services["edge"].get("depends_on", {})
     assert "prometheus" in healthy_deps("grafana")
+
+
+def grace(service: dict[str, Any]) -> float:
+    value = service["stop_grace_period"]
+    assert value.endswith("s"), value
+    return float(value[:-1])
+
+
+def test_stop_grace_periods_cover_each_process_s_own_shutdown(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """SIGKILL must not cut a shutdown short. A worker: what it took (T), the NATS drain
+    (T); out of time, ~2 s answering what waits, T more for what runs, the drain (T).
+    The gateway: in-flight requests, uvicorn's graceful shutdown, the NATS drain (T
+    each) and the 1001 closes. The edge outlasts the gateways it relays the closes of."""
+    worker = ServiceSettings(SB_NATS_URL="nats://x:4222").shutdown_timeout
+    for name in ("codec", "binary", "chat"):
+        assert grace(services[name]) >= 3 * worker + 2 + 5, name
+    gateway = GatewaySettings().shutdown_timeout
+    assert grace(services["gateway"]) >= 4 * gateway + 3 + 4
+    nginx = (ROOT / "infra/nginx/nginx.conf").read_text()
+    quit_wait = re.search(r"^worker_shutdown_timeout (\d+)s;", nginx, re.M)
+    assert quit_wait and grace(services["gateway"]) <= int(quit_wait.group(1))
+    assert int(quit_wait.group(1)) < grace(services["edge"])
 
 
 def test_each_process_connects_as_its_own_nats_user(services: dict[str, dict[str, Any]]) -> None:
