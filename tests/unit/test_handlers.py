@@ -106,7 +106,9 @@ async def test_mixed() -> None:
     assert only_text(await mixed(binary(b"123"))) == "You sent a binary message of size 3 bytes"
 
 
-@pytest.mark.parametrize("name", ["", "x" * 65, "a\x00b", "tab\there", "bell\x07", None])
+@pytest.mark.parametrize(
+    "name", ["", "x" * 65, "a\x00b", "tab\there", "bell\x07", None, "evil\u202egpj.exe", "\ud800"]
+)
 def test_bad_usernames_refused(name: str | None) -> None:
     with pytest.raises(WireError) as exc:
         check_username(name)
@@ -114,7 +116,18 @@ def test_bad_usernames_refused(name: str | None) -> None:
 
 
 def test_good_usernames() -> None:
-    for name in ("alice", "Anonymous", "x" * 64, "Zoë 🚀", "a b"):
+    # zero-width joiner and non-joiner (emoji sequences, Persian), soft hyphen: format
+    # characters in ordinary names, which the tutorial accepts (they were refused)
+    for name in (
+        "alice",
+        "Anonymous",
+        "x" * 64,
+        "Zoë 🚀",
+        "a b",
+        "👩\u200d💻",
+        "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",  # Persian, with a ZWNJ
+        "Ka\u00adtrin",
+    ):
         assert check_username(name) == name
 
 
