@@ -67,6 +67,17 @@ async def _read_body(request: Request) -> bytes:
     return bytes(body)
 
 
+def _authorized(authorization: str | None, key: str) -> bool:
+    """``Authorization: Bearer <key>``, the scheme in any case (RFC 7235), compared in
+    constant time as bytes: HTTP headers arrive decoded as latin-1, the key is UTF-8."""
+    if authorization is None:
+        return False
+    scheme, _, given = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(given.strip().encode("latin-1"), key.encode())
+
+
 def router(hub: Hub, settings: GatewaySettings) -> APIRouter:
     api = APIRouter(prefix="/api")
 
@@ -79,12 +90,12 @@ def router(hub: Hub, settings: GatewaySettings) -> APIRouter:
     ) -> JSONResponse:
         if settings.api_key is None:
             raise HTTPException(404, "server-side publish is not enabled (SB_GATEWAY_API_KEY)")
-        expected = f"Bearer {settings.api_key.get_secret_value()}".encode()
-        if authorization is None or not hmac.compare_digest(authorization.encode(), expected):
+        if not _authorized(authorization, settings.api_key.get_secret_value()):
             raise HTTPException(401, "missing or wrong API key")
         if not is_token(room):
             raise HTTPException(422, "room must be 1-64 characters of [A-Za-z0-9_-]")
-        rid = idempotency_key or f"api-{secrets.token_hex(8)}"
+        # an empty Idempotency-Key is a bad one, not none
+        rid = f"api-{secrets.token_hex(8)}" if idempotency_key is None else idempotency_key
         if envelope.request_id({"id": rid}) is None:
             raise HTTPException(422, "Idempotency-Key must be 1-64 printable characters")
         try:

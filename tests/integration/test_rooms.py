@@ -512,6 +512,12 @@ async def test_server_side_publish_refuses_bad_requests_without_failing(stack) -
     bad_key = {**auth, "Authorization": "Bearer \u00e9t\u00e9"}
     status, body = await asyncio.to_thread(post_raw, stack, bad_key, b'{"text":"x"}')
     assert (status, body["detail"]) == (401, "missing or wrong API key")
+    lower = {**auth, "Authorization": f"bearer {API_KEY}"}  # the scheme in any case
+    status, body = await asyncio.to_thread(post_raw, stack, lower, b'{"text":"x"}')
+    assert status == 201, body
+    empty_key = {**auth, "Idempotency-Key": ""}  # was taken as no key: a 201
+    status, body = await asyncio.to_thread(post_raw, stack, empty_key, b'{"text":"x"}')
+    assert (status, body["detail"]) == (422, "Idempotency-Key must be 1-64 printable characters")
     big = b'{"text":"' + b"x" * 300_000 + b'"}'
     status, body = await asyncio.to_thread(post_raw, stack, auth, big)
     assert (status, body["detail"]) == (413, "body over 262144 bytes")

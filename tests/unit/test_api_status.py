@@ -11,7 +11,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from gateway.api import http_status, router
+from gateway.api import _authorized, http_status, router
 from gateway.settings import GatewaySettings
 from wire import headers as h
 from wire.errors import ErrorCode
@@ -57,3 +57,12 @@ async def test_a_worker_error_keeps_its_meaning(code: str, status: int) -> None:
 def test_every_error_code_has_a_status() -> None:
     assert all(400 <= http_status(code) < 600 for code in ErrorCode)
     assert http_status("not a code") == 502
+
+
+def test_the_api_key_is_compared_as_bytes_with_the_scheme_in_any_case() -> None:
+    key = "clé-de-l-api-assez-longue"
+    as_sent = f"Bearer {key}".encode().decode("latin-1")  # how HTTP headers arrive
+    assert _authorized(as_sent, key)
+    assert _authorized(as_sent.replace("Bearer", "bEARER"), key)
+    for wrong in (None, "", key, f"Basic {key}", f"Bearer {key}x", "Bearer"):
+        assert not _authorized(wrong, key), wrong
