@@ -96,7 +96,12 @@ class GatewaySettings(SharedSettings):
         description="after a 1008 for rate abuse, the address's new connections are "
         "closed 1008 at once for this long; 0 = off",
     )
-    idle_timeout: float = Field(300.0, ge=0, description="no frame from the client: close; 0 = off")
+    idle_timeout: float = Field(
+        0.0,
+        ge=0,
+        description="no frame from the client for this long: close (readers too); 0 = off, "
+        "as in the tutorial: a live peer answers pings, a dead one is found by them",
+    )
     handshake_timeout: float = Field(
         10.0, gt=0, description="seconds to send a complete request (the upgrade): else closed"
     )
