@@ -1,7 +1,7 @@
 """``python -m switchboard``: files from the command line, over ``/ws/files``.
 
     python -m switchboard upload FILE [--name NAME]
-    python -m switchboard download ID [-o PATH]
+    python -m switchboard download ID [-o PATH] [--force]
     python -m switchboard ls
     python -m switchboard rm ID
     python -m switchboard inspect ID
@@ -107,7 +107,9 @@ async def run(args: argparse.Namespace) -> int:
             print(_row(info))
         case "download":
             bar = None if quiet else Bar(args.id)
-            path = await download_path(url, args.id, args.output, progress=bar, on_retry=_retrying)
+            path = await download_path(
+                url, args.id, args.output, progress=bar, on_retry=_retrying, overwrite=args.force
+            )
             print(path)
         case "ls":
             async with await _client(args) as client:
@@ -144,6 +146,7 @@ def parser() -> argparse.ArgumentParser:
     down = sub.add_parser("download", help="download a file by id (resumes from FILE.<id>.part)")
     down.add_argument("id")
     down.add_argument("-o", "--output", help="path or directory (default: its name, here)")
+    down.add_argument("-f", "--force", action="store_true", help="replace an existing file")
     sub.add_parser("ls", help="list your files and unfinished uploads")
     rm = sub.add_parser("rm", help="delete a file or an unfinished upload")
     rm.add_argument("id")

@@ -314,9 +314,11 @@ async def download_path(
     attempts: int = 20,
     backoff: float = 0.5,
     on_retry: Retry | None = None,
+    overwrite: bool = False,
     **connect: Any,
 ) -> Path:
-    """Download into ``dest`` (default: the file's name in the current directory) via
+    """Download into ``dest`` (default: the file's name in the current directory; an
+    existing file there only with ``overwrite``, else ``FileExistsError``) via
     ``<dest>.<file id>.part``, resuming from what the part file holds after a dropped
     connection. The part file is this file's alone (a stored file never changes); if
     what it held does not match the file's SHA-256 in the end, it is deleted and the
@@ -326,6 +328,8 @@ async def download_path(
     target = Path(dest) if dest else Path(local_name(info["name"], file))
     if target.is_dir():
         target = target / local_name(info["name"], file)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} exists (--force replaces it)")
     part = target.with_name(f"{target.name}.{file}.part")
     for attempt in itertools.count(1):
         have = part.stat().st_size if part.exists() else 0

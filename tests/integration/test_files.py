@@ -668,6 +668,13 @@ async def test_command_line_download_stays_in_its_directory(stack, tmp_path, nam
     assert out.strip() == str(into / info["file"])  # named after the id, inside into
     assert (into / info["file"]).read_bytes() == data
     assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(["a", "b", info["file"]])
+    target = into / info["file"]
+    target.write_bytes(b"mine")  # an existing file is not replaced unless asked
+    code, _, err = await cli(base, who, "-q", "download", info["file"], "-o", str(into))
+    assert code == 1 and err.strip() == f"error: {target} exists (--force replaces it)", err
+    assert target.read_bytes() == b"mine"
+    code, _, err = await cli(base, who, "-q", "download", info["file"], "-o", str(into), "-f")
+    assert code == 0 and target.read_bytes() == data, err
 
 
 async def test_binary_frames_without_an_upload_are_rate_limited(stack) -> None:
