@@ -598,6 +598,12 @@ class FileStore:
             )
         if end <= owned.received:  # sent twice (a resumed upload racing its old self)
             await owned.settle()
+            if end == record.size:  # the last chunk again: answered as the first was
+                stored = await self._stored(record.file, record.user)
+                if stored is None:
+                    raise owned.refusal()
+                await self._respond(msg, orjson.dumps(stored.to_dict()), **{h.END: str(end)})
+                return
             await self._respond(msg, **{h.END: str(owned.durable)})
             return
         if start > owned.received:

@@ -32,7 +32,7 @@ from wire import errors
 from wire import files as wf
 from wire import headers as h
 from wire.frames import request_headers
-from wire.subjects import Op, Service, direct_get_subject, service_subject
+from wire.subjects import Op, Service, direct_get_subject, service_subject, upload_subject
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -450,6 +450,36 @@ async def test_deleting_an_upload_while_its_last_chunk_is_stored_leaves_nothing(
         async with await FilesClient.open(url(stack, who)) as client:
             listing = await client.list()
         assert listing["files"] == [] and listing["usage"] == 0, listing
+
+
+async def test_a_last_chunk_sent_twice_is_answered_with_the_file_both_times(stack) -> None:
+    """Two connections of one user racing on an upload (a resumed client and its old
+    self) both send the last chunk: the repeat was acknowledged as a plain chunk, so the
+    gateway told that socket ``progress`` at 100 % and it never heard ``stored``."""
+    nc = await nats.connect(stack.nats_url)
+    try:
+        who = user()
+        data = os.urandom(2 * CHUNK)
+        body = orjson.dumps({"name": "x", "size": len(data), "sha256": sha(data)})
+        begun = await nc.request(
+            service_subject(Service.BINARY, Op.FILE_UPLOAD),
+            body,
+            timeout=5,
+            headers=request_headers("text", user=who),
+        )
+        subject = upload_subject(orjson.loads(begun.data)["file"])
+        first = request_headers("text", user=who, extra={h.OFFSET: "0"})
+        await nc.request(subject, data[:CHUNK], timeout=5, headers=first)
+        last = request_headers("text", user=who, extra={h.OFFSET: str(CHUNK)})
+        replies = await asyncio.gather(
+            nc.request(subject, data[CHUNK:], timeout=5, headers=dict(last)),
+            nc.request(subject, data[CHUNK:], timeout=5, headers=dict(last)),
+        )
+        for reply in replies:
+            assert not (reply.headers or {}).get(h.ERROR_CODE), reply.headers
+            assert orjson.loads(reply.data)["sha256"] == sha(data), reply.data
+    finally:
+        await nc.close()
 
 
 async def test_protocol_errors(stack) -> None:
