@@ -819,5 +819,5 @@ def _status(error: WireError | None) -> Status:
     if error.code == ErrorCode.TIMEOUT:
         return Status.TIMEOUT
     if error.code == ErrorCode.UNAVAILABLE:
-        return Status.UNAVAILABLE
+        return Status.BUSY if errors.refused_by_worker(error) else Status.UNAVAILABLE
     return Status.ERROR

@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from services.scheduler import FairScheduler, Job
 from services.settings import ServiceSettings
-from wire import batch, logs, natsconn
+from wire import batch, errors, logs, natsconn
 from wire import headers as h
 from wire import stats as live
 from wire.batch import BATCH_OPS
@@ -96,8 +96,8 @@ ORDERED = "ordered"  # the operation label of the ordered ops' queue gauge
 # with an empty payload (file_read, file_list) are bounded too
 REQUEST_OVERHEAD = 512
 EXPIRED = WireError(ErrorCode.TIMEOUT, "request expired before it was handled")
-BUSY = WireError(ErrorCode.UNAVAILABLE, "service busy")
-STOPPING = WireError(ErrorCode.UNAVAILABLE, "service stopping")
+BUSY = errors.SERVICE_BUSY
+STOPPING = errors.SERVICE_STOPPING
 READY_LINE = "switchboard-service-ready"
 
 
@@ -240,7 +240,7 @@ def scheduled(
     expires and is never refused for a full queue: it must happen, so if the worker
     stops before its turn comes, it goes to ``handoff`` (another replica) instead."""
     expired = metrics.requests.labels(service, op, Status.TIMEOUT)
-    refused = metrics.requests.labels(service, op, Status.UNAVAILABLE)
+    refused = metrics.requests.labels(service, op, Status.BUSY)
     must_run = ordered and op not in EXPIRING_OPS
     hand_off = handoff if must_run else None
 

@@ -116,3 +116,15 @@ def from_headers(headers: Mapping[str, str] | None) -> WireError | None:
 
 def close_code(code: ErrorCode) -> CloseCode:
     return _CLOSE_CODES[code]
+
+
+# A worker's own refusals (code 503 like "no responders", but the worker is there):
+# the gateway counts them as status "busy" (wire.metrics.Status), not "unavailable".
+SERVICE_BUSY = WireError(ErrorCode.UNAVAILABLE, "service busy")  # its queue is full
+SERVICE_STOPPING = WireError(ErrorCode.UNAVAILABLE, "service stopping")
+_REFUSALS = frozenset({SERVICE_BUSY.description, SERVICE_STOPPING.description})
+
+
+def refused_by_worker(error: WireError) -> bool:
+    """True for a worker's own refusal (busy, stopping), not a missing worker."""
+    return error.code is ErrorCode.UNAVAILABLE and error.description in _REFUSALS

@@ -28,7 +28,8 @@ class Status(StrEnum):
     OK = "ok"
     ERROR = "error"  # the worker answered with an error
     TIMEOUT = "timeout"
-    UNAVAILABLE = "unavailable"  # no worker instance; a worker's queue full ("service busy")
+    UNAVAILABLE = "unavailable"  # no worker instance (NATS no responders), or NATS down
+    BUSY = "busy"  # a worker refused it: its queue full ("service busy"), or stopping
 
 
 class Hop(StrEnum):

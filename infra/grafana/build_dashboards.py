@@ -335,8 +335,9 @@ def service_red() -> dict[str, Any]:
                     )
                 ],
                 unit="reqps",
-                description="Includes what no worker answered: timeout (no reply in time) "
-                "and unavailable (no responders).",
+                description="Includes what no worker answered: timeout (no reply in time), "
+                "unavailable (no responders) and busy (a worker refused: queue full or "
+                "stopping).",
             ),
             timeseries(
                 "Handling p50 / p99 per replica",

@@ -13,15 +13,15 @@ from prometheus_client import CollectorRegistry
 from gateway.connection import Connection
 from gateway.endpoints import ECHO
 from gateway.hops import HOP_KEY
-from gateway.hub import Hub
+from gateway.hub import Hub, _status
 from gateway.relay import RelayEndpoint
 from gateway.settings import GatewaySettings
 from services.runner import wrap, wrap_batch
 from wire import batch, logs
 from wire import headers as h
-from wire.errors import ErrorCode, WireError
+from wire.errors import SERVICE_BUSY, SERVICE_STOPPING, ErrorCode, WireError
 from wire.frames import Request, encode_text
-from wire.metrics import GatewayMetrics, ServiceMetrics
+from wire.metrics import GatewayMetrics, ServiceMetrics, Status
 from wire.subjects import Op, Service
 
 
@@ -409,3 +409,12 @@ def test_loop_histogram_exposes_what_client_python_does() -> None:
         )
 
     assert samples(ours) == samples(theirs)
+
+
+def test_a_workers_refusal_is_busy_not_unavailable() -> None:
+    """Both are 503 on the wire; "no responders" means no worker, "service busy" or
+    "service stopping" a worker that is there (the NoResponders alert fired for it)."""
+    assert _status(SERVICE_BUSY) is Status.BUSY
+    assert _status(SERVICE_STOPPING) is Status.BUSY
+    missing = WireError(ErrorCode.UNAVAILABLE, "service unavailable")
+    assert _status(missing) is Status.UNAVAILABLE

@@ -323,7 +323,7 @@ async def test_the_runner_queues_by_connection_with_the_callers_deadline() -> No
         labels = {"service": "codec", "operation": "transform", "status": status}
         return registry.get_sample_value("switchboard_service_requests_total", labels) or 0.0
 
-    assert (count("ok"), count("timeout"), count("unavailable")) == (4, 1, 1)
+    assert (count("ok"), count("timeout"), count("busy")) == (4, 1, 1)
 
 
 async def test_requests_through_one_inbox_take_turns_by_user() -> None:
