@@ -329,12 +329,29 @@ async def serve(
         "metrics listening",
         extra={"service": str(service), "port": server.server_port},
     )
-    nc = await natsconn.connect(
-        settings.nats_url,
-        f"{service}",
-        user=settings.nats_user,
-        password=settings.nats_password,
+    serving = False
+
+    def on_state(up: bool) -> None:  # NATS connection up or down
+        metrics.ready.set(1 if up and serving else 0)
+
+    connecting = asyncio.ensure_future(
+        natsconn.connect(
+            settings.nats_url,
+            f"{service}",
+            user=settings.nats_user,
+            password=settings.nats_password,
+            on_state=on_state,
+        )
     )
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait((connecting, stopping), return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not connecting.done():  # SIGTERM while NATS is unreachable: nothing to finish
+        connecting.cancel()
+        log.warning("stopped before NATS answered", extra={"service": str(service)})
+        server.shutdown()
+        return
+    nc = connecting.result()
     try:
         handlers = factory(nc)
         if inspect.isawaitable(handlers):
@@ -383,10 +400,14 @@ async def serve(
             )
         )
         log.info("service ready", extra={"service": str(service), "id": svc.id})
+        serving = True
+        metrics.ready.set(1 if nc.is_connected else 0)
         # For supervisors (switchboard.localstack), whatever the log level: one line.
         freeze_startup_heap()
         print(f"{READY_LINE} {service} {svc.id}", flush=True)
         await stop.wait()
+        serving = False
+        metrics.ready.set(0)
         publisher.cancel()
         log.info("draining", extra={"service": str(service)})
         try:

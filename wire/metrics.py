@@ -207,6 +207,14 @@ class ServiceMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.ready = Gauge(
+            "switchboard_service_ready",
+            "1 while the worker serves requests: its endpoints are up and NATS connected "
+            "(the compose healthcheck reads it)",
+            ["service"],
+            registry=registry,
+        ).labels(service)
+        self.ready.set(0)
         self.in_flight = Gauge(
             "switchboard_service_in_flight_requests",
             "Requests being handled right now",

@@ -183,6 +183,8 @@ def test_python_healthchecks_hit_the_right_port(services: dict[str, dict[str, An
     for name, port in PYTHON_SERVICES.items():
         test = " ".join(services[name]["healthcheck"]["test"])
         assert f"127.0.0.1:{port}/" in test, name
+        if name != "gateway":  # the line a ready worker's /metrics has (test_readiness.py)
+            assert f'switchboard_service_ready{{service="{name}"}} 1.0' in test, name
 
 
 def test_startup_order(services: dict[str, dict[str, Any]]) -> None:

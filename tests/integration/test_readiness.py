@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -15,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from switchboard.localstack import LocalStack, running
+from switchboard.localstack import ROOT, LocalStack, free_port, running
+from tests.integration.client import sample, scrape
 from tests.integration.conftest import http_base
 
 WAIT = 20.0
@@ -90,6 +93,54 @@ async def test_not_ready_without_nats_and_ready_after_it_returns(stack) -> None:
     await asyncio.to_thread(stack.start_nats)
     body = await readyz_until(stack, 200, chat=1, binary=1, codec=1)
     assert body["nats"] == "connected"
+
+
+async def test_a_worker_is_ready_only_once_serving_and_stops_while_connecting() -> None:
+    """``switchboard_service_ready`` (what the compose healthcheck reads) is 0 while the
+    worker cannot reach NATS (its /metrics answered all along, so the check passed), and
+    SIGTERM stops it at once (it was ignored until NATS answered)."""
+    metrics = free_port()
+    env = {
+        **os.environ,
+        "SB_NATS_URL": f"nats://127.0.0.1:{free_port()}",  # nobody listens there
+        "SB_CODEC_METRICS_PORT": str(metrics),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.codec",
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + WAIT
+        while True:
+            try:
+                text = await asyncio.to_thread(scrape, metrics)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.returncode is None
+                await asyncio.sleep(0.1)
+        ready = [line for line in text.splitlines() if line.startswith("switchboard_service_ready")]
+        assert ready == ['switchboard_service_ready{service="codec"} 0.0'], ready
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 10)
+        assert code == 0 and time.monotonic() - started < 5
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_serving_workers_say_they_are_ready(stack) -> None:
+    for name in ("codec", "binary", "chat"):
+        for worker in stack.replicas(name):
+            assert worker.metrics_port is not None
+            text = await asyncio.to_thread(scrape, worker.metrics_port)
+            assert sample(text, "switchboard_service_ready", service=name) == 1.0, name
 
 
 async def test_workers_stopped_while_nats_is_down_exit_cleanly(stack) -> None:
