@@ -353,10 +353,12 @@ class FilesSocket:
         problem = None
         if offset != up.next_offset:
             problem = f"chunk at {offset}: the upload continues at {up.next_offset}"
-        elif not data or len(data) > up.chunk_size:
-            problem = f"a chunk is 1 to {up.chunk_size} bytes, not {len(data)}"
         elif offset + len(data) > up.size:
             problem = f"chunk ends at {offset + len(data)}, past the size {up.size}"
+        elif len(data) != (due := min(up.chunk_size, up.size - offset)):
+            # Each chunk is stored as one stream message with headers: tiny ones would
+            # multiply the store's use past the quota, and inspection reads the first.
+            problem = f"a chunk here is {due} bytes (chunk_size, or the rest), not {len(data)}"
         if problem is not None:  # with the offset the upload continues at
             error = WireError(ErrorCode.BAD_REQUEST, problem)
             self.send_error(up.rid, error, up.file, up.next_offset)

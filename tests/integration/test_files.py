@@ -508,6 +508,18 @@ async def test_protocol_errors(stack) -> None:
             ).decode()
         )
         assert orjson.loads(await recv(ws))["offset"] == 0
+        # chunks shorter than chunk_size (but the last): each is a stream message with
+        # headers, so 1-byte chunks stored ~118 times the quota's bytes
+        await ws.send(wf.pack_chunk(0, data[:1]))
+        reply = orjson.loads(await recv(ws))
+        assert reply["code"] == "400" and reply["offset"] == 0, reply
+        assert reply["message"] == "a chunk here is 1000 bytes (chunk_size, or the rest), not 1"
+        await ws.send(
+            orjson.dumps(
+                {"type": "upload", "id": "u3", "name": "x", "size": 1000, "sha256": sha(data)}
+            ).decode()
+        )
+        assert orjson.loads(await recv(ws))["offset"] == 0
         await ws.send(wf.pack_chunk(0, data))
         progress_or_stored = orjson.loads(await recv(ws))
         assert progress_or_stored["type"] in ("progress", "stored")
