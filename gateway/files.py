@@ -156,6 +156,7 @@ class UploadState:
 
 @dataclass(eq=False)
 class DownloadState:
+    rid: str | None  # the download request's id: its errors carry it
     file: str
     size: int
     acked: int  # the client's credit: bytes it has consumed
@@ -442,7 +443,9 @@ class FilesSocket:
     async def begin_download(self, req: wf.Download) -> None:
         dl = self.download
         if dl is not None:  # one at a time per socket: the client hears which one ended
-            self.send_error(None, WireError(ErrorCode.BAD_REQUEST, REPLACED % "download"), dl.file)
+            self.send_error(
+                dl.rid, WireError(ErrorCode.BAD_REQUEST, REPLACED % "download"), dl.file
+            )
             self.stop_download("abandoned")
         msg = await self.ask(Op.FILE_INFO, extra={h.FILE: req.file})
         info = orjson.loads(msg.data)
@@ -456,7 +459,14 @@ class FilesSocket:
         window = req.window or self.config.download_window
         window = max(chunk, min(window, self.config.max_download_window))
         dl = DownloadState(
-            req.file, size, acked=offset, window=window, chunk=chunk, fetched=offset, sent=offset
+            req.id,
+            req.file,
+            size,
+            acked=offset,
+            window=window,
+            chunk=chunk,
+            fetched=offset,
+            sent=offset,
         )
         self.download = dl
         self.metrics.active.labels("down").inc()
@@ -600,7 +610,7 @@ class FilesSocket:
             if self.download is dl:
                 self.stop_download("ok")
         except WireError as exc:
-            self.send_error(None, exc, dl.file)
+            self.send_error(dl.rid, exc, dl.file)
             self.stop_download("error")
         finally:
             if dl.reading is not None:

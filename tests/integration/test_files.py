@@ -558,7 +558,7 @@ async def test_a_second_transfer_ends_the_first_with_an_error(stack) -> None:
         await until("download")
         await request(type="download", id="d2", file=two)
         ended = await until("error")
-        assert (ended["file"], ended["code"]) == (one, "400")
+        assert (ended["id"], ended["file"], ended["code"]) == ("d1", one, "400")
         assert ended["message"].startswith("download ended: another one began on this socket")
         assert (await until("download"))["id"] == "d2"
 
