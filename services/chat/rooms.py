@@ -116,7 +116,8 @@ class RoomStore:
         self.replicas = replicas
         self._heads: dict[str, tuple[int, int]] = {}  # room -> (room seq, stream seq)
         self._locks: dict[str, asyncio.Lock] = {}
-        self._stored: dict[str, int] = {}  # Nats-Msg-Id -> room seq, the latest appends
+        # Nats-Msg-Id -> (stream seq, room seq) of this replica's latest appends
+        self._stored: dict[str, tuple[int, int]] = {}
 
     async def ensure(self) -> None:
         config = api.StreamConfig(
@@ -179,7 +180,7 @@ class RoomStore:
                     return await self._original(msg_id, ack.seq)
                 self._heads[room] = (seq, ack.seq)
                 if msg_id is not None:
-                    self._stored[msg_id] = seq
+                    self._stored[msg_id] = (ack.seq, seq)
                     if len(self._stored) > STORED_IDS:
                         del self._stored[next(iter(self._stored))]  # the oldest
                 if self.recent is not None:  # right after the event it expected last
@@ -192,9 +193,9 @@ class RoomStore:
         sequence ``stream_seq``) was stored as: its room seq, from this replica's memory
         of its latest appends, else from the stream, unless the room's newer events have
         pushed it out of the history (SB_CHAT_HISTORY_MAX_MESSAGES) by now."""
-        seq = self._stored.get(msg_id) if msg_id is not None else None
-        if seq is not None:
-            return Appended(seq, b"", True)
+        known = self._stored.get(msg_id) if msg_id is not None else None
+        if known is not None and known[0] == stream_seq:  # that very event (an id may
+            return Appended(known[1], b"", True)  # be used again after the window)
         try:
             original = await self.js.get_msg(ROOMS_STREAM, stream_seq)
         except NotFoundError:

@@ -355,3 +355,19 @@ async def test_the_newest_page_comes_from_memory_older_pages_from_the_stream(
         assert texts(older) == [f"m{i}" for i in range(50, 60)] and sum(fetched) >= 10
     finally:
         await nc.close()
+
+
+async def test_a_duplicate_is_answered_from_memory_only_for_that_very_event(store) -> None:
+    """An id may be used again once the dedupe window has passed: a replica that
+    remembers its first use (another stream sequence) must not answer a retry of the
+    second with the first's seq (it did: the review's two-replica run acked seq 1 for
+    the message stored as 5)."""
+    room = f"dup-{uuid.uuid4().hex[:8]}"
+    await store.append(room, "message", {"text": "filler"}, None)
+    stored = await store.append(room, "message", {"text": "second use"}, "msg:reused")
+    _, stream_seq = await store._head(room)
+    store._stored["msg:reused"] = (stream_seq - 1, 1)  # as if from the id's first use
+    again = await store._original("msg:reused", stream_seq)
+    assert (again.seq, again.duplicate) == (stored.seq, True)
+    store._stored["msg:reused"] = (stream_seq, stored.seq)
+    assert (await store._original("msg:reused", stream_seq)).seq == stored.seq
