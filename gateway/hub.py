@@ -819,5 +819,7 @@ def _status(error: WireError | None) -> Status:
     if error.code == ErrorCode.TIMEOUT:
         return Status.TIMEOUT
     if error.code == ErrorCode.UNAVAILABLE:
-        return Status.BUSY if errors.refused_by_worker(error) else Status.UNAVAILABLE
+        # refused by a worker, or by this gateway's own cap: saturation, not a missing worker
+        busy = error is BUSY or errors.refused_by_worker(error)
+        return Status.BUSY if busy else Status.UNAVAILABLE
     return Status.ERROR

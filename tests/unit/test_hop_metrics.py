@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 from prometheus_client import CollectorRegistry
 
+from gateway import hub as hub_module
 from gateway.connection import Connection
 from gateway.endpoints import ECHO
 from gateway.hops import HOP_KEY
@@ -416,5 +417,6 @@ def test_a_workers_refusal_is_busy_not_unavailable() -> None:
     "service stopping" a worker that is there (the NoResponders alert fired for it)."""
     assert _status(SERVICE_BUSY) is Status.BUSY
     assert _status(SERVICE_STOPPING) is Status.BUSY
+    assert _status(hub_module.BUSY) is Status.BUSY  # SB_GATEWAY_MAX_IN_FLIGHT_TOTAL
     missing = WireError(ErrorCode.UNAVAILABLE, "service unavailable")
     assert _status(missing) is Status.UNAVAILABLE
