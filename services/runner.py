@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
+from typing import TypeVar
 
 from nats.aio.client import Client
 from nats.micro import add_service
@@ -334,28 +335,25 @@ async def serve(
     def on_state(up: bool) -> None:  # NATS connection up or down
         metrics.ready.set(1 if up and serving else 0)
 
-    connecting = asyncio.ensure_future(
-        natsconn.connect(
-            settings.nats_url,
-            f"{service}",
-            user=settings.nats_user,
-            password=settings.nats_password,
-            on_state=on_state,
-        )
+    connecting = natsconn.connect(
+        settings.nats_url,
+        f"{service}",
+        user=settings.nats_user,
+        password=settings.nats_password,
+        on_state=on_state,
     )
-    stopping = asyncio.ensure_future(stop.wait())
-    await asyncio.wait((connecting, stopping), return_when=asyncio.FIRST_COMPLETED)
-    stopping.cancel()
-    if not connecting.done():  # SIGTERM while NATS is unreachable: nothing to finish
-        connecting.cancel()
+    nc = await _unless_stopped(connecting, stop)
+    if nc is None:  # SIGTERM while NATS is unreachable: nothing to finish
         log.warning("stopped before NATS answered", extra={"service": str(service)})
         server.shutdown()
         return
-    nc = connecting.result()
     try:
         handlers = factory(nc)
-        if inspect.isawaitable(handlers):
-            handlers = await handlers
+        if inspect.isawaitable(handlers):  # its stores: JetStream may not answer yet
+            handlers = await _unless_stopped(handlers, stop)
+            if handlers is None:
+                log.warning("stopped before JetStream answered", extra={"service": str(service)})
+                return
         svc = await add_service(
             nc,
             name=str(service),
@@ -424,6 +422,22 @@ async def serve(
             with contextlib.suppress(Exception):  # its transport may be gone already
                 await nc.close()
         server.shutdown()
+
+
+_T = TypeVar("_T")
+
+
+async def _unless_stopped(work: Awaitable[_T], stop: asyncio.Event) -> _T | None:
+    """``work``'s result, or None (``work`` cancelled) if ``stop`` is set first: a
+    worker that cannot reach NATS or JetStream yet still stops on SIGTERM at once."""
+    doing = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait((doing, stopping), return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not doing.done():
+        doing.cancel()
+        return None
+    return doing.result()
 
 
 # How long requests routed to us before our UNSUB may still arrive after its round trip.

@@ -15,9 +15,10 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
+import nats
 import pytest
 
-from switchboard.localstack import ROOT, LocalStack, free_port, running
+from switchboard.localstack import ROOT, LocalStack, free_port, nats_server_binary, running
 from tests.integration.client import sample, scrape
 from tests.integration.conftest import http_base
 
@@ -133,6 +134,58 @@ async def test_a_worker_is_ready_only_once_serving_and_stops_while_connecting() 
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+@pytest.mark.parametrize("service", ["binary", "chat"])
+async def test_a_worker_waiting_for_jetstream_stops_on_sigterm(service: str) -> None:
+    """Connected to NATS but JetStream does not answer (a cluster without a meta
+    leader; here a nats-server without JetStream and a subscriber on its API that never
+    replies): binary and chat wait for their stores, up to 50 x SB_*_STORE_TIMEOUT,
+    and ignored SIGTERM meanwhile (then compose's SIGKILL)."""
+    port = free_port()
+    server = await asyncio.create_subprocess_exec(
+        nats_server_binary(), "-a", "127.0.0.1", "-p", str(port),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    worker = None
+    try:
+        nc = await connect_retrying(f"nats://127.0.0.1:{port}")
+
+        async def silent(msg: nats.aio.msg.Msg) -> None:  # never answers
+            return None
+
+        await nc.subscribe("$JS.API.>", cb=silent)
+        env = {
+            **os.environ,
+            "SB_NATS_URL": f"nats://127.0.0.1:{port}",
+            f"SB_{service.upper()}_METRICS_PORT": str(free_port()),
+        }
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", f"services.{service}", cwd=ROOT, env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        await asyncio.sleep(2)  # connected, asking JetStream
+        assert worker.returncode is None
+        started = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(worker.wait(), 15)
+        assert code == 0 and time.monotonic() - started < 5
+        await nc.close()
+    finally:
+        for proc in (worker, server):
+            if proc is not None and proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+async def connect_retrying(url: str) -> nats.aio.client.Client:
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            return await nats.connect(url, connect_timeout=1, allow_reconnect=False)
+        except Exception:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
 
 
 async def test_serving_workers_say_they_are_ready(stack) -> None:
