@@ -353,6 +353,10 @@ async def download_path(
                     raise
                 await _pause(attempt, exc, backoff, on_retry)
                 continue
-        part.replace(target)
+        if overwrite:
+            part.replace(target)
+        else:  # a link fails if the target appeared meanwhile: then it stays as it was
+            os.link(part, target)
+            part.unlink()
         return target
     raise AssertionError("unreachable")
