@@ -50,6 +50,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 from nats.js.errors import (
+    APIError,
     BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
@@ -163,6 +164,7 @@ class Owned:
     error: WireError | None = None  # set once broken: the next claim repairs it
     closed: bool = False
     deleted: bool = False  # by file_delete: a chunk acknowledged after it commits nothing
+    revision: int = 0  # of the upload's record as this replica last wrote it (_claim)
 
     def refusal(self) -> WireError:
         """The answer to a chunk of an upload this replica no longer owns."""
@@ -509,10 +511,10 @@ class FileStore:
         born = record.extra.get("born") or revision
         record.extra = {"owner": self.instance, "claimed_at": time.time(), "born": born}
         try:
-            await self.kv.update(record.file, record.encode(), last=revision)
+            revision = await self.kv.update(record.file, record.encode(), last=revision)
         except KeyWrongLastSequenceError:
             return None
-        owned = Owned(record, self._chunks(record.file))
+        owned = Owned(record, self._chunks(record.file), revision=revision)
         self.owned[record.file] = owned
         try:
             owned.sub = await self.nc.subscribe(
@@ -678,12 +680,28 @@ class FileStore:
         first_chunk = (head.data or b"") if head is not None else b""
         if owned.closed:  # deleted while this commit read the stream
             raise owned.refusal()
+        await self._fence(owned)
         info = await self._write_meta(record, digest, owned.count, first_chunk)
         await self._drop(owned, release=False)
         with contextlib.suppress(Exception):
             await self.kv.delete(record.file)
         log.info("file stored", extra={"file": record.file, "bytes": record.size})
         return info
+
+    async def _fence(self, owned: Owned) -> None:
+        """Mark the upload's record as committing, if it is still the one this replica
+        claimed: a ``file_delete`` on any replica deletes the record only at the revision
+        it read (:meth:`_delete`), so either the delete or the commit wins, never both
+        (the file written and its chunks purged)."""
+        record = owned.record
+        record.extra = {**record.extra, "committing": time.time()}
+        try:
+            owned.revision = await self.kv.update(record.file, record.encode(), last=owned.revision)
+        except (KeyWrongLastSequenceError, KeyNotFoundError):
+            await self._drop(owned, release=False)
+            if await self._record(record.file) is None:
+                owned.deleted = True
+            raise owned.refusal() from None
 
     async def _commit_empty(self, found: tuple[UploadRecord, int]) -> dict[str, Any]:
         record = found[0]
@@ -881,14 +899,27 @@ class FileStore:
         if owned is not None:
             await self._abort(owned)
         else:
-            with contextlib.suppress(Exception):
+            try:  # the owner waits for its chunks on their way (up to store_timeout)
                 await self.nc.request(
-                    upload_subject(fid), b"", timeout=SYNC_TIMEOUT, headers={h.CONTROL: "abort"}
+                    upload_subject(fid),
+                    b"",
+                    timeout=SYNC_TIMEOUT + self.settings.store_timeout,
+                    headers={h.CONTROL: "abort"},
                 )
+            except NoRespondersError:
+                pass  # nobody owns it
+            except Exception:  # the owner did not answer: it may still commit
+                raise WireError(ErrorCode.UNAVAILABLE, "upload busy; send delete again") from None
         if await self._stored(fid, user) is not None:  # its last chunk was committed first
             return await self._delete_stored(fid)
-        with contextlib.suppress(KeyNotFoundError):
-            await self.kv.delete(fid)
+        try:  # only the record as read: a commit (_fence) or a claim since wins
+            await self.kv.delete(fid, last=found[1])
+        except KeyNotFoundError:
+            pass
+        except (KeyWrongLastSequenceError, APIError):
+            if await self._stored(fid, user) is not None:
+                return await self._delete_stored(fid)
+            raise WireError(ErrorCode.UNAVAILABLE, "upload busy; send delete again") from None
         await self.js.purge_stream(self.stream, subject=self._chunks(fid))
         return orjson.dumps({"file": fid, "deleted": "upload"})
 

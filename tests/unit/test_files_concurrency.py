@@ -59,7 +59,9 @@ class FakeKV:
         await asyncio.sleep(0.02)  # made at once, acknowledged 20 ms later
         return self.revision
 
-    async def delete(self, key: str) -> None:
+    async def delete(self, key: str, last: int | None = None) -> None:
+        if last is not None and key in self.data and self.data[key][1] != last:
+            raise KeyWrongLastSequenceError()
         self.data.pop(key, None)
 
     async def keys(self):
