@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import time
 import uuid
 
 import pytest
@@ -43,6 +44,19 @@ def sends(stack: LocalStack) -> list[float]:
         )
         for p in stack.replicas("chat")
     ]
+
+
+async def handled_since(stack: LocalStack, before: list[float], total: int) -> list[float]:
+    """``send`` requests each replica handled since ``before``, once they add up to
+    ``total``: a replica counts a request when its handler returns, just after the
+    broadcast the test waited for, so a scrape at once may come a moment early."""
+    deadline = time.monotonic() + 5
+    while True:
+        now = await asyncio.to_thread(sends, stack)
+        handled = [x - y for x, y in zip(now, before, strict=True)]
+        if sum(handled) >= total or time.monotonic() > deadline:
+            return handled
+        await asyncio.sleep(0.02)
 
 
 async def alices_messages(
@@ -113,8 +127,8 @@ async def test_pinned_replica_stopping_loses_and_reorders_nothing(topology) -> N
         before = sends(stack)
         for i in range(20):
             await a.send(json.dumps({"message": str(i)}))
-        seen = await alices_messages(b, alice, until=": 19")  # handled, so counted
-        handled = [x - y for x, y in zip(sends(stack), before, strict=True)]
+        seen = await alices_messages(b, alice, until=": 19")
+        handled = await handled_since(stack, before, 20)
         assert sorted(handled) == [0, 20], handled  # pinned: one replica took them all
         victim = stack.replicas("chat")[handled.index(20)]
         victim.signal(signal.SIGTERM)
@@ -150,7 +164,7 @@ async def test_a_stopping_replicas_backlog_is_handled_before_what_goes_elsewhere
         before = sends(stack)
         await a.send(json.dumps({"message": "0"}))
         seen = await alices_messages(b, alice, until=": 0")  # pinned by now
-        handled = [x - y for x, y in zip(sends(stack), before, strict=True)]
+        handled = await handled_since(stack, before, 1)
         victim = stack.replicas("chat")[handled.index(1)]
         sent = 1
         for _ in range(10):  # a backlog for the victim: 200 messages sent in one go
