@@ -61,7 +61,6 @@ from wire.subjects import (
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL = 0.05
-BUSY = WireError(ErrorCode.UNAVAILABLE, "gateway busy")
 RETRY_AFTER = 0.5  # of the request timeout: when an idempotent request is sent again
 
 # hook(messages, reply headers, error): see Hub.request
@@ -247,7 +246,7 @@ class Hub:
             self._fail(conn, seq, WireError(ErrorCode.UNAVAILABLE, "service unavailable"))
             return None
         if self.in_flight > self.settings.max_in_flight_total:  # workers are not keeping up
-            self._fail(conn, seq, BUSY)
+            self._fail(conn, seq, errors.GATEWAY_BUSY)
             return None
         if route.idempotent:
             pending.retry_at = loop_now + self.settings.request_timeout * RETRY_AFTER
@@ -819,7 +818,5 @@ def _status(error: WireError | None) -> Status:
     if error.code == ErrorCode.TIMEOUT:
         return Status.TIMEOUT
     if error.code == ErrorCode.UNAVAILABLE:
-        # refused by a worker, or by this gateway's own cap: saturation, not a missing worker
-        busy = error is BUSY or errors.refused_by_worker(error)
-        return Status.BUSY if busy else Status.UNAVAILABLE
+        return Status.BUSY if errors.refused(error) else Status.UNAVAILABLE
     return Status.ERROR

@@ -118,13 +118,15 @@ def close_code(code: ErrorCode) -> CloseCode:
     return _CLOSE_CODES[code]
 
 
-# A worker's own refusals (code 503 like "no responders", but the worker is there):
-# the gateway counts them as status "busy" (wire.metrics.Status), not "unavailable".
-SERVICE_BUSY = WireError(ErrorCode.UNAVAILABLE, "service busy")  # its queue is full
+# Refusals by a process that is there (code 503 like "no responders", which means no
+# worker): a worker's full queue or its stop, the gateway's own in-flight cap. The
+# gateway counts them as status "busy" (wire.metrics.Status), not "unavailable".
+SERVICE_BUSY = WireError(ErrorCode.UNAVAILABLE, "service busy")
 SERVICE_STOPPING = WireError(ErrorCode.UNAVAILABLE, "service stopping")
-_REFUSALS = frozenset({SERVICE_BUSY.description, SERVICE_STOPPING.description})
+GATEWAY_BUSY = WireError(ErrorCode.UNAVAILABLE, "gateway busy")  # max_in_flight_total
+_REFUSALS = frozenset(e.description for e in (SERVICE_BUSY, SERVICE_STOPPING, GATEWAY_BUSY))
 
 
-def refused_by_worker(error: WireError) -> bool:
-    """True for a worker's own refusal (busy, stopping), not a missing worker."""
+def refused(error: WireError) -> bool:
+    """True for a refusal (busy, stopping), not a missing worker."""
     return error.code is ErrorCode.UNAVAILABLE and error.description in _REFUSALS

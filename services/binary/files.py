@@ -888,13 +888,16 @@ class FileStore:
             return await self._delete(fid, user)
 
     async def _delete(self, fid: str, user: str) -> bytes:
-        if await self._stored(fid, user) is not None:
-            return await self._delete_stored(fid)
+        """A stored file, else the upload (any of its steps may find the file committed
+        meanwhile: then that is deleted)."""
+        if (done := await self._delete_if_stored(fid, user)) is not None:
+            return done
         found = await self._record(fid)
         if found is None or found[0].user != user:
-            if await self._stored(fid, user) is not None:  # committed since the first look
-                return await self._delete_stored(fid)
+            if (done := await self._delete_if_stored(fid, user)) is not None:
+                return done
             raise WireError(ErrorCode.NOT_FOUND, f"no file {fid}")
+        busy = WireError(ErrorCode.UNAVAILABLE, "upload busy; send delete again")
         owned = self.owned.get(fid)
         if owned is not None:
             await self._abort(owned)
@@ -909,21 +912,24 @@ class FileStore:
             except NoRespondersError:
                 pass  # nobody owns it
             except Exception:  # the owner did not answer: it may still commit
-                raise WireError(ErrorCode.UNAVAILABLE, "upload busy; send delete again") from None
-        if await self._stored(fid, user) is not None:  # its last chunk was committed first
-            return await self._delete_stored(fid)
+                raise busy from None
+        if (done := await self._delete_if_stored(fid, user)) is not None:
+            return done
         try:  # only the record as read: a commit (_fence) or a claim since wins
             await self.kv.delete(fid, last=found[1])
         except KeyNotFoundError:
             pass
         except (KeyWrongLastSequenceError, APIError):
-            if await self._stored(fid, user) is not None:
-                return await self._delete_stored(fid)
-            raise WireError(ErrorCode.UNAVAILABLE, "upload busy; send delete again") from None
+            if (done := await self._delete_if_stored(fid, user)) is not None:
+                return done
+            raise busy from None
         await self.js.purge_stream(self.stream, subject=self._chunks(fid))
         return orjson.dumps({"file": fid, "deleted": "upload"})
 
-    async def _delete_stored(self, fid: str) -> bytes:
+    async def _delete_if_stored(self, fid: str, user: str) -> bytes | None:
+        """Delete ``fid`` if it is a stored file of ``user``: the answer, else None."""
+        if await self._stored(fid, user) is None:
+            return None
         obs = await self.js.object_store(self.bucket)
         with contextlib.suppress(ObjectNotFoundError):
             await obs.delete(fid)

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from asyncio.subprocess import Process
 from collections.abc import Iterator
 from typing import Any
 
@@ -96,25 +97,39 @@ async def test_not_ready_without_nats_and_ready_after_it_returns(stack) -> None:
     assert body["nats"] == "connected"
 
 
+async def spawn_worker(service: str, nats_port: int, metrics_port: int) -> Process:
+    env = {
+        **os.environ,
+        "SB_NATS_URL": f"nats://127.0.0.1:{nats_port}",
+        f"SB_{service.upper()}_METRICS_PORT": str(metrics_port),
+    }
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", f"services.{service}", cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def stops_at_once(proc: Process) -> None:
+    """SIGTERM: a clean exit within 5 s."""
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(proc.wait(), 15) == 0
+    assert time.monotonic() - started < 5
+
+
+async def kill(*procs: Process | None) -> None:
+    for proc in procs:
+        if proc is not None and proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 async def test_a_worker_is_ready_only_once_serving_and_stops_while_connecting() -> None:
     """``switchboard_service_ready`` (what the compose healthcheck reads) is 0 while the
     worker cannot reach NATS (its /metrics answered all along, so the check passed), and
     SIGTERM stops it at once (it was ignored until NATS answered)."""
     metrics = free_port()
-    env = {
-        **os.environ,
-        "SB_NATS_URL": f"nats://127.0.0.1:{free_port()}",  # nobody listens there
-        "SB_CODEC_METRICS_PORT": str(metrics),
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.codec",
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    proc = await spawn_worker("codec", free_port(), metrics)  # nobody listens there
     try:
         deadline = time.monotonic() + WAIT
         while True:
@@ -126,14 +141,9 @@ async def test_a_worker_is_ready_only_once_serving_and_stops_while_connecting() 
                 await asyncio.sleep(0.1)
         ready = [line for line in text.splitlines() if line.startswith("switchboard_service_ready")]
         assert ready == ['switchboard_service_ready{service="codec"} 0.0'], ready
-        started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(proc.wait(), 10)
-        assert code == 0 and time.monotonic() - started < 5
+        await stops_at_once(proc)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await kill(proc)
 
 
 @pytest.mark.parametrize("service", ["binary", "chat"])
@@ -155,27 +165,13 @@ async def test_a_worker_waiting_for_jetstream_stops_on_sigterm(service: str) -> 
             return None
 
         await nc.subscribe("$JS.API.>", cb=silent)
-        env = {
-            **os.environ,
-            "SB_NATS_URL": f"nats://127.0.0.1:{port}",
-            f"SB_{service.upper()}_METRICS_PORT": str(free_port()),
-        }
-        worker = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", f"services.{service}", cwd=ROOT, env=env,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
+        worker = await spawn_worker(service, port, free_port())
         await asyncio.sleep(2)  # connected, asking JetStream
         assert worker.returncode is None
-        started = time.monotonic()
-        worker.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(worker.wait(), 15)
-        assert code == 0 and time.monotonic() - started < 5
+        await stops_at_once(worker)
         await nc.close()
     finally:
-        for proc in (worker, server):
-            if proc is not None and proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+        await kill(worker, server)
 
 
 async def connect_retrying(url: str) -> nats.aio.client.Client:

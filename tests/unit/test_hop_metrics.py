@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 import pytest
 from prometheus_client import CollectorRegistry
 
-from gateway import hub as hub_module
 from gateway.connection import Connection
 from gateway.endpoints import ECHO
 from gateway.hops import HOP_KEY
@@ -20,7 +19,7 @@ from gateway.settings import GatewaySettings
 from services.runner import wrap, wrap_batch
 from wire import batch, logs
 from wire import headers as h
-from wire.errors import SERVICE_BUSY, SERVICE_STOPPING, ErrorCode, WireError
+from wire.errors import GATEWAY_BUSY, SERVICE_BUSY, SERVICE_STOPPING, ErrorCode, WireError
 from wire.frames import Request, encode_text
 from wire.metrics import GatewayMetrics, ServiceMetrics, Status
 from wire.subjects import Op, Service
@@ -417,6 +416,6 @@ def test_a_workers_refusal_is_busy_not_unavailable() -> None:
     "service stopping" a worker that is there (the NoResponders alert fired for it)."""
     assert _status(SERVICE_BUSY) is Status.BUSY
     assert _status(SERVICE_STOPPING) is Status.BUSY
-    assert _status(hub_module.BUSY) is Status.BUSY  # SB_GATEWAY_MAX_IN_FLIGHT_TOTAL
+    assert _status(GATEWAY_BUSY) is Status.BUSY  # SB_GATEWAY_MAX_IN_FLIGHT_TOTAL
     missing = WireError(ErrorCode.UNAVAILABLE, "service unavailable")
     assert _status(missing) is Status.UNAVAILABLE
