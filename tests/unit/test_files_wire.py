@@ -145,6 +145,19 @@ def test_image_dimensions_library_reads_headers_only() -> None:
     assert inspect.kind(header + b"\0" * 100) == inspect.Kind("image/png", 60000, 40000)
 
 
+def test_image_headers_are_walked_a_bounded_number_of_steps() -> None:
+    # A JPEG whose size comes after 60,000 empty segments: imagesize walked them all,
+    # one read each (80 ms per 256 KiB frame, on the worker's event loop). Now the
+    # walk stops at MAX_HEADER_READS and the type alone is reported.
+    # SOF0: height 30, width 40
+    sof = b"\xff\xc0\x00\x11\x08" + struct.pack(">HH", 30, 40) + b"\x03" + bytes(9)
+    jpeg = b"\xff\xd8" + b"\xff\xe0\x00\x02" * 60_000 + sof + b"\xff\xd9"
+    assert inspect.kind(jpeg) == inspect.Kind("image/jpeg")
+    # the same image with a few segments before its size is measured
+    short = b"\xff\xd8" + b"\xff\xe0\x00\x02" * 10 + sof + b"\xff\xd9"
+    assert inspect.kind(short) == inspect.Kind("image/jpeg", 40, 30)
+
+
 @pytest.mark.parametrize(
     ("name", "local"),
     [
