@@ -121,6 +121,7 @@ class OpCall:
         self.handler = handler
         self.ok = metrics.requests.labels(service, op, Status.OK)
         self.failed = metrics.requests.labels(service, op, Status.ERROR)
+        self.expired = metrics.requests.labels(service, op, Status.TIMEOUT)
         outcomes = (Status.OK, Status.ERROR)
         self.handling = {st: metrics.handling_seconds.labels(service, op, st) for st in outcomes}
         self.transit = {st: metrics.transit_seconds.labels(service, op, st) for st in outcomes}
@@ -154,7 +155,8 @@ class OpCall:
             self.in_flight.dec()
         if isinstance(result, WireError):
             status = Status.ERROR
-            self.failed.inc()
+            # work given up at the request's deadline (Request.deadline) is a timeout
+            (self.expired if result.code is ErrorCode.TIMEOUT else self.failed).inc()
         else:
             self.ok.inc()
         elapsed = time.perf_counter() - start
@@ -189,7 +191,7 @@ def wrap(
 
     async def endpoint(msg: MicroRequest, received: int | None = None) -> None:
         received = received or time.time_ns()
-        req = decode_request(msg.data, msg.headers)
+        req = decode_request(msg.data, msg.headers, received)
         result = await call(req, received)
         stamp = {**_stamp(req), **own}
         if isinstance(result, WireError):

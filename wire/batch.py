@@ -50,7 +50,7 @@ KEYS = "Sb-Keys"
 TRACES = "Sb-Traces"
 ERRORS = "Sb-Errors"
 
-BATCH_OPS = frozenset({Op.ECHO, Op.JSON, Op.INFLATE, Op.INSPECT, Op.MIXED})
+BATCH_OPS = frozenset({Op.ECHO, Op.JSON, Op.INSPECT, Op.MIXED})
 
 _LENGTH = struct.Struct(">I")
 _KINDS: dict[bytes, Literal["text", "binary"]] = {TEXT: "text", BINARY: "binary"}

@@ -20,6 +20,7 @@ Room events (chat -> every gateway, ``sb.room.<room>``) carry the same layout.
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -122,6 +123,9 @@ class Request:
     traceparent: str | None = None
     sent_at: str | None = None
     headers: Mapping[str, str] | None = None
+    # time.monotonic() after which the gateway no longer waits for the reply (its
+    # Sb-Timeout, counted from the request's receipt): long work stops there
+    deadline: float | None = None
 
     def header(self, name: str) -> str | None:
         """A header the gateway percent-encoded (client-chosen values), decoded."""
@@ -173,8 +177,16 @@ def _unquote(value: str | None) -> str | None:
     return None if value is None else unquote(value, errors="strict")
 
 
-def decode_request(data: bytes, headers: Mapping[str, str] | None) -> Request:
+def decode_request(
+    data: bytes, headers: Mapping[str, str] | None, received: int | None = None
+) -> Request:
+    """The request in a NATS message; ``received`` (wall-clock ns when it arrived) dates
+    its deadline, from ``Sb-Timeout``."""
     hdrs = headers or {}
+    deadline = None
+    if (timeout := h.timeout_seconds(hdrs.get(h.TIMEOUT))) is not None:
+        waited = 0.0 if received is None else max(0, time.time_ns() - received) / 1e9
+        deadline = time.monotonic() + timeout - waited
     return Request(
         data=data,
         frame="binary" if hdrs.get(h.FRAME) == h.FRAME_BINARY else "text",
@@ -183,4 +195,5 @@ def decode_request(data: bytes, headers: Mapping[str, str] | None) -> Request:
         traceparent=hdrs.get(h.TRACEPARENT),
         sent_at=hdrs.get(h.SENT_AT),
         headers=hdrs,
+        deadline=deadline,
     )

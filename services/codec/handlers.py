@@ -3,17 +3,23 @@ client-chosen compression (services/codec/compress.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-import zlib
 from collections.abc import Mapping
+from concurrent.futures import Executor
 from typing import Any
 
-from services.codec.compress import make_transform
+from services.codec.compress import (
+    EXPIRED,
+    CorruptData,
+    Expired,
+    decompressed_size,
+    make_transform,
+)
 from services.runner import Handler
+from wire.codec import Format
 from wire.frames import Request, encode_text
 from wire.subjects import Op
-
-INFLATE_CHUNK = 64 * 1024
 
 
 def _json(value: Any) -> str:
@@ -48,33 +54,30 @@ async def inspect_json(req: Request) -> bytes:
         return encode_text("Error: JSON nested too deeply")
 
 
-def inflated_size(data: bytes, cap: int) -> int | None:
+def inflated_size(data: bytes, cap: int, deadline: float | None = None) -> int | None:
     """Size of zlib ``data`` once inflated, streaming, holding at most one chunk.
 
-    None if the data is not a complete zlib stream. Raises OverflowError past ``cap``.
-    Trailing bytes after the stream are ignored, as ``zlib.decompress`` does.
+    None if the data is not a complete zlib stream. Raises OverflowError past ``cap``,
+    :class:`~services.codec.compress.Expired` past ``deadline``. Trailing bytes after the
+    stream are ignored, as ``zlib.decompress`` does.
     """
-    inflater = zlib.decompressobj()
-    total = 0
-    pending = data
     try:
-        while True:
-            chunk = inflater.decompress(pending, INFLATE_CHUNK)
-            total += len(chunk)
-            if total > cap:
-                raise OverflowError(total)
-            pending = inflater.unconsumed_tail
-            if inflater.eof or (not pending and not chunk):
-                break
-    except zlib.error:
+        return decompressed_size(Format.ZLIB, data, cap, deadline)
+    except CorruptData:
         return None
-    return total if inflater.eof else None
 
 
-def make_inflate(cap: int) -> Handler:
+def make_inflate(cap: int, executor: Executor | None = None) -> Handler:
+    """``/ws/compressed``. Inflating up to ``cap`` takes tens of milliseconds: it runs
+    in ``executor``'s threads, never on the event loop, where one client's bombs held
+    up every other request of the replica."""
+
     async def inflate(req: Request) -> bytes:
+        loop = asyncio.get_running_loop()
         try:
-            size = inflated_size(req.data, cap)
+            size = await loop.run_in_executor(executor, inflated_size, req.data, cap, req.deadline)
+        except Expired:
+            raise EXPIRED from None
         except OverflowError:
             return encode_text(
                 _json({"status": "error", "message": f"Decompressed data exceeds {cap} bytes"})
@@ -96,10 +99,12 @@ def make_inflate(cap: int) -> Handler:
     return inflate
 
 
-def handlers(inflate_cap: int, transform_cap: int | None = None) -> Mapping[Op, Handler]:
+def handlers(
+    inflate_cap: int, transform_cap: int | None = None, executor: Executor | None = None
+) -> Mapping[Op, Handler]:
     return {
         Op.ECHO: echo,
         Op.JSON: inspect_json,
-        Op.INFLATE: make_inflate(inflate_cap),
-        Op.TRANSFORM: make_transform(transform_cap or inflate_cap),
+        Op.INFLATE: make_inflate(inflate_cap, executor),
+        Op.TRANSFORM: make_transform(transform_cap or inflate_cap, executor),
     }

@@ -19,12 +19,12 @@ class CodecSettings(ServiceSettings):
     concurrency: int = Field(
         4,
         ge=1,
-        description="/ws/codec requests handled at once per replica (in threads); the "
-        "rest wait their turn, taken in turn between connections",
+        description="/ws/codec and /ws/compressed requests handled at once per replica "
+        "and operation (in threads); the rest wait, taken in turn between connections",
     )
     queue_bytes: int = Field(
         64 * 1024 * 1024,
         ge=0,
-        description="/ws/codec requests waiting per replica, in bytes; past it a request "
-        "is refused at once (service busy)",
+        description="/ws/codec and /ws/compressed requests waiting per replica and "
+        "operation, in bytes; past it a request is refused at once (service busy)",
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,6 +84,36 @@ async def test_a_pipelining_client_neither_starves_others_nor_costs_work_nobody_
         # and the codec is free at once afterwards
         await light.send(QUICK)
         assert (await reply(light))["status"] == "success"
+
+
+async def test_inflation_bombs_hold_up_neither_other_endpoints_nor_other_clients(
+    stack: LocalStack,
+) -> None:
+    """/ws/compressed inflates each frame up to the 16 MiB cap: tens of ms for a bomb.
+    That ran on the codec's event loop, so one client pipelining bombs made every /ws
+    and /ws/json request of the replica wait past the gateway's timeout ("Error:
+    service unavailable"). Now inflation runs in threads, taking turns by connection."""
+    bomb = zlib.compress(bytes(17 * 1024 * 1024), 9)  # ~17 KB, over the cap
+    count = 100  # one after another on the loop: ~4 s or more, twice the timeout
+    base = f"ws://127.0.0.1:{stack.gateways[0].port}"
+    async with (
+        connect(f"{base}/ws/compressed") as attacker,
+        connect(f"{base}/ws") as echo,
+        connect(f"{base}/ws/compressed") as other,
+    ):
+        for _ in range(count):
+            await attacker.send(bomb)
+        await asyncio.sleep(0.3)  # the codec is busy with them
+        for i in range(10):
+            await echo.send(f"m{i}")
+            assert await recv(echo, 5) == f"Echo: m{i}"
+            await asyncio.sleep(0.05)
+        await other.send(zlib.compress(b"abc" * 100))
+        assert orjson.loads(await recv(other, 5))["status"] == "success"
+        messages = {orjson.loads(await recv(attacker, 15))["message"] for _ in range(count)}
+        # each bomb answered: refused at the cap or, past the timeout, unavailable
+        assert messages <= {"Decompressed data exceeds 16777216 bytes", "service unavailable"}
+        assert "Decompressed data exceeds 16777216 bytes" in messages
 
 
 async def test_a_stopping_codec_answers_every_request_it_took(tmp_path: Path) -> None:

@@ -6,8 +6,11 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import struct
+import time
 import tracemalloc
 import zlib
+from dataclasses import replace
 
 import orjson
 import pytest
@@ -16,6 +19,7 @@ import zstandard
 from services.codec.compress import (
     CHUNK,
     CorruptData,
+    Expired,
     compress,
     decompress,
     decompressed_size,
@@ -23,7 +27,7 @@ from services.codec.compress import (
 )
 from tests import bombs
 from wire.codec import Direction, Format, encode_request, parse_request
-from wire.errors import WireError
+from wire.errors import ErrorCode, WireError
 from wire.frames import decode_frames, decode_request
 
 DATA = b"".join(b"line %d of some fairly repetitive text\n" % i for i in range(20000)) + os.urandom(
@@ -175,3 +179,54 @@ def test_parse_request() -> None:
     for bad in (b"compress:zlib:10\n", b"compress:zlib:-1\n", b"compress\n", b"a:b:c:d\n"):
         with pytest.raises(WireError):
             parse_request(bad)
+
+
+# Pathological for deflate's level 9 lazy matching: 1 MiB of random a/b takes seconds.
+SLOW_FOR_DEFLATE = bytes(97 + b % 2 for b in os.urandom(1024 * 1024))
+
+
+@pytest.mark.parametrize("fmt", list(Format))
+def test_work_stops_at_the_deadline(fmt: Format) -> None:
+    packed = compress(fmt, 1, DATA)
+    past = time.monotonic() - 0.001
+    with pytest.raises(Expired):
+        compress(fmt, 1, DATA, past)
+    with pytest.raises(Expired):
+        decompress(fmt, packed, CAP, past)
+    with pytest.raises(Expired):
+        decompressed_size(fmt, packed, CAP, past)
+    assert decompress(fmt, packed, CAP, time.monotonic() + 60) == DATA
+
+
+def test_a_slow_compression_stops_within_a_chunk_of_its_deadline() -> None:
+    # Before: one zlib.compress call on all of it, seconds past any deadline.
+    start = time.monotonic()
+    with pytest.raises(Expired):
+        compress(Format.ZLIB, 9, SLOW_FOR_DEFLATE, start + 0.05)
+    assert time.monotonic() - start < 2.0  # a chunk is ~0.2 s here; the whole ~3.7 s
+
+
+async def test_transform_past_its_deadline_answers_timeout() -> None:
+    transform = make_transform(CAP)
+    for frame in (
+        encode_request("compress", "zlib", DATA),
+        encode_request("decompress", "zlib", zlib.compress(DATA)),
+    ):
+        req = replace(_request(frame), deadline=time.monotonic() - 1)
+        with pytest.raises(WireError) as refused:
+            await transform(req)
+        assert refused.value.code is ErrorCode.TIMEOUT
+
+
+def test_many_tiny_zstd_frames_take_linear_time() -> None:
+    empty = zstandard.ZstdCompressor().compress(b"")
+    skippable = struct.pack("<II", 0x184D2A50, 0)
+    body = (empty + skippable) * 60_000  # ~1 MiB
+    start = time.monotonic()
+    assert decompress(Format.ZSTD, body, CAP) == b""
+    # one call per frame on all of the rest (a copy of it each time) took ~3 s here
+    assert time.monotonic() - start < 1.5
+    one = zstandard.ZstdCompressor().compress(b"abc" * 1000)
+    assert decompress(Format.ZSTD, (empty + one + skippable) * 3, CAP) == b"abc" * 3000
+    with pytest.raises(CorruptData):
+        decompress(Format.ZSTD, empty * 1000 + one[:-2], CAP)

@@ -1,4 +1,5 @@
 import json
+import time
 import zlib
 
 import pytest
@@ -74,6 +75,15 @@ async def test_inflate_cap_refuses_bombs() -> None:
     assert len(bomb) < 16 * 1024
     reply = json.loads(only_text(await make_inflate(1024 * 1024)(binary(bomb))))
     assert reply["status"] == "error" and "exceeds" in reply["message"]
+
+
+async def test_inflate_past_its_deadline_answers_timeout() -> None:
+    # Inflating to the cap takes tens of ms: work the gateway gave up on stops.
+    bomb = zlib.compress(b"\0" * (8 * 1024 * 1024), 9)
+    late = Request(bomb, "binary", deadline=time.monotonic() - 1)
+    with pytest.raises(WireError) as refused:
+        await make_inflate(16 * 1024 * 1024)(late)
+    assert refused.value.code is ErrorCode.TIMEOUT
 
 
 def test_inflated_size_streams_and_ignores_trailing_bytes() -> None:

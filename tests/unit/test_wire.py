@@ -1,3 +1,5 @@
+import time
+
 import pytest
 
 from wire import headers as h
@@ -102,6 +104,15 @@ def test_request_headers_and_decode() -> None:
     assert h.trace_id(req.traceparent) is not None
     assert h.age_seconds(req.sent_at) is not None
     assert decode_request(b"x", None).frame == "text"
+
+
+def test_request_deadline_from_its_timeout_counted_from_receipt() -> None:
+    assert decode_request(b"x", {}).deadline is None
+    received = time.time_ns() - 300_000_000  # it waited 0.3 s in a queue
+    req = decode_request(b"x", {h.TIMEOUT: "2000"}, received)
+    assert req.deadline is not None
+    assert 1.6 < req.deadline - time.monotonic() <= 1.7
+    assert decode_request(b"x", {h.TIMEOUT: "soon"}).deadline is None
 
 
 def test_traceparent_format() -> None:
