@@ -5,7 +5,8 @@ A request is one binary frame: a short ASCII header line, then the data::
     request := op ":" format [":" level] "\\n" data
     op      := "compress" | "decompress"
     format  := "zlib" | "gzip" | "zstd"
-    level   := zlib, gzip: 0-9 (default 6); zstd: 1-19 (default 3); ignored by decompress
+    level   := zlib, gzip: 0-9 (default 6); zstd: 1-19 (default 3); decompress checks
+               it the same way, then ignores it
 
 The gateway relays the frame unchanged; the codec service parses it here. The reply is
 a text frame (JSON report: sizes and ratio, or ``{"status": "error", ...}``), then, on
