@@ -39,9 +39,7 @@ def create_app(settings: GatewaySettings, registry: CollectorRegistry | None = N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await hub.start()
-        assert hub.nc is not None
-        await live.start(hub.nc)
+        await hub.start(on_connected=live.start)  # in the background: /healthz answers
         freeze_startup_heap()
         try:
             yield

@@ -23,7 +23,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -78,6 +78,11 @@ def _stamp_deadline(headers: dict[str, str], pending: Pending) -> None:
         headers[h.TIMEOUT] = h.timeout_ms(left)
 
 
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("gateway could not start on NATS: %r", exc, exc_info=exc)
+
+
 def frames_to_messages(payload: bytes) -> list[Message]:
     out: list[Message] = []
     for frame in decode_frames(payload):
@@ -105,6 +110,7 @@ class Hub:
         # batch number -> (deadline, whose frames it holds), until its reply comes
         self._batches: dict[int, tuple[float, list[tuple[Connection, int]]]] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._starting: asyncio.Task[None] | None = None  # connecting to NATS
         self._releasing: set[asyncio.Task[None]] = set()  # held requests being published
         self._settling: dict[int, asyncio.Future[None]] = {}  # Hub.settle's waiters
         self._discovery: tuple[float, dict[str, int]] | None = None
@@ -118,26 +124,43 @@ class Hub:
         self.hops = HopTable(metrics)  # per-hop latency and per-frame logs (gateway.hops)
 
     # -- lifecycle -----------------------------------------------------------------
-    async def start(self) -> None:
-        self.nc = await natsconn.connect(
+    async def start(self, on_connected: Callable[[Client], Awaitable[None]] | None = None) -> None:
+        """Connect to NATS in the background, then ``on_connected(nc)``. Until then
+        ``nc`` is None: sockets are refused (1013), ``/readyz`` answers 503, while
+        ``/healthz`` answers and SIGTERM stops the process (a gateway that waited for
+        NATS before serving ignored SIGTERM until killed)."""
+        self._starting = asyncio.create_task(self._connect(on_connected))
+        self._starting.add_done_callback(_log_failure)
+
+    async def _connect(self, on_connected: Callable[[Client], Awaitable[None]] | None) -> None:
+        nc = await natsconn.connect(
             self.settings.nats_url,
             f"gateway-{self.settings.id}",
             user=self.settings.nats_user,
             password=self.settings.nats_password,
             on_state=lambda up: self.metrics.nats_connected.set(1 if up else 0),
         )
-        if self.nc.max_payload < self.settings.max_frame_bytes + 4096:
+        if nc.max_payload < self.settings.max_frame_bytes + 4096:
             log.error(
                 "NATS max_payload %d is smaller than max_frame_bytes %d plus headers: "
                 "large frames will be refused",
-                self.nc.max_payload,
+                nc.max_payload,
                 self.settings.max_frame_bytes,
             )
-        await self.nc.subscribe(reply_wildcard(self.settings.id), cb=self._on_reply)
+        await nc.subscribe(reply_wildcard(self.settings.id), cb=self._on_reply)
         self._sweeper = asyncio.create_task(self._sweep())
-        self.live.start(self.nc)
+        self.live.start(nc)
+        if on_connected is not None:
+            await on_connected(nc)
+        self.nc = nc  # only now: sockets are taken once replies can come back
+        log.info("gateway connected to NATS", extra={"nats_url": self.settings.nats_url})
 
     async def stop(self) -> None:
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()  # still connecting: nothing was sent
+        if self._starting is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._starting
         await self.live.stop()
         if self._sweeper:
             self._sweeper.cancel()

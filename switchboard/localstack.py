@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -225,11 +226,17 @@ class LocalStack:
         proc.start()
 
         def healthy() -> bool:
+            """Up and on NATS (it serves /healthz before it reaches NATS; /readyz says
+            whether it has, whatever services answer)."""
+            url = f"http://127.0.0.1:{port}/readyz"
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                    return r.status == 200
+                with urllib.request.urlopen(url, timeout=1) as r:
+                    body = r.read()
+            except urllib.error.HTTPError as exc:  # 503: not every service answers
+                body = exc.read()
             except OSError:
                 return False
+            return b'"nats":"connected"' in body
 
         self.processes.append(proc)  # before waiting: stop() must reach it if it never gets ready
         try:

@@ -18,6 +18,7 @@ from typing import Any
 
 import nats
 import pytest
+import websockets
 
 from switchboard.localstack import ROOT, LocalStack, free_port, nats_server_binary, running
 from tests.integration.client import sample, scrape
@@ -33,11 +34,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 
 
 def get(stack: LocalStack, path: str) -> tuple[int, Any]:
-    try:
-        with urllib.request.urlopen(http_base(stack) + path, timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return fetch(http_base(stack) + path)
 
 
 async def readyz_until(stack: LocalStack, status: int, **instances: int) -> dict[str, Any]:
@@ -144,6 +141,79 @@ async def test_a_worker_is_ready_only_once_serving_and_stops_while_connecting() 
         await stops_at_once(proc)
     finally:
         await kill(proc)
+
+
+async def test_a_gateway_without_nats_serves_health_refuses_sockets_and_stops_on_sigterm(
+    tmp_path,
+) -> None:
+    """Started while NATS is unreachable, the gateway waited for it before serving: no
+    /healthz, and SIGTERM and Ctrl-C ignored until SIGKILL. Now it serves at once:
+    /healthz 200, /readyz 503, sockets closed 1013 (try again later); it becomes ready
+    when NATS comes up, and stops on SIGTERM either way."""
+    nats_port, port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "SB_NATS_URL": f"nats://127.0.0.1:{nats_port}",
+        "SB_GATEWAY_PORT": str(port),
+        "SB_GATEWAY_ID": "lonely",
+    }
+    gateway = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    server = None
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + WAIT
+        while True:
+            try:
+                health = await asyncio.to_thread(fetch, base + "/healthz")
+                break
+            except OSError:
+                assert time.monotonic() < deadline and gateway.returncode is None
+                await asyncio.sleep(0.1)
+        assert health == (200, {"status": "ok"})
+        code, body = await asyncio.to_thread(fetch, base + "/readyz")
+        assert (code, body["nats"]) == (503, "disconnected")
+        async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 5)
+        assert ws.close_code == 1013, (ws.close_code, ws.close_reason)
+        # NATS comes up: the gateway connects and serves
+        server = await asyncio.create_subprocess_exec(
+            nats_server_binary(), "-a", "127.0.0.1", "-p", str(nats_port),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + WAIT
+        while (await asyncio.to_thread(fetch, base + "/readyz"))[1]["nats"] != "connected":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+        await stops_at_once(gateway)
+        # and one that never reached NATS stops on SIGTERM too
+        await kill(server)
+        gateway = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", cwd=ROOT, env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + WAIT
+        while True:
+            try:
+                await asyncio.to_thread(fetch, base + "/healthz")
+                break
+            except OSError:
+                assert time.monotonic() < deadline and gateway.returncode is None
+                await asyncio.sleep(0.1)
+        await stops_at_once(gateway)
+    finally:
+        await kill(gateway, server)
+
+
+def fetch(url: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
 
 
 @pytest.mark.parametrize("service", ["binary", "chat"])
