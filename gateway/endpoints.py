@@ -11,7 +11,7 @@ from typing import Any
 
 from wire import envelope
 from wire.batch import BATCH_OPS
-from wire.errors import ErrorCode, WireError
+from wire.errors import ErrorCode, WireError, overloaded
 from wire.subjects import ORDERED_OPS, Op, Service, batch_subject, service_subject
 
 Message = dict[str, Any]  # an ASGI "websocket.send" message
@@ -76,6 +76,10 @@ class EndpointSpec:
     chat: bool = False
 
     def error_message(self, error: WireError, tag: str | None = None) -> Message:
+        """The error frame in this endpoint's shape. No worker, a timeout: ``service
+        unavailable``, as ever; a refusal for load: ``service busy`` or ``gateway busy``."""
+        if overloaded(error):
+            return self.error_shape(error, error.description, tag)
         return self.error_shape(error, _DESCRIPTIONS.get(error.code, error.description), tag)
 
     def wrong_frame(self, got: str) -> WireError:

@@ -235,7 +235,7 @@ def scheduled(
     caller (connection, and user when there is one), with the deadline its
     ``Sb-Timeout`` gives (none without one). An expired
     request is answered 408, a refused one 503 ``service busy``; both are counted in
-    ``switchboard_service_requests_total`` (status ``timeout``, ``unavailable``).
+    ``switchboard_service_requests_total`` (status ``timeout``, ``busy``).
 
     ``ordered`` (:class:`OrderedOps`): the caller is the connection its ``Sb-Gateway``
     and ``Sb-Conn`` headers name (a socket's leave on close has no reply subject of its

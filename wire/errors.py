@@ -130,3 +130,9 @@ _REFUSALS = frozenset(e.description for e in (SERVICE_BUSY, SERVICE_STOPPING, GA
 def refused(error: WireError) -> bool:
     """True for a refusal (busy, stopping), not a missing worker."""
     return error.code is ErrorCode.UNAVAILABLE and error.description in _REFUSALS
+
+
+def overloaded(error: WireError) -> bool:
+    """True for a refusal for load (``service busy``, ``gateway busy``): the client is
+    told so, rather than ``service unavailable``, so that it backs off."""
+    return refused(error) and error != SERVICE_STOPPING

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from gateway.connection import Connection
-from gateway.endpoints import ECHO
+from gateway.endpoints import COMPRESSED, ECHO, V2
 from gateway.hops import HOP_KEY
 from gateway.hub import Hub, _status
 from gateway.relay import RelayEndpoint
@@ -419,3 +419,21 @@ def test_a_workers_refusal_is_busy_not_unavailable() -> None:
     assert _status(GATEWAY_BUSY) is Status.BUSY  # SB_GATEWAY_MAX_IN_FLIGHT_TOTAL
     missing = WireError(ErrorCode.UNAVAILABLE, "service unavailable")
     assert _status(missing) is Status.UNAVAILABLE
+
+
+def test_a_refusal_for_load_tells_the_client_so() -> None:
+    """A full queue or the gateway's in-flight cap: "service busy" / "gateway busy" in
+    each endpoint's shape, so a client backs off; no worker, a timeout or a stopping
+    worker: "service unavailable", as the tutorial's clients know it."""
+    assert ECHO.error_message(SERVICE_BUSY)["text"] == "Error: service busy"
+    assert ECHO.error_message(GATEWAY_BUSY)["text"] == "Error: gateway busy"
+    assert COMPRESSED.error_message(SERVICE_BUSY)["text"] == (
+        '{"status":"error","message":"service busy"}'
+    )
+    assert '"message":"service busy"' in V2.error_message(SERVICE_BUSY, "r1")["text"]
+    for other in (
+        SERVICE_STOPPING,
+        WireError(ErrorCode.UNAVAILABLE, "no responders"),
+        WireError(ErrorCode.TIMEOUT, "request expired before it was handled"),
+    ):
+        assert ECHO.error_message(other)["text"] == "Error: service unavailable"
