@@ -3,11 +3,12 @@ and ``/healthz``, ``/readyz``, ``/metrics``."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.routing import WebSocketRoute
@@ -24,6 +25,18 @@ from wire.gcpolicy import freeze_startup_heap
 from wire.metrics import GatewayMetrics
 
 STATIC = Path(__file__).parent / "static"
+TUTORIAL_WS = "ws://localhost:8000"  # where the tutorial's two pages open their socket
+_HOST = re.compile(r"(?:[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
+
+
+def tutorial_page(page: str, host: str | None, secure: bool = False) -> str:
+    """A tutorial page as served: for ``localhost:8000`` the tutorial's bytes unchanged;
+    asked for at another address (``make run PORT=9000``, the compose edge, another
+    machine) its hard-coded ``ws://localhost:8000`` becomes that address, so the page
+    works there too. A Host header that is not a plain host[:port] changes nothing."""
+    if not host or host == "localhost:8000" or not _HOST.fullmatch(host):
+        return page
+    return page.replace(TUTORIAL_WS, f"{'wss' if secure else 'ws'}://{host}")
 
 
 def create_app(settings: GatewaySettings, registry: CollectorRegistry | None = None) -> FastAPI:
@@ -60,13 +73,17 @@ def create_app(settings: GatewaySettings, registry: CollectorRegistry | None = N
         "/rooms": (STATIC / "rooms.html").read_text(),
     }
 
+    def tutorial(path: str, request: Request) -> HTMLResponse:
+        secure = request.url.scheme == "https"
+        return HTMLResponse(tutorial_page(pages[path], request.headers.get("host"), secure))
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def chat_page() -> HTMLResponse:
-        return HTMLResponse(pages["/"])
+    async def chat_page(request: Request) -> HTMLResponse:
+        return tutorial("/", request)
 
     @app.get("/echo", response_class=HTMLResponse, include_in_schema=False)
-    async def echo_page() -> HTMLResponse:
-        return HTMLResponse(pages["/echo"])
+    async def echo_page(request: Request) -> HTMLResponse:
+        return tutorial("/echo", request)
 
     @app.get("/rooms", response_class=HTMLResponse, include_in_schema=False)
     async def rooms_page() -> HTMLResponse:

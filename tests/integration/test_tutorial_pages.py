@@ -1,8 +1,9 @@
-"""The tutorial's two pages, as served, in headless Chromium (Debian's chromium, driven by
-Playwright): opened at http://127.0.0.1:<port> as the README says, they connect to
-``ws://localhost:<port>`` as their code is written. The tutorial hard-codes port 8000;
-the test rewrites only that port, in the browser, so that the gateway can sit on a free
-port; the page's own bytes load unchanged. The browser sends ``Origin:
+"""The tutorial's two pages in headless Chromium (Debian's chromium, driven by
+Playwright), opened at http://127.0.0.1:<port> as the README says. The gateway serves
+the tutorial's bytes at localhost:8000; at any other address, with that address in
+place of the hard-coded ``ws://localhost:8000``, so they work there without help. The
+first tests point the socket at ``localhost:<port>`` from the page at 127.0.0.1, as the
+tutorial's page does at port 8000. The browser sends ``Origin:
 http://127.0.0.1:<port>`` to ``Host: localhost:<port>``: the gateway's default origin
 check must take both names of the loopback for one."""
 
@@ -35,17 +36,22 @@ async def browser() -> AsyncIterator[object]:
 
 
 async def open_page(browser, base: str, path: str, port: int):
-    """The page the gateway serves at ``path``, loaded as it is; only the port of the
-    ``ws://localhost:8000/`` it opens is pointed at ``port``, by a wrapper around the
-    browser's ``WebSocket`` installed before the page's script runs."""
+    """The tutorial's page loaded at ``base + path``: the tutorial's bytes (what the
+    gateway serves to ``localhost:8000``) but for the address its socket opens, which
+    the gateway sets to where the page was asked for. A wrapper around the browser's
+    ``WebSocket``, installed before the page's script runs, then points that socket at
+    ``localhost``, as the tutorial's page does from 127.0.0.1:8000."""
+    asked = urllib.request.Request(base + path, headers={"Host": "localhost:8000"})
+    tutorial = urllib.request.urlopen(asked, timeout=5).read().decode()  # noqa: ASYNC210
+    assert tutorial.count("ws://localhost:8000/") == 1
+    here = f"ws://127.0.0.1:{port}/"
     served = urllib.request.urlopen(base + path, timeout=5).read().decode()  # noqa: ASYNC210
-    assert served.count("ws://localhost:8000/") == 1
+    assert served == tutorial.replace("ws://localhost:8000/", here)
     page = await browser.new_page()
     await page.add_init_script(
         "(() => { const Native = window.WebSocket;"
         " window.WebSocket = function (url, protocols) {"
-        f" return new Native(url.replace('ws://localhost:8000/', 'ws://localhost:{port}/'),"
-        " protocols); };"
+        f" return new Native(url.replace('{here}', 'ws://localhost:{port}/'), protocols); }};"
         " window.WebSocket.prototype = Native.prototype;"
         " Object.assign(window.WebSocket, {CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3});"
         " })();"
@@ -73,6 +79,24 @@ async def test_the_tutorial_echo_page(stack, browser) -> None:
         await page.click("button")
     lines = await items(page, 10, lambda lines: len(lines) >= 2)
     assert lines == ["Echo: hello", "Echo: grüße ✓"]
+
+
+async def test_the_pages_as_served_at_another_address_work_without_help(stack, browser) -> None:
+    """At any address but localhost:8000 the gateway serves the pages with that address
+    in place of the tutorial's hard-coded ws://localhost:8000 (make run PORT=9000)."""
+    port = stack.gateways[0].port
+    page = await browser.new_page()
+    await page.goto(f"http://127.0.0.1:{port}/echo")
+    await page.wait_for_function("ws.readyState === WebSocket.OPEN", timeout=10_000)
+    assert await page.evaluate("ws.url") == f"ws://127.0.0.1:{port}/ws"
+    await page.fill("#messageText", "hello")
+    await page.click("button")
+    assert await items(page, 10, lambda lines: len(lines) >= 1) == ["Echo: hello"]
+    chat = await browser.new_page()
+    await chat.goto(f"http://127.0.0.1:{port}/")
+    await chat.fill("#username", "anywhere")
+    await chat.click("text=Join Chat")
+    await items(chat, 10, lambda lines: "anywhere has joined the chat" in lines)
 
 
 async def test_the_tutorial_chat_page_with_another_client(stack, browser) -> None:

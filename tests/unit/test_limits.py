@@ -2,6 +2,7 @@ import time
 
 import pytest
 
+from gateway.app import STATIC, TUTORIAL_WS, tutorial_page
 from gateway.connection import Connection
 from gateway.endpoints import V2
 from gateway.limits import Admission, RateLimiter, TokenBucket, origin_allowed
@@ -116,3 +117,18 @@ def test_replies_are_kept_and_pause_reading_instead() -> None:
     sent = conn.out.popleft()
     conn.sent(sent)
     assert conn.capacity.is_set() and conn.out_bytes == 80
+
+
+def test_tutorial_pages_open_their_socket_where_they_were_asked_for() -> None:
+    page = (STATIC / "echo.html").read_text()
+    assert TUTORIAL_WS + "/ws" in page
+    # at the tutorial's own address: its bytes, unchanged
+    assert tutorial_page(page, "localhost:8000") == page
+    assert tutorial_page(page, None) == page
+    moved = tutorial_page(page, "127.0.0.1:9000")
+    assert moved == page.replace("ws://localhost:8000/ws", "ws://127.0.0.1:9000/ws")
+    assert "ws://[::1]:9000/ws" in tutorial_page(page, "[::1]:9000")
+    assert "wss://chat.example.com/ws" in tutorial_page(page, "chat.example.com", secure=True)
+    # a Host that is not a plain host[:port] changes nothing (no markup from a header)
+    for odd in ('x"><script>alert(1)</script>', "a b", "host:port:9", "a/b"):
+        assert tutorial_page(page, odd) == page
