@@ -18,6 +18,10 @@ from gateway.wsframe import DIRECT_WRITE, FRAME_HOOK, cut
 
 PARSE_SLICE = 512  # bytes of small frames parsed per loop turn (~85 frames of 6 bytes)
 LINGER = 2.0  # seconds a connection we closed may still send to us (see _linger)
+# Pings a peer may send per second. Clients ping every few seconds at most (browsers
+# never: they cannot); a peer past this is closed 1008. Each ping costs a pong write,
+# outside every data-frame limit: a flood of them, unread, grew the gateway by 20 MB/s.
+MAX_PINGS_PER_SECOND = 50
 
 
 class BoundedReadProtocol(WebSocketsSansIOProtocol):
@@ -41,7 +45,8 @@ class BoundedReadProtocol(WebSocketsSansIOProtocol):
     _framing = False  # past the upgrade request (uvicorn's HTTP protocol hands it over)
     _lingering = False
     on_frame: Callable[[bool, bytes], bool] | None = None  # the app's hook (FRAME_HOOK)
-    _hooked = 0  # frames the hook took from the slice being parsed
+    _pings = 0  # pings received in the second that began at _ping_second
+    _ping_second = 0.0
     # permessage-deflate with context takeover (uvicorn's choice) keeps a zlib compressor
     # and decompressor per connection, ~34 KiB even while idle. Without it (the gateway's
     # default; SB_GATEWAY_DEFLATE_CONTEXT_TAKEOVER, set by ``python -m gateway``) both
@@ -101,15 +106,17 @@ class BoundedReadProtocol(WebSocketsSansIOProtocol):
                 self._rest = None
                 break
             self._rest = rest[n:] if n < len(rest) else None
-            self._hooked = 0
             super().data_received(rest[:n])  # type: ignore[arg-type]  # websockets takes views
-            if self.conn.parser_exc is not None:
+            if self.conn.parser_exc is not None or self.close_sent:
                 self._rest = None
                 return
             if not self.queue.empty():
                 break  # the app has work: the next slice once it has taken it
-            if self._hooked and self._rest is not None:
-                self.loop.call_soon(self._feed)  # the hook took frames: the rest next turn
+            if self._rest is not None:
+                # the hook took the frames, or they were control frames (a read of pings
+                # once ran to its end in one go: 130 ms of this loop per 256 KiB): the
+                # rest next turn
+                self.loop.call_soon(self._feed)
                 return
         if self._rest is None:
             if self.queue.empty():
@@ -157,9 +164,30 @@ class BoundedReadProtocol(WebSocketsSansIOProtocol):
             data = frames[0] if len(frames) == 1 else b"".join(frames)
             if hook(self.curr_msg_data_type == "text", data):
                 self.frames = []
-                self._hooked += 1
                 return
         super().send_receive_event_to_app()
+
+    def handle_ping(self) -> None:
+        """Pong, as uvicorn does, but not while the transport is above its high-water
+        mark (the peer does not read; RFC 6455 5.5.3 lets us answer only the latest
+        ping), and close 1008 past :data:`MAX_PINGS_PER_SECOND`."""
+        pong = self.conn.data_to_send()
+        now = self.loop.time()
+        if now - self._ping_second >= 1.0:
+            self._ping_second, self._pings = now, 0
+        self._pings += 1
+        if self._pings > MAX_PINGS_PER_SECOND:
+            self._refuse(1008, "too many pings")
+        elif self.writable.is_set():
+            self.transport.write(b"".join(pong))
+
+    def _refuse(self, code: int, reason: str) -> None:
+        """Close with ``code`` now, as for a protocol error (the app hears of it)."""
+        self.conn.fail(code, reason)
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self._linger()
 
     def write_frame(self, frame: bytes) -> bool:
         """Write an encoded data frame (:mod:`gateway.wsframe`) now, if the connection is
@@ -206,9 +234,37 @@ class BoundedReadProtocol(WebSocketsSansIOProtocol):
             transport.write_eof()
         if self.close_timer is not None:
             self.close_timer.cancel()
-        self.close_timer = self.loop.call_later(LINGER, transport.close)
+        self.close_timer = self.loop.call_later(LINGER, self._hang_up)
         self.read_paused = False
         transport.resume_reading()
+
+    def _hang_up(self) -> None:
+        """Close the transport; abort it if what we wrote is still unsent (the peer reads
+        nothing: ``close()`` would wait for the buffer to drain, for good, holding it)."""
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()
+        else:
+            self.transport.close()
+
+    def hang_up_later(self, delay: float = LINGER) -> None:
+        """The app is closing this socket: if the peer has not taken what was written
+        within ``delay`` seconds (its close frame included), drop the connection. A
+        send waiting for a peer that never reads would hold the socket, its queue and
+        its room memberships for good."""
+        self.loop.call_later(delay, self._hang_up_if_stuck)
+
+    def _hang_up_if_stuck(self) -> None:
+        if self.disconnected:
+            return
+        if self.transport.get_write_buffer_size() or not self.writable.is_set():
+            self.transport.abort()  # connection_lost wakes the waiting send
+
+    def keepalive_timeout(self) -> None:
+        """As uvicorn's (close 1011 when a ping goes unanswered), then :meth:`_hang_up`
+        after :data:`LINGER`: uvicorn's ``close()`` waits for a buffer the peer never
+        drains."""
+        super().keepalive_timeout()
+        self.loop.call_later(LINGER, self._hang_up)
 
     async def receive(self):  # as uvicorn's, resuming reading only when no slice is left
         message = await self.queue.get()

@@ -96,6 +96,19 @@ async def test_flooding_gets_error_frames_then_close_1008(stack) -> None:
         assert await recv(back) == "Echo: back"
 
 
+async def test_a_ping_flood_is_closed_1008(stack) -> None:
+    """Pings are outside the frame rate limit, and each costs a pong: a flood of them,
+    unread, grew the gateway by 20 MB/s, and parsed in one go held up every handshake."""
+    async with connect(base(stack) + "/ws") as ws:
+        for i in range(200):
+            await ws.ping(b"%d" % i)
+        code, reason = await closed_with(ws)
+    assert (code, reason) == (1008, "too many pings")
+    async with connect(base(stack) + "/ws") as fresh:  # not banned: a new socket works
+        await fresh.send("after")
+        assert await recv(fresh) == "Echo: after"
+
+
 async def test_v2_frames_over_the_rate_limit_get_errors_with_their_ids(stack) -> None:
     """A client waiting for replies by id learns which of its requests were refused."""
     await asyncio.sleep(2.2)  # any ban from the flood test above has passed

@@ -14,7 +14,8 @@ from uvicorn.config import Config
 from uvicorn.server import ServerState
 from websockets.frames import Frame, Opcode
 
-from gateway.protocols import PARSE_SLICE, BoundedReadProtocol
+from gateway import protocols
+from gateway.protocols import MAX_PINGS_PER_SECOND, PARSE_SLICE, BoundedReadProtocol
 from gateway.wsframe import FRAME_HOOK
 
 
@@ -25,6 +26,8 @@ class Transport:
         self.written = bytearray()
         self.paused = False
         self.closed = False
+        self.aborted = False
+        self.unsent = 0  # bytes the "peer" has not read
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(
@@ -49,6 +52,12 @@ class Transport:
     def close(self) -> None:
         self.closed = True
 
+    def abort(self) -> None:
+        self.aborted = self.closed = True
+
+    def get_write_buffer_size(self) -> int:
+        return self.unsent
+
     def set_protocol(self, protocol: Any) -> None:
         pass
 
@@ -56,6 +65,14 @@ class Transport:
 def client_frame(text: str) -> bytes:
     """A masked client text frame."""
     return Frame(Opcode.TEXT, text.encode()).serialize(mask=True, extensions=[])
+
+
+def client_ping(payload: bytes = b"") -> bytes:
+    return Frame(Opcode.PING, payload).serialize(mask=True, extensions=[])
+
+
+def pongs(written: bytes | bytearray) -> int:
+    return bytes(written).count(b"\x8a\x00")  # unmasked empty pong frames
 
 
 UPGRADE = (
@@ -149,3 +166,57 @@ async def test_a_flood_is_hooked_one_slice_per_loop_turn() -> None:
     assert turns >= n // per_slice - 1
     await settle()
     assert not transport.paused and received == [] and protocol.queue.empty()
+
+
+async def test_a_read_of_pings_is_parsed_one_slice_per_loop_turn(monkeypatch) -> None:
+    # Control frames neither queue nor hook: a read of them ran to its end in one go
+    # (130 ms of the loop per 256 KiB), starving every other connection's handshake.
+    protocol, transport, _, _ = await open_socket(lambda text: True)
+    monkeypatch.setattr(protocols, "MAX_PINGS_PER_SECOND", 10**9)  # no limit in this test
+    before = pongs(transport.written)
+    per_slice = PARSE_SLICE // len(client_ping())
+    protocol.data_received(client_ping() * 40 * per_slice)
+    assert pongs(transport.written) - before <= per_slice
+    assert transport.paused
+    await settle()
+    assert pongs(transport.written) - before == 40 * per_slice
+    assert not transport.paused
+
+
+async def test_pings_past_the_rate_close_1008_and_no_pong_while_the_peer_does_not_read() -> None:
+    protocol, transport, _, received = await open_socket(lambda text: True)
+    protocol.writable.clear()  # above the high-water mark: the peer reads nothing
+    before = len(transport.written)
+    protocol.data_received(client_ping(b"p"))
+    assert len(transport.written) == before  # no pong piled on an unread buffer
+    protocol.writable.set()
+    protocol.data_received(client_ping(b"q"))
+    assert len(transport.written) > before  # answered once the peer reads again
+    protocol.data_received(client_ping() * (MAX_PINGS_PER_SECOND + 5))
+    await settle()
+    assert received[-1] == {
+        "type": "websocket.disconnect",
+        "code": 1008,
+        "reason": "too many pings",
+    }
+    assert b"\x88" in transport.written and b"too many pings" in transport.written
+    assert protocol.close_sent
+
+
+async def test_a_peer_that_reads_nothing_is_dropped_not_held() -> None:
+    # transport.close() waits for the write buffer to drain: against a peer that never
+    # reads, the keepalive's close and the linger's never ended (memory held for good).
+    protocol, transport, _, _ = await open_socket(lambda text: True)
+    transport.unsent = 1 << 20
+    protocol._hang_up()
+    assert transport.aborted
+    protocol, transport, _, _ = await open_socket(lambda text: True)
+    transport.unsent = 0
+    protocol._hang_up()
+    assert transport.closed and not transport.aborted  # our close frame went out: FIN
+    protocol, transport, _, _ = await open_socket(lambda text: True)
+    transport.unsent = 1 << 20
+    protocol.writable.clear()
+    protocol.hang_up_later(0.01)
+    await asyncio.sleep(0.05)
+    assert transport.aborted
