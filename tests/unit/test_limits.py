@@ -79,6 +79,20 @@ def test_ban_after_rate_abuse_is_per_address_and_expires() -> None:
     assert admission.banned("a") == 0.0 and "a" not in admission.bans
 
 
+def test_an_address_carries_its_rate_limiter_and_few_addresses_are_remembered() -> None:
+    admission = Admission(total=10, per_ip=5)
+    flooder = RateLimiter(1, 1, 1, 1, close_after=3)
+    flooder.refused = 3
+    admission.limiter("10.0.0.1", flooder)
+    again = admission.limiter("10.0.0.1", RateLimiter(1, 1, 1, 1, close_after=3))
+    assert again.refused == 3  # reconnecting is no clean slate
+    for i in range(5000):  # addresses that come once (an IPv6 /64, NAT churn)
+        admission.limiter(f"10.1.{i // 256}.{i % 256}", RateLimiter(1, 1, 1, 1, 3))
+    # the 2 x total newest only: the scan of them all on each new address is gone
+    assert len(admission.recent) == 20
+    assert "10.1.19.135" in admission.recent and "10.0.0.1" not in admission.recent
+
+
 def test_expired_bans_are_forgotten() -> None:
     admission = Admission(total=10, per_ip=10)
     for i in range(1024):

@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from gateway.dashboard import DashboardSocket
+from gateway.limits import Admission
 from gateway.stats import Aggregator, LiveStats, Watcher
 from switchboard.natsexporter import VarzCollector
 from wire import stats as live
@@ -154,6 +155,39 @@ async def test_dashboard_socket_skips_figures_a_slow_client_missed() -> None:
     await asyncio.wait_for(task, 1)
     assert sent == ['{"n":1}', '{"n":5}']
     assert not stats.watchers
+
+
+async def _dashboard(socket: DashboardSocket, ip: str, frames: list[dict]) -> list[dict]:
+    """What ``socket`` sends to a client at ``ip`` that sends ``frames`` then leaves."""
+    incoming: asyncio.Queue[dict] = asyncio.Queue()
+    for frame in [{"type": "websocket.connect"}, *frames, {"type": "websocket.disconnect"}]:
+        incoming.put_nowait(frame)
+    out: list[dict] = []
+
+    async def send(message: dict) -> None:
+        out.append(message)
+
+    scope = {"client": (ip, 50000), "headers": []}
+    await asyncio.wait_for(socket(scope, incoming.get, send), 2)
+    return out
+
+
+async def test_dashboards_count_against_the_connection_caps_and_floods_are_closed() -> None:
+    stats = LiveStats("gw1", CollectorRegistry(), GatewayMetrics(CollectorRegistry()))
+    admission = Admission(total=100, per_ip=2)
+    socket = DashboardSocket(stats, [], admission)
+    admission.admit("10.0.0.1")
+    admission.admit("10.0.0.1")  # the address's two connections are in use
+    refused = await _dashboard(socket, "10.0.0.1", [])
+    assert refused[-1]["code"] == 1013 and refused[-1]["reason"] == "too many dashboards"
+    assert admission.by_ip["10.0.0.1"] == 2  # nothing taken for the refused one
+    served = await _dashboard(socket, "10.0.0.2", [{"type": "websocket.receive", "text": "x"}])
+    assert not any(m["type"] == "websocket.close" for m in served)
+    assert "10.0.0.2" not in admission.by_ip  # given back when it left
+    flood = [{"type": "websocket.receive", "text": "x"}] * 100
+    closed = await _dashboard(socket, "10.0.0.3", flood)
+    assert closed[-1] == {"type": "websocket.close", "code": 1008, "reason": "rate limit exceeded"}
+    assert not stats.watchers and "10.0.0.3" not in admission.by_ip
 
 
 def test_local_nats_exporter_speaks_like_the_official_one() -> None:
