@@ -26,7 +26,8 @@ $(STAMP): requirements.txt requirements-dev.txt
 setup: $(STAMP)
 	@bash scripts/ensure-tools.sh
 
-run: setup
+run: $(STAMP)
+	@bash scripts/ensure-tools.sh promtool
 	$(PY) -m switchboard.localstack
 
 test: setup

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install the Debian packages listed in scripts/debian-packages.txt that are missing.
-# Idempotent and quick when everything is there. Needs root (as on CI) for apt-get;
+# Install the Debian packages listed in scripts/debian-packages.txt that are missing
+# (only those of the commands given as arguments, if any: `make run` asks for promtool's,
+# Prometheus, alone). Idempotent and quick when everything is there. Needs root (as on CI) for apt-get;
 # without it, it says what to install and carries on (tests that need a tool then fail
 # with a clear message).
 set -euo pipefail
@@ -8,6 +9,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 missing=()
 while read -r cmd pkg; do
   [[ -z "${cmd:-}" || "$cmd" == \#* ]] && continue
+  [[ $# -gt 0 && " $* " != *" $cmd "* ]] && continue
   command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
 done < "$here/debian-packages.txt"
 [[ ${#missing[@]} -eq 0 ]] && exit 0

@@ -286,11 +286,40 @@ def running(
         stack.stop()
 
 
+def port_free(port: int) -> bool:
+    """Nobody listens on ``port``. (SO_REUSEADDR, as the servers themselves set it:
+    connections of an earlier run still in TIME_WAIT do not make it busy.)"""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def main() -> None:
     port = int(os.environ.get("PORT", "8000"))
     nats_port = int(os.environ.get("NATS_PORT", "4222"))
+    monitor_port = int(os.environ.get("NATS_MONITOR_PORT", "8222"))
+    metrics = {
+        name: int(os.environ.get(f"SB_{name.upper()}_METRICS_PORT", default))
+        for name, default in DEFAULT_METRICS_PORTS.items()
+    }
+    wanted = {
+        port: "the gateway: PORT",
+        nats_port: "NATS: NATS_PORT",
+        monitor_port: "NATS monitoring: NATS_MONITOR_PORT",
+        **{p: f"{name} metrics: SB_{name.upper()}_METRICS_PORT" for name, p in metrics.items()},
+    }
+    busy = [f"{p} ({what})" for p, what in wanted.items() if not port_free(p)]
+    if busy:  # say so, rather than a traceback from the first process that cannot bind
+        sys.exit(
+            "make run: port(s) in use: " + ", ".join(busy) + ". Another stack running? "
+            "Stop it, or set the variables named to free ports."
+        )
     var_dir = Path(os.environ.get("VAR_DIR", ROOT / "var"))
-    stack = LocalStack(var_dir=var_dir, nats_port=nats_port, nats_monitor_port=8222)
+    stack = LocalStack(var_dir=var_dir, nats_port=nats_port, nats_monitor_port=monitor_port)
     stop = False
 
     def on_signal(signum, frame) -> None:
@@ -302,9 +331,12 @@ def main() -> None:
     extras: list[Process] = []  # Prometheus and the local NATS exporter, when available
     try:
         stack.start_nats()
-        print(f"nats-server   nats://127.0.0.1:{nats_port}  (monitor :8222, data {var_dir}/nats)")
+        print(
+            f"nats-server   nats://127.0.0.1:{nats_port}  "
+            f"(monitor :{monitor_port}, data {var_dir}/nats)"
+        )
         for name in SERVICES:
-            proc = stack.start_service(name, metrics_port=DEFAULT_METRICS_PORTS[name])
+            proc = stack.start_service(name, metrics_port=metrics[name])
             print(f"{name:<13} metrics http://127.0.0.1:{proc.metrics_port}/metrics")
         gateway = stack.start_gateway(port=port)
         stack.wait_ready(gateway)

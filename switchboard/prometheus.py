@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import sys
 import time
 import urllib.error
@@ -22,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from switchboard.localstack import ROOT, LocalStack, Process, _wait_for, free_port
+from switchboard.localstack import ROOT, LocalStack, Process, _wait_for, free_port, port_free
 
 INFRA = ROOT / "infra" / "prometheus"
 LOCAL_CONFIG = INFRA / "prometheus-local.yml"
@@ -124,18 +123,6 @@ def query(port: int, expr: str, at: float | None = None) -> dict[str, Any]:
             return json.load(r)
     except urllib.error.HTTPError as exc:
         return json.load(exc)
-
-
-def port_free(port: int) -> bool:
-    """Nobody listens on ``port``. (SO_REUSEADDR, as the servers themselves set it:
-    connections of an earlier run still in TIME_WAIT do not make it busy.)"""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def start_local(stack: LocalStack, gateway_port: int, var_dir: Path) -> list[Process]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 
-from switchboard.prometheus import port_free
+from switchboard.localstack import ROOT, free_port, port_free
 
 
 def test_stack_processes_do_not_share_the_runners_process_group(stack) -> None:
@@ -32,3 +34,31 @@ def test_port_free_means_nobody_listens() -> None:
             server.close()  # the side that closes first keeps TIME_WAIT on this port
             client.recv(1)
     assert port_free(port)
+
+
+def test_the_runner_names_the_ports_in_use_instead_of_a_traceback(tmp_path) -> None:
+    """A second `make run` with another PORT and NATS_PORT still wanted the NATS
+    monitor's 8222 and the workers' metrics ports: nats-server failed to start and the
+    runner ended in a bare traceback naming neither."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        busy = held.getsockname()[1]
+        env = {
+            **os.environ,
+            "PORT": str(free_port()),
+            "NATS_PORT": str(free_port()),
+            "NATS_MONITOR_PORT": str(busy),
+            "SB_CODEC_METRICS_PORT": str(free_port()),
+            "SB_BINARY_METRICS_PORT": str(free_port()),
+            "SB_CHAT_METRICS_PORT": str(free_port()),
+            "VAR_DIR": str(tmp_path),
+        }
+        run = subprocess.run(
+            [sys.executable, "-m", "switchboard.localstack"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert run.returncode == 1
+    assert f"{busy} (NATS monitoring: NATS_MONITOR_PORT)" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "nats").exists()  # nothing was started
