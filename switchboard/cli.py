@@ -134,25 +134,44 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m switchboard", description="Files from the command line, over /ws/files."
     )
-    p.add_argument("--url", default=os.environ.get("SB_URL", "ws://127.0.0.1:8000"))
-    p.add_argument("--user", default=os.environ.get("SB_USER") or getpass.getuser())
-    p.add_argument("--token", default=os.environ.get("SB_TOKEN"))
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--progress", action="store_true", help="progress bar even if not a tty")
+    _common_options(p, defaults=True)
+    # the same options after the command too (``ls --url ...``), set only if given there
+    common = argparse.ArgumentParser(add_help=False)
+    _common_options(common, defaults=False)
     sub = p.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("upload", help="upload a file (resumes after a dropped connection)")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[common])
+
+    up = command("upload", "upload a file (resumes after a dropped connection)")
     up.add_argument("file")
     up.add_argument("--name", help="name to store it under (default: the file's name)")
-    down = sub.add_parser("download", help="download a file by id (resumes from FILE.<id>.part)")
+    down = command("download", "download a file by id (resumes from FILE.<id>.part)")
     down.add_argument("id")
     down.add_argument("-o", "--output", help="path or directory (default: its name, here)")
     down.add_argument("-f", "--force", action="store_true", help="replace an existing file")
-    sub.add_parser("ls", help="list your files and unfinished uploads")
-    rm = sub.add_parser("rm", help="delete a file or an unfinished upload")
-    rm.add_argument("id")
-    insp = sub.add_parser("inspect", help="size, SHA-256, media type of a stored file")
-    insp.add_argument("id")
+    command("ls", "list your files and unfinished uploads")
+    command("rm", "delete a file or an unfinished upload").add_argument("id")
+    command("inspect", "size, SHA-256, media type of a stored file").add_argument("id")
     return p
+
+
+def _common_options(p: argparse.ArgumentParser, defaults: bool) -> None:
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    p.add_argument("--url", default=default(os.environ.get("SB_URL", "ws://127.0.0.1:8000")))
+    p.add_argument("--user", default=default(os.environ.get("SB_USER") or getpass.getuser()))
+    p.add_argument("--token", default=default(os.environ.get("SB_TOKEN")))
+    p.add_argument(
+        "-q", "--quiet", action="store_true", default=default(False), help="no progress bar"
+    )
+    p.add_argument(
+        "--progress",
+        action="store_true",
+        default=default(False),
+        help="progress bar even if not a tty",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,9 +9,9 @@ import asyncio
 import hashlib
 import itertools
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 from urllib.parse import urlencode
 
 import orjson
@@ -19,6 +19,8 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from wire import files as wf
+
+_T = TypeVar("_T")
 
 Progress = Callable[[int, int], None]  # (bytes done, total)
 TRANSIENT = {"408", "429", "503"}  # worth reconnecting and resuming
@@ -288,14 +290,26 @@ async def upload_path(
     digest = sha256_of(path)
     name = name or path.name
     with path.open("rb") as source:  # noqa: ASYNC230 (local reads of 256 KiB)
-        for attempt in itertools.count(1):
-            try:
-                async with await FilesClient.open(url, **connect) as client:
-                    return await client.upload(source, name, size, digest, progress)
-            except Exception as exc:
-                if not worth_retrying(exc) or attempt >= attempts:
-                    raise
-                await _pause(attempt, exc, backoff, on_retry)
+
+        async def upload() -> dict[str, Any]:
+            async with await FilesClient.open(url, **connect) as client:
+                return await client.upload(source, name, size, digest, progress)
+
+        return await _retried(upload, attempts, backoff, on_retry)
+
+
+async def _retried(
+    work: Callable[[], Awaitable[_T]], attempts: int, backoff: float, on_retry: Retry | None
+) -> _T:
+    """``work()``, again after each transient error (:func:`worth_retrying`), up to
+    ``attempts`` times."""
+    for attempt in itertools.count(1):
+        try:
+            return await work()
+        except Exception as exc:
+            if not worth_retrying(exc) or attempt >= attempts:
+                raise
+            await _pause(attempt, exc, backoff, on_retry)
     raise AssertionError("unreachable")
 
 
@@ -323,8 +337,12 @@ async def download_path(
     connection. The part file is this file's alone (a stored file never changes); if
     what it held does not match the file's SHA-256 in the end, it is deleted and the
     download starts over."""
-    async with await FilesClient.open(url, **connect) as client:
-        info = await client.inspect(file)
+
+    async def inspect() -> dict[str, Any]:  # retried too: the gateway may be restarting
+        async with await FilesClient.open(url, **connect) as client:
+            return await client.inspect(file)
+
+    info = await _retried(inspect, attempts, backoff, on_retry)
     target = Path(dest) if dest else Path(local_name(info["name"], file))
     if target.is_dir():
         target = target / local_name(info["name"], file)

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import io
+import os
+import socket
 import struct
 import zipfile
 import zlib
@@ -14,7 +16,8 @@ import websockets
 from websockets.frames import Close
 
 from services.binary import inspect
-from switchboard.filesclient import FileError, local_name, worth_retrying
+from switchboard.cli import parser
+from switchboard.filesclient import FileError, download_path, local_name, worth_retrying
 from wire import files as wf
 from wire import headers as h
 from wire.errors import ErrorCode, WireError
@@ -235,3 +238,27 @@ def test_svg_dimensions_too_large_to_be_pixels_are_left_out(width: bytes) -> Non
     on every resume, and /ws/inspect answered 'internal error'."""
     svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="' + width + b'" height="5"></svg>'
     assert inspect.kind(svg) == inspect.Kind("image/svg+xml")
+
+
+async def test_a_download_retries_a_gateway_it_cannot_reach_yet(tmp_path) -> None:
+    # The file's details were fetched outside the retry loop: an unreachable gateway
+    # (restarting) failed the download at once, while an upload retried.
+    with socket.socket() as nobody:  # a port nobody listens on
+        nobody.bind(("127.0.0.1", 0))
+        url = f"ws://127.0.0.1:{nobody.getsockname()[1]}/ws/files?username=erin"
+    retries: list[int] = []
+    with pytest.raises(OSError):
+        await download_path(
+            url, "f" * 16, tmp_path / "x", attempts=3, backoff=0.01,
+            on_retry=lambda attempt, exc, delay: retries.append(attempt),
+        )  # fmt: skip
+    assert retries == [1, 2]
+
+
+def test_command_line_options_go_before_or_after_the_command() -> None:
+    p = parser()
+    after = p.parse_args(["ls", "--url", "ws://a:1", "--user", "erin", "-q"])
+    before = p.parse_args(["--url", "ws://a:1", "--user", "erin", "-q", "ls"])
+    assert vars(after) == vars(before)
+    plain = p.parse_args(["ls"])
+    assert plain.url == os.environ.get("SB_URL", "ws://127.0.0.1:8000") and not plain.quiet
