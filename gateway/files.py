@@ -699,11 +699,13 @@ class FilesEndpoint(RelayEndpoint):
             conn.active = time.monotonic()
             text = message.get("text")
             if text is not None:
+                size = text_bytes(text)
                 self.in_text.inc()
-                self.in_text_bytes.inc(text_bytes(text))
-                # Control frames count against the rate limits; chunks are bounded by
-                # the upload window, the file size limit and the quota instead.
-                if not conn.limiter.allow(len(text)):
+                self.in_text_bytes.inc(size)
+                # Control frames count against the rate limits (in bytes, as everywhere);
+                # chunks are bounded by the upload window, the file size limit and the
+                # quota instead.
+                if not conn.limiter.allow(size):
                     if await self.refuse_rate(conn, envelope.request_id_of(text)):
                         return
                     continue
