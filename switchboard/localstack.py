@@ -258,10 +258,18 @@ class LocalStack:
         _wait_for(ready, timeout, "readiness")
 
     def stop(self) -> None:
-        for proc in reversed(self.processes):
-            proc.stop()
-        if self.nats is not None:
-            self.nats.stop()
+        """In order: gateways, workers (which drain through NATS), then NATS. Whatever
+        interrupts that (a test's timeout firing meanwhile), every process still alive
+        is killed on the way out: none outlives the stack."""
+        try:
+            for proc in reversed(self.processes):
+                proc.stop()
+            if self.nats is not None:
+                self.nats.stop()
+        finally:
+            for proc in [*self.processes, self.nats]:
+                if proc is not None and proc.alive():
+                    proc.signal(signal.SIGKILL)
 
 
 @contextlib.contextmanager

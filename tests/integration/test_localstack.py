@@ -7,7 +7,9 @@ import socket
 import subprocess
 import sys
 
-from switchboard.localstack import ROOT, free_port, port_free
+import pytest
+
+from switchboard.localstack import ROOT, LocalStack, Process, free_port, port_free
 
 
 def test_stack_processes_do_not_share_the_runners_process_group(stack) -> None:
@@ -62,3 +64,21 @@ def test_the_runner_names_the_ports_in_use_instead_of_a_traceback(tmp_path) -> N
     assert f"{busy} (NATS monitoring: NATS_MONITOR_PORT)" in run.stderr
     assert "Traceback" not in run.stderr
     assert not (tmp_path / "nats").exists()  # nothing was started
+
+
+def test_a_stack_interrupted_while_stopping_leaves_no_process(tmp_path, monkeypatch) -> None:
+    """pytest-timeout firing inside stop() (waiting for a slow gateway) left the other
+    processes running into the next tests."""
+    stack = LocalStack(var_dir=tmp_path)
+    for name in ("a", "b", "c"):
+        argv = [sys.executable, "-c", "import time; time.sleep(60)"]
+        stack.processes.append(Process(name, argv, dict(os.environ), tmp_path / name).start())
+
+    def interrupted(self: Process, timeout: float = 10.0) -> None:
+        raise TimeoutError("the test's time is up")
+
+    monkeypatch.setattr(Process, "stop", interrupted)
+    with pytest.raises(TimeoutError):
+        stack.stop()
+    for proc in stack.processes:
+        assert proc.wait(5) is not None, proc.name

@@ -230,13 +230,16 @@ async def test_a_worker_waiting_for_jetstream_stops_on_sigterm(service: str) -> 
     worker = None
     try:
         nc = await connect_retrying(f"nats://127.0.0.1:{port}")
+        asked = asyncio.Event()
 
         async def silent(msg: nats.aio.msg.Msg) -> None:  # never answers
-            return None
+            asked.set()
 
         await nc.subscribe("$JS.API.>", cb=silent)
         worker = await spawn_worker(service, port, free_port())
-        await asyncio.sleep(2)  # connected, asking JetStream
+        # connected, asking JetStream (a fixed sleep was too short on a loaded machine:
+        # the SIGTERM came while it was still importing, before its handler was set)
+        await asyncio.wait_for(asked.wait(), WAIT)
         assert worker.returncode is None
         await stops_at_once(worker)
         await nc.close()
