@@ -138,7 +138,7 @@ class Hub:
             f"gateway-{self.settings.id}",
             user=self.settings.nats_user,
             password=self.settings.nats_password,
-            on_state=lambda up: self.metrics.nats_connected.set(1 if up else 0),
+            on_state=self._nats_state,
         )
         if nc.max_payload < self.settings.max_frame_bytes + 4096:
             log.error(
@@ -154,6 +154,11 @@ class Hub:
             await on_connected(nc)
         self.nc = nc  # only now: sockets are taken once replies can come back
         log.info("gateway connected to NATS", extra={"nats_url": self.settings.nats_url})
+
+    def _nats_state(self, up: bool) -> None:
+        self.metrics.nats_connected.set(1 if up else 0)
+        if up:
+            self.live.reconnected()
 
     async def stop(self) -> None:
         if self._starting is not None and not self._starting.done():

@@ -13,8 +13,9 @@ So a member sees each room's seqs strictly increasing, with no gap and no duplic
 
 Presence: this gateway heartbeats its member list (tutorial chat sockets included) to
 every chat replica: a full snapshot every ``presence_interval``, at once when a chat
-replica starts and asks (``sb.sync.presence``), and a delta on each join and leave. If
-the gateway dies, its heartbeats stop and chat expires its members.
+replica starts or reconnects and asks (``sb.sync.presence``) and when this gateway
+reconnects to NATS (deltas are dropped while it is down), and a delta on each join and
+leave. If the gateway dies, its heartbeats stop and chat expires its members.
 """
 
 from __future__ import annotations
@@ -168,10 +169,16 @@ class Rooms:
         self._subs: dict[str, Subscription] = {}
         self._tutorial: dict[int, tuple[str, str]] = {}  # conn id -> (room, user)
         self._task: asyncio.Task[None] | None = None
+        self._resync = asyncio.Event()  # send the full list now, not at the next tick
 
     def start(self, nc: Client) -> None:
         self.nc = nc
         self._task = asyncio.create_task(self._heartbeat())
+
+    def reconnected(self) -> None:
+        """NATS is back: the full list goes out now (the deltas of the outage were
+        dropped, and chat replicas give this gateway one TTL from their own reconnect)."""
+        self._resync.set()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -248,5 +255,7 @@ class Rooms:
         assert self.nc is not None
         await self.nc.subscribe(presence_sync_subject(), cb=self._on_sync)
         while True:
+            self._resync.clear()
             await self._delta(self.snapshot())
-            await asyncio.sleep(self.interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._resync.wait(), self.interval)

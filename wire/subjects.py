@@ -16,8 +16,9 @@
     sb.live.<room>                     a room's stored events, republished by JetStream once
                                        committed, in stream order (core; gateways subscribe)
     sb.presence.<gateway>              a gateway's member list heartbeat (every chat replica)
-    sb.sync.presence                   a chat replica that starts asks every gateway for its
-                                       full member list now (not at the next snapshot)
+    sb.sync.presence                   a chat replica that starts or reconnects asks every
+                                       gateway for its full member list now (not at the
+                                       next snapshot)
     sb.stats.<component>.<instance>    an instance's live figures, every second (wire.stats)
     $SRV.PING.<service>                nats.micro discovery (built by nats.micro itself)
     $JS.API.DIRECT.GET.<stream>        JetStream's direct get (binary asks nats-server to send

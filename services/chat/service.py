@@ -10,7 +10,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from services.chat.handlers import ChatHandlers
-from services.chat.presence import PresenceBook
+from services.chat.presence import PresenceBook, Sweep
 from services.chat.recent import RecentEvents
 from services.chat.rooms import RoomStore
 from services.chat.settings import ChatSettings
@@ -59,12 +59,19 @@ async def build(nc: Client, settings: ChatSettings) -> Mapping[Op, Handler]:
     # their next snapshot (until then its presence answers would leave people out).
     await nc.publish(presence_sync_subject(), b"")
 
+    passes = Sweep(book, nc, settings.presence_ttl)
+
     async def sweep() -> None:
         interval = min(1.0, settings.presence_ttl / 3)
         while True:
             await asyncio.sleep(interval)
-            gone = book.expire(loop.time(), settings.presence_ttl)
-            if gone:
+            gone = passes.run(loop.time())
+            if gone is None:  # NATS is back: the gateways' full lists now
+                try:
+                    await nc.publish(presence_sync_subject(), b"")
+                except Exception as exc:  # down again: the next reconnect asks again
+                    log.warning("presence sync request failed: %s", exc)
+            elif gone:
                 log.info("presence expired", extra={"members": len(gone)})
                 try:
                     await handlers.expire(gone)
