@@ -87,20 +87,32 @@ class Member:
         accept_gaps: bool,
     ) -> None:
         """Called at the reply's turn: send the replay (numbered from ``first``), then
-        ``after`` (the join's ack), then the buffered live events."""
+        ``after`` (the join's ack), then the buffered live events.
+
+        While its leave is out, only a join's replay goes out: it ends at the ``head``
+        the join read, before the leave event. A fill's events (it may have read past
+        the leave) and the buffered ones wait for :meth:`left`, which knows the leave's
+        seq; sent now, those past it reached a client no longer in the room, and a join
+        again on the same socket sent them a second time."""
         if self.gone:
             return
         enqueue = self.conn.enqueue
         if first is not None:
-            for i, message in enumerate(replay):
-                if first + i > self.last:
-                    enqueue(message)
-                    self.last = first + i
+            if self.leaving and head is None:
+                self.buffer.extend(enumerate(replay, first))
+            else:
+                for seq, message in enumerate(replay, first):
+                    if seq > self.last:
+                        enqueue(message)
+                        self.last = seq
         for message in after:
             enqueue(message)
         if head is not None and head > self.last:
             self.last = head
         self.syncing = False
+        if self.leaving:
+            self.conn.wake.set()
+            return
         buffered, self.buffer = sorted(self.buffer, key=lambda e: e[0]), []
         for i, (seq, message) in enumerate(buffered):
             if seq <= self.last:

@@ -121,3 +121,46 @@ def test_failed_fill_closes_instead_of_skipping_the_gap() -> None:
     V2Endpoint._filled(None, m, [], None, WireError(ErrorCode.UNAVAILABLE, "down"))  # type: ignore[arg-type]
     assert [x.get("text") for x in m.conn.out] == [None]  # no e3: only the close
     assert m.conn.out[-1]["code"] == 1013
+
+
+def test_a_joins_late_reply_while_its_leave_is_out_sends_nothing_past_the_leave() -> None:
+    # [history (slow), join, leave] pipelined in a busy room: the join's reply has its
+    # turn behind the history page, by when live events past the leave have come. They
+    # went out with the join's ack, before the leave's.
+    m, fills = member()
+    m.leaving = True  # the leave is out
+    for seq in range(5, 10):  # the join is stored at 5, the leave at 8
+        m.on_event(seq, ev(seq))
+    m.synced([], None, 5, [{"type": "websocket.send", "text": "join-ack"}], accept_gaps=False)
+    assert sent(m.conn) == ["join-ack"]
+    m.left(8, [{"type": "websocket.send", "text": "leave-ack"}])
+    assert sent(m.conn) == ["join-ack", "e6", "e7", "leave-ack"] and fills == []
+
+
+def test_a_join_again_after_a_leave_sends_no_seq_twice() -> None:
+    # [join, leave, join] on one socket, the first join's reply late: the first
+    # membership sent the events it had buffered, past the leave, and the second sent
+    # them again after its own ack.
+    first, _ = member()
+    first.leaving = True
+    second = Member(first.conn, "r", lambda m: None, 2)  # the join again, in flight
+    for seq in range(5, 12):  # join at 5, leave at 8, join again at 9
+        first.on_event(seq, ev(seq))
+        second.on_event(seq, ev(seq))
+    first.synced([], None, 5, [{"type": "websocket.send", "text": "ack1"}], accept_gaps=False)
+    first.left(8, [{"type": "websocket.send", "text": "leave-ack"}])
+    second.synced([], None, 9, [{"type": "websocket.send", "text": "ack2"}], accept_gaps=False)
+    assert sent(first.conn) == ["ack1", "e6", "e7", "leave-ack", "ack2", "e10", "e11"]
+
+
+def test_a_fills_answer_while_the_leave_is_out_waits_for_the_leaves_seq() -> None:
+    # a gap fill asked before the leave was sent can read past the leave event
+    m, fills = member()
+    m.synced([], None, 4, [], accept_gaps=False)
+    m.on_event(6, ev(6))  # 5 lost: a fill is asked
+    assert fills == [m]
+    m.leaving = True
+    m.synced([ev(5), ev(6), ev(7), ev(8), ev(9)], 5, None, [], accept_gaps=True)
+    assert sent(m.conn) == []
+    m.left(8, [{"type": "websocket.send", "text": "leave-ack"}])
+    assert sent(m.conn) == ["e5", "e6", "e7", "leave-ack"]
