@@ -32,7 +32,10 @@ from gateway.wsframe import encode
 from wire.errors import close_reason
 
 Message = dict[str, Any]
-Release = Callable[[], None]
+# A reply's release (see Connection.complete); returning HOLD keeps the replies after it
+# waiting until it calls Connection.resume().
+Release = Callable[[], object]
+HOLD = object()
 
 
 @dataclass(slots=True)
@@ -222,38 +225,38 @@ class Connection:
 
         ``messages`` is either the frames to send or a callable that, when the reply's
         turn comes, queues whatever it decides (room joins use it to merge replayed
-        history with live events at exactly that point)."""
+        history with live events at exactly that point). If it returns ``HOLD`` (a
+        room leave whose events below it have not all come), its turn lasts until it
+        calls :meth:`resume`: the replies after it wait."""
         if seq != self.next_out:
             self.parked[seq] = messages
             return
         enqueue = self.enqueue
-        if isinstance(messages, list):
-            write_now = self.write_now
-            for message in messages:
-                if not write_now(message):
-                    enqueue(message)
-        else:
-            messages()
-        nxt = seq + 1
+        write_now = self.write_now
         parked = self.parked
-        while parked:
-            later = parked.pop(nxt, None)
+        while True:
+            if isinstance(messages, list):
+                for message in messages:
+                    if not write_now(message):
+                        enqueue(message)
+            elif messages() is HOLD:
+                break  # next_out stays at seq: resume() goes on from there
+            seq += 1
+            later = parked.pop(seq, None) if parked else None
             if later is None:
                 break
-            if isinstance(later, list):
-                for message in later:
-                    if not self.write_now(message):
-                        enqueue(message)
-            else:
-                later()
-            nxt += 1
-        self.next_out = nxt
+            messages = later
+        self.next_out = seq
         if self.out_bytes >= self.max_out_bytes:
             self.capacity.clear()  # replies are kept; stop reading until they drain
         elif not self.capacity.is_set() and len(self.pending) < self.max_in_flight:
             self.capacity.set()
         if self.out:
             self.wake.set()
+
+    def resume(self) -> None:
+        """The release that held its turn (``HOLD``) is done: the replies after it go."""
+        self.complete(self.next_out, [])
 
     def push(self, message: Message) -> None:
         """A room event, outside the request order. If the client is not reading fast

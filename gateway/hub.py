@@ -63,8 +63,9 @@ log = logging.getLogger(__name__)
 SWEEP_INTERVAL = 0.05
 RETRY_AFTER = 0.5  # of the request timeout: when an idempotent request is sent again
 
-# hook(messages, reply headers, error): see Hub.request
-Hook = Callable[[list[Message], Mapping[str, str] | None, WireError | None], None]
+# hook(messages, reply headers, error): see Hub.request; it may return HOLD
+# (Connection.complete)
+Hook = Callable[[list[Message], Mapping[str, str] | None, WireError | None], object]
 # A frame waiting for its batch: connection, request seq, its Pending, bytes, headers.
 Queued = tuple[Connection, int, Pending, bytes, dict[str, str]]
 RELEASING = -1  # Connection.gate while held requests are being published
@@ -571,6 +572,37 @@ class Hub:
             return
         self._rtt[(route.service, _status(error))].observe(time.perf_counter() - started)
         self._fail(conn, seq, error)
+
+    async def ask(
+        self, route: Route, data: bytes, headers: dict[str, str]
+    ) -> tuple[list[Message], Mapping[str, str]]:
+        """One request outside any connection's reply order (for a release holding its
+        connection's turn, ``HOLD``: a reply in that order would wait behind it). Returns
+        the reply's frames and headers; an error reply, no responders or no reply within
+        the request timeout are raised as WireError."""
+        nc = self.nc
+        if nc is None or not nc.is_connected:
+            raise WireError(ErrorCode.UNAVAILABLE, "service unavailable")
+        timeout = self.settings.request_timeout
+        headers[h.TIMEOUT] = h.timeout_ms(timeout)  # a worker that cannot start it skips it
+        started = time.perf_counter()
+        messages: list[Message] = []
+        try:
+            msg = await nc.request(route.subject, data, timeout=timeout, headers=headers)
+            error = errors.from_headers(msg.headers) if msg.headers else None
+            if error is None:
+                messages = frames_to_messages(msg.data)
+        except NoRespondersError:
+            error = WireError(ErrorCode.UNAVAILABLE, "service unavailable")
+        except NatsTimeout:
+            error = WireError(ErrorCode.TIMEOUT, "service timed out")
+        except FrameDecodeError as exc:
+            error = WireError(ErrorCode.INTERNAL, f"bad reply: {exc}")
+        self._rtt[(route.service, _status(error))].observe(time.perf_counter() - started)
+        if error is not None:
+            self.metrics.errors.labels(error.code).inc()
+            raise error
+        return messages, msg.headers or {}
 
     def answer_locally(
         self, conn: Connection, error: WireError | None, tag: str | None = None, text: str = ""

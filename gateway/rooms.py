@@ -7,7 +7,9 @@ sockets. Each member tracks the last sequence number it was sent:
 - while it syncs (its join, or a gap fill, is in flight) live events are buffered;
 - when the join's reply comes (in the connection's request order) the replayed events
   are sent, then the buffered live ones after them, skipping any seq already sent;
-- a live event that skips a number (a lost core message) triggers a fill from history.
+- a live event that skips a number (a lost core message) triggers a fill from history;
+- at its leave's turn, the events below the leave event not sent yet, then the leave's
+  ack: those that have not come live by then are read from history first.
 
 So a member sees each room's seqs strictly increasing, with no gap and no duplicate.
 
@@ -23,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -126,20 +128,46 @@ class Member:
             self.last = seq
         self.conn.wake.set()
 
-    def left(self, upto: int | None, after: list[Message]) -> None:
+    def left(
+        self,
+        upto: int | None,
+        after: list[Message],
+        replay: Sequence[Message] = (),
+        first: int | None = None,
+        *,
+        final: bool = False,
+    ) -> bool:
         """Called at the leave's turn: send the events stored before the leave event
-        (seq ``upto``) that had not been sent, then ``after`` (the leave's ack). They
-        reach this gateway before the ack (nats-server republished them before it
-        stored the leave event, and writes to a connection in order)."""
+        (seq ``upto``) that had not been sent, in order, then ``after`` (the leave's
+        ack), and nothing of the room after that.
+
+        Some of those events may not have reached this gateway yet: JetStream
+        republishes them to ``sb.live`` and chat sends the leave's reply, two
+        publishers that nats-server does not order. Then it returns False, having sent
+        what came: the caller reads the history after ``last`` and calls again with
+        each page (``replay``, numbered from ``first``; ``final`` if it was not cut to
+        the reply budget: history holds nothing more before the leave)."""
         enqueue = self.conn.enqueue
-        if upto is not None and not self.syncing:
+        if upto is not None and not self.gone:
+            if first is not None:
+                final = final or first + len(replay) >= upto  # the page reached the leave
+                for seq, message in enumerate(replay, first):
+                    if self.last < seq < upto:
+                        enqueue(message)
+                        self.last = seq
             for seq, message in sorted(self.buffer, key=lambda e: e[0]):
-                if self.last < seq < upto:
-                    enqueue(message)
-                    self.last = seq
+                if seq <= self.last:
+                    continue
+                if seq >= upto or (seq != self.last + 1 and not final):
+                    break
+                enqueue(message)
+                self.last = seq
+            if self.last < upto - 1 and not final:
+                self.conn.wake.set()
+                return False
         if self.held is not None:
             # its join's replay was still being filled (cut to the reply budget): the
-            # join is answered now, before the leave; the rest of the replay is moot
+            # join is answered now, before the leave
             enqueue(self.held)
             self.held = None
         self.buffer = []
@@ -148,6 +176,7 @@ class Member:
         for message in after:
             enqueue(message)
         self.conn.wake.set()
+        return True
 
     def abandon(self, error_message: Message | None) -> None:
         """The join failed (or its leave, or a fill): nothing buffered is sent, and

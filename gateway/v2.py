@@ -13,7 +13,7 @@ import logging
 from collections.abc import Mapping
 
 from gateway.auth import SUBPROTOCOL, Authenticator, Identity
-from gateway.connection import Connection, Message, text_bytes
+from gateway.connection import HOLD, Connection, Message, text_bytes
 from gateway.endpoints import HISTORY, PRESENCE, PUBLISH, ROOM_JOIN, ROOM_LEAVE, V2, Route
 from gateway.hub import Hub
 from gateway.relay import RelayEndpoint, both
@@ -187,7 +187,7 @@ class V2Endpoint(RelayEndpoint):
         messages: list[Message],
         headers: Mapping[str, str] | None,
         error: WireError | None,
-    ) -> None:
+    ) -> object:
         leaving = self._leaving.get(member.conn.id)
         if leaving is not None:
             leaving.discard(member)
@@ -196,8 +196,34 @@ class V2Endpoint(RelayEndpoint):
         _spawn(self.rooms.remove(member))
         if error is not None:
             member.abandon(member.conn.spec.error_message(error, rid))
-            return
-        member.left(seq_header(headers, h.SEQ), messages)
+            return None
+        upto = seq_header(headers, h.SEQ)
+        if member.left(upto, messages):
+            return None
+        assert upto is not None
+        _spawn(self._read_before_leave(member, upto, messages))
+        return HOLD
+
+    async def _read_before_leave(self, member: Member, upto: int, ack: list[Message]) -> None:
+        """Some events stored before the leave event had not come live at the leave's
+        turn (Member.left): read them from history, page by page, while the connection's
+        later replies wait (``HOLD``), so that they come before the leave's ack, and the
+        ack before the answer to anything sent after the leave (a join again)."""
+        conn = member.conn
+        try:
+            while True:
+                headers = self._headers(conn, member.room, None, **{h.SINCE: str(member.last)})
+                replay, reply = await self.hub.ask(HISTORY, b"", headers)
+                first = seq_header(reply, h.FIRST_SEQ)
+                if member.left(upto, ack, replay, first, final=not reply.get(h.MORE)):
+                    return
+        except WireError as exc:
+            # as a failed fill (_filled): closing lets it recover the events with since
+            log.warning("history read for a leave failed: %s", exc, extra={"room": member.room})
+            member.abandon(None)
+            conn.close(int(CloseCode.TRY_AGAIN_LATER), "room history unavailable")
+        finally:
+            conn.resume()
 
     # -- history merging -----------------------------------------------------------
     def _joined(

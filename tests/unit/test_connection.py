@@ -1,4 +1,4 @@
-from gateway.connection import Connection, Pending
+from gateway.connection import HOLD, Connection, Pending
 from gateway.endpoints import ECHO
 
 
@@ -105,3 +105,19 @@ def test_one_encoding_for_every_recipient() -> None:
     a.push(event)
     b.push(event)
     assert sa.frames[0] is sb.frames[0]
+
+
+def test_a_release_can_hold_the_replies_after_it() -> None:
+    conn = Connection(1, ECHO, max_in_flight=10)
+    for _ in range(4):
+        conn.allocate(Pending(0, 0, "codec"))
+    conn.complete(1, lambda: HOLD)  # a room leave waiting for the events below it
+    conn.complete(3, [msg(3)])
+    conn.complete(0, [msg(0)])
+    conn.complete(2, [msg(2)])
+    assert [m["text"] for m in conn.out] == ["0"]
+    conn.enqueue(msg(1))  # what the leave sends when they have come
+    conn.resume()
+    assert [m["text"] for m in conn.out] == ["0", "1", "2", "3"]
+    conn.complete(4, [msg(4)])  # and on as usual
+    assert [m["text"] for m in conn.out][-1] == "4"

@@ -80,18 +80,23 @@ def test_a_member_that_left_takes_nothing_more_not_even_a_fills_answer() -> None
     # for the rest is still out when the leave's turn comes. Its answer came after the
     # leave's ack, with events past the leave, and asked for more fills.
     m, fills = member()
+    m.synced([ev(5)], 5, None, [], accept_gaps=False)  # the join's replay, cut
+    m.syncing = True  # the fill for the rest is out
     m.on_event(9, ev(9))
-    m.left(9, [{"type": "websocket.send", "text": "leave-ack"}])
+    leave_ack = [{"type": "websocket.send", "text": "leave-ack"}]
+    assert not m.left(9, leave_ack)  # the leave reads 6..8 itself (v2._read_before_leave)
+    assert m.left(9, leave_ack, [ev(6), ev(7), ev(8), ev(9)], 6, final=True)
     m.on_event(10, ev(10))
-    m.synced([ev(5), ev(6)], 5, None, [], accept_gaps=True)  # the fill's late answer
-    assert sent(m.conn) == ["leave-ack"] and fills == []
+    m.synced([ev(6), ev(7)], 6, None, [], accept_gaps=True)  # the fill's late answer
+    done = ["e5", "e6", "e7", "e8", "leave-ack"]
+    assert sent(m.conn) == done and fills == []
     # nor does a fill's answer saying there is more ask for the next page
     from gateway.v2 import V2Endpoint
     from wire import headers as h
 
     endpoint = SimpleNamespace(_fill=fills.append)
     V2Endpoint._filled(endpoint, m, [ev(7)], {h.FIRST_SEQ: "7", h.MORE: "1"}, None)  # type: ignore[arg-type]
-    assert sent(m.conn) == ["leave-ack"] and fills == []
+    assert sent(m.conn) == done and fills == []
 
 
 def test_a_leave_while_the_joins_replay_is_filled_answers_the_join_first() -> None:
@@ -100,9 +105,11 @@ def test_a_leave_while_the_joins_replay_is_filled_answers_the_join_first() -> No
     m.held = join_ack  # v2._joined: the replay was cut, its ack waits for the last fill
     m.synced([ev(5)], 5, None, [], accept_gaps=False)
     m.syncing = True  # the fill is out
-    m.left(20, [{"type": "websocket.send", "text": "leave-ack"}])
+    leave_ack = [{"type": "websocket.send", "text": "leave-ack"}]
+    assert not m.left(8, leave_ack)  # 6 and 7 are read first
+    m.left(8, leave_ack, [ev(6), ev(7), ev(8)], 6, final=True)
     m.synced([ev(6)], 6, None, [], accept_gaps=True)  # the fill's answer, after the leave
-    assert sent(m.conn) == ["e5", "join-ack", "leave-ack"]
+    assert sent(m.conn) == ["e5", "e6", "e7", "join-ack", "leave-ack"]
     # the same when the leave fails (v2._left: abandon with its error)
     m, _ = member()
     m.held = join_ack
@@ -164,3 +171,38 @@ def test_a_fills_answer_while_the_leave_is_out_waits_for_the_leaves_seq() -> Non
     assert sent(m.conn) == []
     m.left(8, [{"type": "websocket.send", "text": "leave-ack"}])
     assert sent(m.conn) == ["e5", "e6", "e7", "leave-ack"]
+
+
+def test_a_leave_before_the_events_below_it_have_come_reads_them_from_history() -> None:
+    # The leave's reply (chat) can reach the gateway before the events stored just before
+    # it (JetStream's republish): nats-server does not order two publishers. Those were
+    # dropped: the leave's turn ended the membership.
+    m, fills = member()
+    m.synced([], None, 10, [], accept_gaps=False)
+    m.leaving = True
+    m.on_event(11, ev(11))  # 12 to 14 are on their way, the leave is 15
+    ack = [{"type": "websocket.send", "text": "leave-ack"}]
+    assert not m.left(15, ack)
+    assert sent(m.conn) == ["e11"] and not m.gone
+    m.on_event(14, ev(14))  # came meanwhile
+    assert not m.left(15, ack, [ev(12)], 12)  # a page cut to the reply budget
+    assert m.left(15, ack, [ev(13), ev(14), ev(15)], 13)  # reaches the leave: done
+    m.on_event(16, ev(16))
+    assert sent(m.conn) == ["e11", "e12", "e13", "e14", "leave-ack"]
+    assert m.gone and fills == []
+
+
+def test_a_leave_takes_what_history_still_holds() -> None:
+    m, _ = member()
+    m.synced([], None, 10, [], accept_gaps=False)
+    m.leaving = True
+    ack = [{"type": "websocket.send", "text": "leave-ack"}]
+    assert not m.left(20, ack)
+    # 11..16 no longer retained (a busy room): the rest is what can be sent
+    assert m.left(20, ack, [ev(17), ev(18), ev(19)], 17, final=True)
+    assert sent(m.conn) == ["e17", "e18", "e19", "leave-ack"]
+    m, _ = member()  # nothing retained below the leave at all
+    m.synced([], None, 10, [], accept_gaps=False)
+    assert not m.left(20, ack)
+    assert m.left(20, ack, [], None, final=True)
+    assert sent(m.conn) == ["leave-ack"]
