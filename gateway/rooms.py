@@ -56,8 +56,10 @@ class Member:
         self.last = 0
         self.syncing = True
         self.buffer: list[tuple[int, Message]] = []
-        # the join's ack, while a replay too large for one reply is still being filled
-        self.held: Message | None = None
+        # the join's ack and its seq (the room's head as the join read it), while a
+        # replay too large for one reply is still being filled: it goes out right after
+        # the event at that seq (_send), as when the replay fits in one reply
+        self.held: tuple[int, Message] | None = None
         self.leaving = False  # its leave is on its way: live events wait for its seq
         # left, or abandoned (its join, leave or a fill failed): until the room has
         # dropped it (a task), live events still come; they are not its client's any more
@@ -78,6 +80,14 @@ class Member:
         self.buffer.append((seq, message))
         self.syncing = True
         self.fill(self)
+
+    def _send(self, seq: int, message: Message) -> None:
+        """Queue a replayed or buffered event (in order), and the join's ack held for it."""
+        self.conn.enqueue(message)
+        self.last = seq
+        if self.held is not None and seq >= self.held[0]:
+            self.conn.enqueue(self.held[1])
+            self.held = None
 
     def synced(
         self,
@@ -105,8 +115,7 @@ class Member:
             else:
                 for seq, message in enumerate(replay, first):
                     if seq > self.last:
-                        enqueue(message)
-                        self.last = seq
+                        self._send(seq, message)
         for message in after:
             enqueue(message)
         if head is not None and head > self.last:
@@ -124,8 +133,10 @@ class Member:
                 self.syncing = True
                 self.fill(self)
                 break
-            enqueue(message)
-            self.last = seq
+            self._send(seq, message)
+        if accept_gaps and not self.syncing and self.held is not None:
+            enqueue(self.held[1])  # history no longer holds its head: nothing to wait for
+            self.held = None
         self.conn.wake.set()
 
     def left(
@@ -153,22 +164,20 @@ class Member:
                 final = final or first + len(replay) >= upto  # the page reached the leave
                 for seq, message in enumerate(replay, first):
                     if self.last < seq < upto:
-                        enqueue(message)
-                        self.last = seq
+                        self._send(seq, message)
             for seq, message in sorted(self.buffer, key=lambda e: e[0]):
                 if seq <= self.last:
                     continue
                 if seq >= upto or (seq != self.last + 1 and not final):
                     break
-                enqueue(message)
-                self.last = seq
+                self._send(seq, message)
             if self.last < upto - 1 and not final:
                 self.conn.wake.set()
                 return False
         if self.held is not None:
-            # its join's replay was still being filled (cut to the reply budget): the
-            # join is answered now, before the leave
-            enqueue(self.held)
+            # its join's replay was still being filled (cut to the reply budget) and
+            # history no longer holds the join's head: the join is answered now
+            enqueue(self.held[1])
             self.held = None
         self.buffer = []
         self.syncing = False
@@ -188,7 +197,7 @@ class Member:
         held, self.held = self.held, None
         if error_message is not None:
             if held is not None:
-                self.conn.enqueue(held)
+                self.conn.enqueue(held[1])
             self.conn.enqueue(error_message)
             self.conn.wake.set()
 

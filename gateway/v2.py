@@ -245,9 +245,9 @@ class V2Endpoint(RelayEndpoint):
         head = seq_header(headers, h.SEQ)
         if headers and headers.get(h.MORE):
             # The replay was cut to the reply budget: do not jump to the head, let the
-            # gap after the replayed part be filled from history; the ack waits for the
-            # last fill, so that it still comes after the whole replay.
-            member.held = messages[-1] if messages else None
+            # gap after the replayed part be filled from history; the ack waits until
+            # the fills reach the head, so that it still comes right after the replay.
+            member.held = (head or 0, messages[-1]) if messages else None
             member.synced(messages[:-1], first, None, [], accept_gaps=False)
             if not member.syncing:
                 member.syncing = True
@@ -282,10 +282,7 @@ class V2Endpoint(RelayEndpoint):
             return
         first = seq_header(headers, h.FIRST_SEQ)
         more = bool(headers and headers.get(h.MORE))
-        after: list[Message] = []
-        if not more and member.held is not None:  # the rest of a join's replay: its ack
-            after, member.held = [member.held], None
-        member.synced(messages, first, None, after, accept_gaps=not more)
+        member.synced(messages, first, None, [], accept_gaps=not more)
         if more and not member.syncing:
             member.syncing = True
             self._fill(member)

@@ -102,17 +102,17 @@ def test_a_member_that_left_takes_nothing_more_not_even_a_fills_answer() -> None
 def test_a_leave_while_the_joins_replay_is_filled_answers_the_join_first() -> None:
     m, _ = member()
     join_ack = {"type": "websocket.send", "text": "join-ack"}
-    m.held = join_ack  # v2._joined: the replay was cut, its ack waits for the last fill
+    m.held = (6, join_ack)  # v2._joined: the replay was cut, its ack waits for the head
     m.synced([ev(5)], 5, None, [], accept_gaps=False)
     m.syncing = True  # the fill is out
     leave_ack = [{"type": "websocket.send", "text": "leave-ack"}]
     assert not m.left(8, leave_ack)  # 6 and 7 are read first
     m.left(8, leave_ack, [ev(6), ev(7), ev(8)], 6, final=True)
     m.synced([ev(6)], 6, None, [], accept_gaps=True)  # the fill's answer, after the leave
-    assert sent(m.conn) == ["e5", "e6", "e7", "join-ack", "leave-ack"]
+    assert sent(m.conn) == ["e5", "e6", "join-ack", "e7", "leave-ack"]
     # the same when the leave fails (v2._left: abandon with its error)
     m, _ = member()
-    m.held = join_ack
+    m.held = (6, join_ack)
     m.syncing = True
     m.abandon({"type": "websocket.send", "text": "leave-error"})
     assert sent(m.conn) == ["join-ack", "leave-error"]
@@ -206,3 +206,33 @@ def test_a_leave_takes_what_history_still_holds() -> None:
     assert not m.left(20, ack)
     assert m.left(20, ack, [], None, final=True)
     assert sent(m.conn) == ["leave-ack"]
+
+
+def test_a_replay_cut_to_the_reply_budget_is_acked_right_after_the_joins_head() -> None:
+    # join since=2, stored at 8: the reply carries 3 and 4 (cut to the budget) and the
+    # ack; the fill for the rest reads on to the room's head by then, 10. The ack came
+    # after 10, so a client taking its seq (8) as "caught up to" got 9 and 10 as replay.
+    from gateway.v2 import V2Endpoint
+    from wire import headers as h
+
+    m, fills = member()
+    endpoint = SimpleNamespace(_fill=fills.append)
+    for seq in (8, 9, 10):  # live meanwhile
+        m.on_event(seq, ev(seq))
+    ack = {"type": "websocket.send", "text": "join-ack"}
+    reply = {h.FIRST_SEQ: "3", h.SEQ: "8", h.MORE: "1"}
+    V2Endpoint._joined(endpoint, m, "j", [ev(3), ev(4), ack], reply, None)  # type: ignore[arg-type]
+    assert fills == [m] and sent(m.conn) == ["e3", "e4"]
+    page = [ev(seq) for seq in range(5, 11)]
+    V2Endpoint._filled(endpoint, m, page, {h.FIRST_SEQ: "5"}, None)  # type: ignore[arg-type]
+    m.on_event(11, ev(11))
+    assert sent(m.conn) == ["e3", "e4", "e5", "e6", "e7", "e8", "join-ack", "e9", "e10", "e11"]
+
+
+def test_a_cut_replay_whose_head_history_no_longer_holds_is_still_acked() -> None:
+    m, _ = member()
+    m.held = (8, {"type": "websocket.send", "text": "join-ack"})
+    m.synced([ev(3)], 3, None, [], accept_gaps=False)
+    m.syncing = True
+    m.synced([], None, None, [], accept_gaps=True)  # the last fill: nothing more retained
+    assert sent(m.conn) == ["e3", "join-ack"] and m.held is None
