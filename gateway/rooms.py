@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 
 class Member:
     __slots__ = (
-        "buffer", "conn", "fill", "gone", "held", "key", "last", "leaving", "room", "syncing"
+        "buffer", "conn", "deferred", "fill", "gone", "held", "key", "last", "leaving", "room",
+        "syncing",
     )  # fmt: skip
 
     def __init__(
@@ -61,12 +62,16 @@ class Member:
         # the event at that seq (_send), as when the replay fits in one reply
         self.held: tuple[int, Message] | None = None
         self.leaving = False  # its leave is on its way: live events wait for its seq
+        # a fill waits for the client to read what is queued (v2._fill): live events
+        # that come meanwhile are stored before it is asked, so it reads them; they are
+        # not buffered (from a client that does not read, they would pile up here)
+        self.deferred = False
         # left, or abandoned (its join, leave or a fill failed): until the room has
         # dropped it (a task), live events still come; they are not its client's any more
         self.gone = False
 
     def on_event(self, seq: int, message: Message) -> None:
-        if self.gone:
+        if self.gone or self.deferred:
             return
         if self.syncing or self.leaving:
             self.buffer.append((seq, message))

@@ -49,6 +49,7 @@ class V2Endpoint(RelayEndpoint):
         self.rooms = rooms
         self.auth = auth
         self._leaving: dict[int, set[Member]] = {}  # conn id -> members whose leave is out
+        self._read: dict[int, asyncio.Future[None]] = {}  # conn id -> its queue ran dry
 
     async def __call__(self, scope, receive, send) -> None:  # ASGI
         message = await receive()
@@ -61,10 +62,12 @@ class V2Endpoint(RelayEndpoint):
         ip, identity = admitted
         conn = self.connection(ip, identity.user, None, scope)
         try:
-            await both(self._receive_v2(conn, identity, receive), self._send(conn, send))
+            sending = self._send(conn, send, on_empty=functools.partial(self._emptied, conn))
+            await both(self._receive_v2(conn, identity, receive), sending)
         finally:
             await hub.settle(conn, self.settings.request_timeout)  # before the leaves
             hub.unregister(conn)
+            self._emptied(conn)  # fills waiting for it to read: it will not
             self.open.dec()
             for member in self._leaving.pop(conn.id, ()):  # their leave never came back
                 await self.rooms.remove(member)
@@ -211,7 +214,7 @@ class V2Endpoint(RelayEndpoint):
         ack before the answer to anything sent after the leave (a join again)."""
         conn = member.conn
         try:
-            while True:
+            while await self._until_read(conn):
                 headers = self._headers(conn, member.room, None, **{h.SINCE: str(member.last)})
                 replay, reply = await self.hub.ask(HISTORY, b"", headers)
                 first = seq_header(reply, h.FIRST_SEQ)
@@ -256,13 +259,40 @@ class V2Endpoint(RelayEndpoint):
         member.synced(messages[:-1], first, head, messages[-1:], accept_gaps=False)
 
     def _fill(self, member: Member) -> None:
+        member.deferred = True
+        _spawn(self._fill_when_read(member))
+
+    async def _fill_when_read(self, member: Member) -> None:
+        """Ask history for the events after ``member.last`` once the client has read
+        what is queued for it: a replay larger than one reply is fetched as the client
+        reads, a page at a time beyond the send queue's bound, instead of all of it into
+        the queue of a client that may never read (docs/security.md)."""
         conn = member.conn
+        if not await self._until_read(conn) or member.gone or member.leaving:
+            return  # a leave reads what it needs itself (_read_before_leave)
+        member.deferred = False  # from now on, live events may be newer than the read
         headers = self._headers(conn, member.room, None, **{h.SINCE: str(member.last)})
-        _spawn(
-            self.hub.request(
-                conn, HISTORY, b"", headers, hook=functools.partial(self._filled, member)
-            )
-        )
+        hook = functools.partial(self._filled, member)
+        await self.hub.request(conn, HISTORY, b"", headers, hook=hook)
+
+    async def _until_read(self, conn: Connection) -> bool:
+        """Wait until the connection's send queue is under its bound
+        (``SB_GATEWAY_SEND_QUEUE_BYTES``), as FilesSocket.until_drained does for chunks.
+        False if the connection closes or ends meanwhile."""
+        while conn.out_bytes >= conn.max_out_bytes and not conn.closing:
+            if self.hub.connections.get(conn.id) is not conn:
+                return False
+            read = self._read.get(conn.id)
+            if read is None:
+                read = self._read[conn.id] = asyncio.get_running_loop().create_future()
+            await read
+        return not conn.closing and self.hub.connections.get(conn.id) is conn
+
+    def _emptied(self, conn: Connection) -> None:
+        """The sender found the connection's queue empty (or the connection ended)."""
+        read = self._read.pop(conn.id, None)
+        if read is not None and not read.done():
+            read.set_result(None)
 
     def _filled(
         self,

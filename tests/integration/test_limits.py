@@ -182,3 +182,43 @@ async def test_slow_room_reader_disconnected_1013_then_recovers_everything(slow_
     finally:
         await writer.close()
         await lazy.close()
+
+
+async def test_a_long_replay_is_fetched_as_the_client_reads(slow_stack) -> None:
+    """A join with since on a long history, from a client that does not read: the gateway
+    holds about one chat reply (SB_CHAT_REPLY_BUDGET_BYTES, 1 MiB) beyond the send
+    queue's bound (64 KiB here), not the whole replay (7 MB: it fetched page after page
+    into the queue). Once the client reads, every event comes, in order, then the ack."""
+    stack = slow_stack
+    room = "long-replay"
+    port = stack.gateways[0].port
+    writer = await V2.open(base(stack) + "/ws/v2?username=writer")
+    text = base64.b64encode(os.urandom(45000)).decode()  # 60 KB, incompressible
+    for i in range(120):
+        await writer.request("publish", room, text=text, i=i)
+    await writer.close()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    lazy = await connect(
+        base(stack) + "/ws/v2?username=lazy", sock=sock, max_queue=1, compression=None
+    )
+    try:
+        await lazy.send(
+            json.dumps({"type": "join", "id": "j", "room": room, "payload": {"since": 0}})
+        )
+        lazy.transport.pause_reading()
+        await asyncio.sleep(2.5)  # the gateway samples its queues once a second
+        queued = sample(scrape(port), "switchboard_gateway_send_queue_bytes", stat="max")
+        lazy.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20
+        )
+        lazy.transport.resume_reading()
+        seqs = []
+        while (frame := json.loads(await recv(lazy, timeout=10)))["type"] != "ack":
+            seqs.append(frame["seq"])
+        assert seqs == list(range(1, frame["payload"]["seq"] + 1)), seqs
+        assert 120 < len(seqs) and frame["payload"]["recovered"] is True
+        assert queued < 1.5 * 2**20, f"{queued / 2**20:.1f} MiB queued"
+    finally:
+        await lazy.close()

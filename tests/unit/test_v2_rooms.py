@@ -11,13 +11,13 @@ from prometheus_client import CollectorRegistry
 
 from gateway.auth import Authenticator, Identity
 from gateway.connection import Connection
-from gateway.endpoints import V2
+from gateway.endpoints import HISTORY, V2
 from gateway.hub import Hub
 from gateway.settings import GatewaySettings
 from gateway.v2 import V2Endpoint
 from wire import envelope
 from wire import headers as h
-from wire.frames import TextFrame, encode_frames, encode_text
+from wire.frames import TextFrame, encode_frames
 from wire.metrics import GatewayMetrics
 from wire.subjects import live_subject, reply_subject
 
@@ -92,9 +92,9 @@ class Harness:
         await self.v2._dispatch(self.conn, self.identity, envelope.decode_client(json.dumps(frame)))
         return seq
 
-    async def answer(self, seq: int, text: str = "", **hdrs: str) -> None:
+    async def answer(self, seq: int, *texts: str, **hdrs: str) -> None:
         subject = reply_subject(self.hub._prefix, self.conn.id, seq)
-        data = encode_text(text) if text else b""
+        data = encode_frames([TextFrame(text) for text in texts])
         await self.hub._on_reply(Msg(subject, data, {h.INSTANCE: "A", **hdrs}))  # type: ignore[arg-type]
         await settle()
 
@@ -160,3 +160,29 @@ async def test_a_join_again_after_such_a_leave_is_answered_after_it() -> None:
     for seq in (11, 12, 13, 14):
         await t.live(seq)
     assert t.received() == ["ack:j", "ack:p", "11", "ack:l", "ack:j2", "14"]
+
+
+async def test_a_replay_larger_than_one_reply_is_read_on_as_the_client_reads() -> None:
+    # Each fill was asked as soon as the previous page was queued: a join with since
+    # loaded the whole replay into the send queue of a client that did not read
+    # (v2_replay.py: 13 MiB queued for a 1 MiB bound).
+    t = Harness()
+    t.conn.max_out_bytes = 150  # about two events
+    join = await t.send({"type": "join", "id": "j", "room": ROOM, "payload": {"since": 0}})
+    ack = envelope.ack("j", ROOM, seq=20, recovered=True)
+    more = {h.FIRST_SEQ: "1", h.SEQ: "20", h.MORE: "1"}
+    await t.answer(join, event(1), event(2), event(3), ack, **more)  # cut to the budget
+    await t.live(21)  # stored before the fill is asked: it will read it
+    reads = [seq for subject, seq in t.nc.sent if subject == HISTORY.subject]
+    assert t.received() == ["1", "2", "3"] and reads == []
+    assert t.conn.rooms[ROOM].buffer == []
+    while t.conn.out:  # the client reads
+        t.conn.sent(t.conn.out.popleft())
+    t.v2._emptied(t.conn)  # the sender found the queue empty
+    await settle()
+    reads = [seq for subject, seq in t.nc.sent if subject == HISTORY.subject]
+    assert len(reads) == 1
+    await t.live(22)  # after the fill was asked: kept for after it
+    fill = t.conn.next_seq - 1
+    await t.answer(fill, *(event(seq) for seq in range(4, 22)), **{h.FIRST_SEQ: "4"})
+    assert t.received() == [str(seq) for seq in range(4, 21)] + ["ack:j", "21", "22"]
