@@ -22,6 +22,7 @@ import itertools
 import logging
 import math
 import random
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -102,7 +103,11 @@ class Hub:
         self.connections: dict[int, Connection] = {}
         self.rooms: dict[str, set[Connection]] = {}
         self._room_subs: dict[str, Subscription] = {}
-        self._ids = itertools.count(1)
+        # Connection and membership ids, from a random start: chat's dedupe ids of join
+        # and leave events are "<gateway id>:<id>", and a gateway restarted under the same
+        # SB_GATEWAY_ID within the dedupe window had its first joins taken for the old
+        # process's (not stored; acked with the old seq)
+        self._ids = itertools.count(1 + secrets.randbelow(1 << 40))
         self._prefix = reply_prefix(settings.id)
         self._batch_prefix = batch_reply_prefix(self._prefix)
         self._batch_ids = itertools.count(1)

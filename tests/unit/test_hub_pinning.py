@@ -114,3 +114,14 @@ async def test_a_replica_that_timed_out_is_pinned_again_once_it_answers_afresh()
     assert nc.sent[-1][0] == service_subject(Service.CHAT, PUBLISH.op)  # alone
     await answer(2, **{h.INSTANCE: "A"})
     assert conn.pin == "A"
+
+
+def test_a_gateway_restarted_under_its_id_does_not_reuse_membership_ids() -> None:
+    # Chat's dedupe ids of join and leave events are "<gateway id>:<membership id>": a
+    # gateway restarted with the same SB_GATEWAY_ID counted from 1 again, so its first
+    # joins within the dedupe window were taken for the old process's (not stored).
+    settings = GatewaySettings(id="fixed")
+    first = Hub(settings, GatewayMetrics(CollectorRegistry()))
+    again = Hub(settings, GatewayMetrics(CollectorRegistry()))
+    ours = {first.new_id() for _ in range(100)}
+    assert not ours & {again.new_id() for _ in range(100)}
