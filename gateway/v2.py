@@ -99,7 +99,8 @@ class V2Endpoint(RelayEndpoint):
             if message["type"] != "websocket.receive":
                 return
             text = message.get("text")
-            size = len(text) if text is not None else len(message.get("bytes") or b"")
+            # in bytes (UTF-8), as everywhere: characters gave 4x the allowance
+            size = text_bytes(text) if text is not None else len(message.get("bytes") or b"")
             if not conn.limiter.allow(size):
                 await self.refuse_rate(conn, envelope.request_id_of(text) if text else None)
                 continue
@@ -109,7 +110,7 @@ class V2Endpoint(RelayEndpoint):
                 hub.answer_locally(conn, WireError(ErrorCode.UNSUPPORTED, "expected a text frame"))
                 continue
             self.in_text.inc()
-            self.in_text_bytes.inc(text_bytes(text))
+            self.in_text_bytes.inc(size)
             try:
                 req = envelope.decode_client(text)
                 await self._dispatch(conn, identity, req)
