@@ -54,7 +54,6 @@ from nats.js.errors import (
     BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
-    NoKeysError,
     NotFoundError,
     ObjectNotFoundError,
 )
@@ -303,25 +302,41 @@ class FileStore:
         except NotFoundError:
             return None
 
+    async def _subjects(self, stream: str, prefix: str) -> list[str]:
+        """The subjects under ``prefix`` that hold messages in ``stream``, from the
+        stream's own state (one request). nats-py's ``kv.keys()`` and
+        ``ObjectStore.list()`` watch the stream instead and may end before the first
+        entries reach them (the consumer already has nothing pending, the client has not
+        read them yet): under load they came back empty, so a listing showed no usage
+        and a quota check counted nothing."""
+        try:
+            info = await self.js.stream_info(stream, subjects_filter=f"{prefix}>")
+        except NotFoundError:
+            return []
+        return list((info.state.subjects or {}).keys())
+
     async def _records(self) -> list[tuple[UploadRecord, int]]:
         """Every upload in progress, with its KV revision."""
-        try:
-            keys = await self.kv.keys()
-        except NoKeysError:
-            return []
+        prefix = f"$KV.{self.settings.uploads_bucket}."
         out = []
-        for key in keys:
-            found = await self._record(key)
+        for subject in await self._subjects(f"KV_{self.settings.uploads_bucket}", prefix):
+            found = await self._record(subject.removeprefix(prefix))
             if found is not None:
                 out.append(found)
         return out
 
     async def _metas(self) -> list[api.ObjectInfo]:
-        obs = await self.js.object_store(self.bucket)
-        try:
-            return [m for m in await obs.list(ignore_deletes=True) if not m.deleted]
-        except NotFoundError:
-            return []
+        """Every stored file's meta (none deleted)."""
+        metas = []
+        for subject in await self._subjects(self.stream, self._meta_subject("")):
+            try:
+                msg = await self.js.get_last_msg(self.stream, subject, direct=True)
+            except NotFoundError:
+                continue
+            meta = api.ObjectInfo.from_response(orjson.loads(msg.data or b"{}"))
+            if not meta.deleted:
+                metas.append(meta)
+        return metas
 
     async def _usage(self, user: str, skip: str | None = None, before: int | None = None) -> int:
         """Bytes ``user`` has stored plus the declared sizes of its uploads in progress

@@ -20,7 +20,6 @@ from nats.errors import NoRespondersError
 from nats.js.errors import (
     KeyNotFoundError,
     KeyWrongLastSequenceError,
-    NoKeysError,
     NotFoundError,
 )
 
@@ -64,13 +63,18 @@ class FakeKV:
             raise KeyWrongLastSequenceError()
         self.data.pop(key, None)
 
-    async def keys(self):
-        if not self.data:
-            raise NoKeysError
-        return list(self.data)
-
 
 class FakeJetStream:
+    def __init__(self, kv: FakeKV) -> None:
+        self.kv = kv
+
+    async def stream_info(self, name: str, subjects_filter: str | None = None):
+        """The KV stream's subjects are the keys; the object store holds nothing."""
+        keys = list(self.kv.data) if name.startswith("KV_") else []
+        prefix = (subjects_filter or ">").removesuffix(">")
+        subjects = {f"{prefix}{key}": 1 for key in keys}
+        return types.SimpleNamespace(state=types.SimpleNamespace(subjects=subjects))
+
     async def get_last_msg(self, *args, **kwargs):
         raise NotFoundError
 
@@ -79,13 +83,6 @@ class FakeJetStream:
 
     async def purge_stream(self, *args, **kwargs) -> None:
         return None
-
-    async def object_store(self, bucket: str):
-        class Store:
-            async def list(self, **kwargs):
-                raise NotFoundError
-
-        return Store()
 
 
 class FakeSubscription:
@@ -107,9 +104,10 @@ class FakeSubscription:
 class FakeNats:
     def __init__(self) -> None:
         self.subscriptions: list[FakeSubscription] = []
+        self.kv = FakeKV()
 
     def jetstream(self, timeout: float) -> FakeJetStream:
-        return FakeJetStream()
+        return FakeJetStream(self.kv)
 
     async def request(self, *args, **kwargs):
         await asyncio.sleep(0.005)
@@ -133,7 +131,7 @@ UPLOAD = {"name": "a.bin", "size": 10, "sha256": SHA}
 async def test_two_uploads_of_one_file_make_one_owner(gap: float) -> None:
     nc = FakeNats()
     store = FileStore(nc, BinarySettings(), "r1")  # type: ignore[arg-type]
-    store.kv = FakeKV()
+    store.kv = nc.kv
     first = asyncio.create_task(store.upload(request(UPLOAD)))
     await asyncio.sleep(gap)
     second = asyncio.create_task(store.upload(request(UPLOAD)))
@@ -151,7 +149,7 @@ async def test_two_uploads_of_one_file_make_one_owner(gap: float) -> None:
 async def test_a_delete_waits_for_an_upload_of_the_same_file() -> None:
     nc = FakeNats()
     store = FileStore(nc, BinarySettings(), "r1")  # type: ignore[arg-type]
-    store.kv = FakeKV()
+    store.kv = nc.kv
     fid = wf.file_id("alice", UPLOAD["name"], UPLOAD["size"], SHA)
     begun = asyncio.create_task(store.upload(request(UPLOAD)))
     await asyncio.sleep(0.005)  # the upload is being claimed
