@@ -23,6 +23,12 @@ TEXT = b"".join(b"%d bottles of beer %d\n" % (i, i * 7919 % 1000) for i in range
 SLOW = encode_request("compress", "zstd", TEXT[: 512 * 1024], 19)
 QUICK = encode_request("compress", "zlib", b"hello " * 10, 1)
 REQUESTS = "switchboard_service_requests_total"
+QUEUED = "switchboard_service_queued_requests"
+# replies to a pipelining client that may come between another client's request and its
+# reply: 2 (the one running when it came, then the pipeliner's next: its turn was first),
+# more if one ends while the request is on its way to the codec, or for the order in
+# which the two sockets are read here. In arrival order: all of the pipeliner's.
+AHEAD = 6
 
 
 @pytest.fixture(scope="module")
@@ -50,31 +56,62 @@ def transforms(stack: LocalStack, status: str) -> float:
     return sample(scrape(port), REQUESTS, service="codec", operation="transform", status=status)
 
 
+def taken(stack: LocalStack, op: str) -> float:
+    """Requests of ``op`` the codec has taken: waiting their turn, or answered."""
+    text = scrape(stack.replicas("codec")[0].metrics_port)
+    return sample(text, QUEUED, service="codec", operation=op) + sample(
+        text, REQUESTS, service="codec", operation=op
+    )
+
+
+async def wait_taken(stack: LocalStack, op: str, count: float) -> None:
+    """Wait until the codec has taken ``count`` requests of ``op`` (:func:`taken`)."""
+    deadline = time.monotonic() + 10
+    while await asyncio.to_thread(taken, stack, op) < count:
+        assert time.monotonic() < deadline, f"the {op} requests did not reach the codec"
+        await asyncio.sleep(0.02)
+
+
 async def test_a_pipelining_client_neither_starves_others_nor_costs_work_nobody_waits_for(
     stack: LocalStack,
 ) -> None:
     count = 40  # ~6 s of work one at a time, three times the gateway's 2 s timeout
     ok_before, expired_before = transforms(stack, "ok"), transforms(stack, "timeout")
+
+    def handled() -> tuple[float, float]:
+        ok = transforms(stack, "ok") - ok_before
+        return ok, transforms(stack, "timeout") - expired_before
+
     async with connect(url(stack), max_size=None) as heavy, connect(url(stack)) as light:
+        before = await asyncio.to_thread(taken, stack, "transform")
         for _ in range(count):
             await heavy.send(SLOW)
-        await asyncio.sleep(0.2)  # all of them reached the codec
+
+        async def heavy_replies() -> list[tuple[float, str]]:
+            return [(time.monotonic(), (await reply(heavy))["status"]) for _ in range(count)]
+
+        reader = asyncio.create_task(heavy_replies())
+        # all of them at the codec (waiting or answered, but one running) before the light
+        # request: in arrival order, it would come after every one of them
+        await wait_taken(stack, "transform", before + count - 1)
+        sent = time.monotonic()
         await light.send(QUICK)
         report = await reply(light)
-        # it waited for the heavy client's running request and its next, not for all
-        # 40: one at a time in arrival order, it got "service unavailable" at 2 s
+        answered = time.monotonic()
+        heavy_done = await reader
         assert report["status"] == "success", report
-        statuses = [(await reply(heavy))["status"] for _ in range(count)]
+        # it waited for the heavy client's running request and its next, not for all of
+        # them: one at a time in arrival order, for every one the codec could compress
+        # before the gateway's timeout (or it got "service unavailable" at 2 s)
+        ahead = [status for at, status in heavy_done if sent < at < answered]
+        assert len(ahead) <= AHEAD, ahead
+        statuses = [status for _, status in heavy_done]
         assert statuses.count("success") >= 1
         assert statuses.count("success") < count
         assert set(statuses) == {"success", "error"}
 
         # the gateway answered the rest "service unavailable" at its timeout; the codec
         # skipped them instead of compressing for nobody
-        def handled() -> tuple[float, float]:
-            ok = transforms(stack, "ok") - ok_before
-            return ok, transforms(stack, "timeout") - expired_before
-
         deadline = time.monotonic() + 10  # the last ones are being skipped
         while sum(handled()) < count + 1 and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.1)
@@ -92,7 +129,8 @@ async def test_inflation_bombs_hold_up_neither_other_endpoints_nor_other_clients
     """/ws/compressed inflates each frame up to the 16 MiB cap: tens of ms for a bomb.
     That ran on the codec's event loop, so one client pipelining bombs made every /ws
     and /ws/json request of the replica wait past the gateway's timeout ("Error:
-    service unavailable"). Now inflation runs in threads, taking turns by connection."""
+    service unavailable"). Now inflation runs in threads, taking turns by connection
+    (one at a time here, so the turns show in the order the replies come in)."""
     bomb = zlib.compress(bytes(17 * 1024 * 1024), 9)  # ~17 KB, over the cap
     count = 100  # one after another on the loop: ~4 s or more, twice the timeout
     base = f"ws://127.0.0.1:{stack.gateways[0].port}"
@@ -101,16 +139,31 @@ async def test_inflation_bombs_hold_up_neither_other_endpoints_nor_other_clients
         connect(f"{base}/ws") as echo,
         connect(f"{base}/ws/compressed") as other,
     ):
+        before = await asyncio.to_thread(taken, stack, "inflate")
         for _ in range(count):
             await attacker.send(bomb)
-        await asyncio.sleep(0.3)  # the codec is busy with them
+
+        async def attacker_replies() -> list[tuple[float, str]]:
+            replies = [(await recv(attacker, 15), time.monotonic()) for _ in range(count)]
+            return [(at, orjson.loads(frame)["message"]) for frame, at in replies]
+
+        reader = asyncio.create_task(attacker_replies())
+        await wait_taken(stack, "inflate", before + count - 1)  # the codec is busy with them
         for i in range(10):
             await echo.send(f"m{i}")
             assert await recv(echo, 5) == f"Echo: m{i}"
             await asyncio.sleep(0.05)
+        sent = time.monotonic()
         await other.send(zlib.compress(b"abc" * 100))
         assert orjson.loads(await recv(other, 5))["status"] == "success"
-        messages = {orjson.loads(await recv(attacker, 15))["message"] for _ in range(count)}
+        answered = time.monotonic()
+        bombs = await reader
+        # the other client waited for the bomb being inflated and the attacker's next,
+        # not for all of them: in arrival order, for every bomb inflated before the
+        # gateway's timeout (or "service unavailable" at 2 s)
+        ahead = [message for at, message in bombs if sent < at < answered]
+        assert len(ahead) <= AHEAD, ahead
+        messages = {message for _, message in bombs}
         # each bomb answered: refused at the cap or, past the timeout, unavailable
         assert messages <= {
             "Decompressed data exceeds 16777216 bytes",
