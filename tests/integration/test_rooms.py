@@ -261,12 +261,16 @@ async def test_presence_across_gateways_and_after_sigkill(stack) -> None:
         extra.wait(5)
         # within the TTL (2 s here) the zombie's leave event arrives and presence forgets it
         deadline = time.monotonic() + 8
-        while not any(
-            e["type"] == "leave" and e["payload"]["user"] == "zombie"
-            for e in watcher.events.get(room, [])
+        while not (
+            leaves := [
+                e
+                for e in watcher.events.get(room, [])
+                if e["type"] == "leave" and e["payload"]["user"] == "zombie"
+            ]
         ):
             assert time.monotonic() < deadline, "no leave event for the killed gateway's member"
             await watcher.pump(timeout=8)
+        assert leaves[0]["payload"]["expired"] is True, leaves  # not a leave of its own
         members = (await watcher.request("presence", room))["payload"]["members"]
         assert {m["user"] for m in members} == {"watcher", "carol"}
         await others[0].close()
