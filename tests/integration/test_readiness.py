@@ -1,6 +1,7 @@
 """``/readyz`` follows what the gateway can reach: 503 while a service has no instance
 answering discovery or NATS is gone, 200 again once they are back; ``/healthz`` stays 200
-throughout (the process is up). The steps run in order on one stack."""
+throughout (the process is up). The tests share one stack; each first brings it to the
+state it needs (:func:`with_codecs`), so that each runs alone or in any order."""
 
 from __future__ import annotations
 
@@ -49,7 +50,20 @@ async def readyz_until(stack: LocalStack, status: int, **instances: int) -> dict
         await asyncio.sleep(0.2)
 
 
+async def with_codecs(stack: LocalStack, count: int) -> None:
+    """NATS up and ``count`` codec replicas (one chat, one binary), as ``/readyz`` sees it."""
+    assert stack.nats is not None
+    if not stack.nats.alive():  # stopped by an earlier test
+        await asyncio.to_thread(stack.start_nats)
+    while len(stack.replicas("codec")) > count:
+        await asyncio.to_thread(stack.replicas("codec")[0].stop)
+    while len(stack.replicas("codec")) < count:
+        await asyncio.to_thread(stack.start_service, "codec")
+    await readyz_until(stack, 200 if count else 503, chat=1, binary=1, codec=count)
+
+
 async def test_ready_with_every_service(stack) -> None:
+    await with_codecs(stack, 2)
     body = await readyz_until(stack, 200, chat=1, binary=1, codec=2)
     assert body == {
         "status": "ready",
@@ -59,6 +73,7 @@ async def test_ready_with_every_service(stack) -> None:
 
 
 async def test_one_replica_gone_is_still_ready(stack) -> None:
+    await with_codecs(stack, 2)
     first, _ = stack.replicas("codec")
     await asyncio.to_thread(first.stop)
     body = await readyz_until(stack, 200, codec=1)
@@ -66,6 +81,7 @@ async def test_one_replica_gone_is_still_ready(stack) -> None:
 
 
 async def test_the_last_replica_gone_is_not_ready(stack) -> None:
+    await with_codecs(stack, 1)
     (last,) = stack.replicas("codec")
     await asyncio.to_thread(last.stop)
     body = await readyz_until(stack, 503, codec=0)
@@ -78,12 +94,14 @@ async def test_the_last_replica_gone_is_not_ready(stack) -> None:
 
 
 async def test_ready_again_once_a_replica_is_back(stack) -> None:
+    await with_codecs(stack, 0)
     await asyncio.to_thread(stack.start_service, "codec")
     body = await readyz_until(stack, 200, codec=1)
     assert body["status"] == "ready"
 
 
 async def test_not_ready_without_nats_and_ready_after_it_returns(stack) -> None:
+    await with_codecs(stack, 1)
     assert stack.nats is not None
     await asyncio.to_thread(stack.nats.stop)
     body = await readyz_until(stack, 503)
@@ -258,6 +276,7 @@ async def connect_retrying(url: str) -> nats.aio.client.Client:
 
 
 async def test_serving_workers_say_they_are_ready(stack) -> None:
+    await with_codecs(stack, 1)
     for name in ("codec", "binary", "chat"):
         for worker in stack.replicas(name):
             assert worker.metrics_port is not None
@@ -265,15 +284,17 @@ async def test_serving_workers_say_they_are_ready(stack) -> None:
             assert sample(text, "switchboard_service_ready", service=name) == 1.0, name
 
 
-async def test_workers_stopped_while_nats_is_down_exit_cleanly(stack) -> None:
+async def test_workers_stopped_while_nats_is_down_exit_cleanly(tmp_path) -> None:
     """SIGTERM to each worker while NATS is unreachable: nothing to drain, but a clean
-    exit (0, no traceback), not a crash (exit 1: the drain raised while reconnecting)."""
-    assert stack.nats is not None
-    await asyncio.to_thread(stack.nats.stop)
-    await asyncio.sleep(1)  # the workers notice and start reconnecting
-    for name in ("codec", "binary", "chat"):
-        (worker,) = stack.replicas(name)
-        worker.signal(signal.SIGTERM)
-        code = await asyncio.to_thread(worker.wait, 15)
-        assert code == 0, f"{name} exited {code}:\n{worker.log()[-2000:]}"
-        assert "Traceback" not in worker.log(), worker.log()[-2000:]
+    exit (0, no traceback), not a crash (exit 1: the drain raised while reconnecting).
+    A stack of its own: this one ends with no workers."""
+    with running(tmp_path) as stack:
+        assert stack.nats is not None
+        await asyncio.to_thread(stack.nats.stop)
+        await asyncio.sleep(1)  # the workers notice and start reconnecting
+        for name in ("codec", "binary", "chat"):
+            (worker,) = stack.replicas(name)
+            worker.signal(signal.SIGTERM)
+            code = await asyncio.to_thread(worker.wait, 15)
+            assert code == 0, f"{name} exited {code}:\n{worker.log()[-2000:]}"
+            assert "Traceback" not in worker.log(), worker.log()[-2000:]
