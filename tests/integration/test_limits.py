@@ -133,6 +133,17 @@ async def test_idle_connection_closed(stack) -> None:
         assert 2.5 < time.monotonic() - started < 6
 
 
+async def lazy_reader(stack: LocalStack):
+    """A /ws/v2 client with a 4 KiB socket receive buffer and no permessage-deflate (the
+    payloads must really take room on the wire), for a test to stop reading."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", stack.gateways[0].port))
+    return await connect(
+        base(stack) + "/ws/v2?username=lazy", sock=sock, max_queue=1, compression=None
+    )
+
+
 async def test_slow_room_reader_disconnected_1013_then_recovers_everything(slow_stack) -> None:
     stack = slow_stack
     room = "slow-room"
@@ -140,13 +151,7 @@ async def test_slow_room_reader_disconnected_1013_then_recovers_everything(slow_
     writer = await V2.open(base(stack) + "/ws/v2?username=writer")
     # A reader that stops reading, with a tiny socket receive buffer so that the
     # gateway's send queue (64 KiB here) fills after a few hundred KB.
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", port))
-    # No permessage-deflate: the payloads below must really take room on the wire.
-    lazy = await connect(
-        base(stack) + "/ws/v2?username=lazy", sock=sock, max_queue=1, compression=None
-    )
+    lazy = await lazy_reader(stack)
     try:
         await lazy.send(json.dumps({"type": "join", "id": "j", "room": room}))
         first = json.loads(await recv(lazy))
@@ -197,12 +202,7 @@ async def test_a_long_replay_is_fetched_as_the_client_reads(slow_stack) -> None:
     for i in range(120):
         await writer.request("publish", room, text=text, i=i)
     await writer.close()
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", port))
-    lazy = await connect(
-        base(stack) + "/ws/v2?username=lazy", sock=sock, max_queue=1, compression=None
-    )
+    lazy = await lazy_reader(stack)
     try:
         await lazy.send(
             json.dumps({"type": "join", "id": "j", "room": room, "payload": {"since": 0}})
