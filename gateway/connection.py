@@ -6,10 +6,26 @@ Requests of a connection are numbered (``seq``). Replies may come back out of or
 them in order into ``out``, which the connection's sender task writes to the socket.
 
 Slow readers: ``out`` is bounded by ``max_out_bytes``. Replies to the client's own
-requests are never dropped: while the queue is full the gateway stops reading the
-socket (``capacity``), so the client cannot ask for more. Room events that would
-overflow it disconnect the client with 1013; it rejoins with ``since`` and loses
-nothing, because the room's history holds what it missed.
+requests are never dropped for a client that reads them: the gateway stops reading the
+socket (``capacity``) while what it owes the client (replies queued, or parked behind
+an earlier one) plus what its requests still out are expected to bring (``expect``
+each: the largest reply seen, halved by each smaller one; ``max_out_bytes /
+max_in_flight`` before the first) reaches the bound, so the client cannot ask for much
+more than it reads. That cannot take back requests already out, and a reply can be
+a thousand times its request (a 4 KiB zlib bomb asks /ws/codec for 4 MiB): a client
+whose replies suddenly grow while it has many requests out may be owed up to
+``max_in_flight`` times the largest reply. Past ``max_owed_bytes``
+(``SB_GATEWAY_SEND_QUEUE_MAX_BYTES``, 32 times the bound by default) it is a slow
+consumer. Room events that would overflow the bound itself make it one too; a v2 client
+rejoins with ``since`` and loses nothing, because the room's history holds what it
+missed.
+
+A slow consumer (:meth:`Connection.slow`) is disconnected with 1013: what it is owed is
+dropped at once, replies that come later are dropped on arrival, it is read no more,
+and a write the sender still waits to start (the transport is full) is given up, so
+that only the close frame is left, waiting for the socket to take it. A peer that never
+reads keeps that frame and the transport's buffer until the server gives up on the
+connection (keepalive); the relay then ends and the connection is unregistered.
 
 Direct writes: when nothing is queued and the sender is not in the middle of a write, a
 data frame is written to the socket at once (:meth:`Connection.write_now`, through the
@@ -36,6 +52,8 @@ Message = dict[str, Any]
 # waiting until it calls Connection.resume().
 Release = Callable[[], object]
 HOLD = object()
+
+SLOW_CONSUMER = "slow consumer: reconnect and rejoin with since"
 
 
 @dataclass(slots=True)
@@ -116,6 +134,7 @@ class Connection:
         "capacity",
         "closing",
         "direct",
+        "expect",
         "gate",
         "held",
         "id",
@@ -123,6 +142,7 @@ class Connection:
         "limiter",
         "max_in_flight",
         "max_out_bytes",
+        "max_owed_bytes",
         "next_out",
         "next_seq",
         "on_slow",
@@ -130,10 +150,14 @@ class Connection:
         "out",
         "out_bytes",
         "parked",
+        "parked_bytes",
+        "parked_sizes",
         "pending",
         "pin",
         "room",
         "rooms",
+        "sender",
+        "shed",
         "spec",
         "unpinned",
         "user",
@@ -148,6 +172,7 @@ class Connection:
         user: str | None = None,
         room: str | None = None,
         max_out_bytes: int = 1 << 20,
+        max_owed_bytes: int = 32 << 20,
     ) -> None:
         self.id = cid
         self.spec = spec
@@ -158,12 +183,16 @@ class Connection:
         self.active = 0.0  # loop time of the last frame from the client
         self.max_in_flight = max_in_flight
         self.max_out_bytes = max_out_bytes
+        self.max_owed_bytes = max_owed_bytes  # replies owed beyond it: slow consumer
+        self.expect = max_out_bytes // max(1, max_in_flight)  # a reply's bytes (see above)
         self.out: deque[Message] = deque()
         self.out_bytes = 0
         self.on_slow: Callable[[], None] | None = None  # counts a slow-consumer drop
         self.direct: Callable[[bytes], bool] | None = None  # the protocol's write_frame
         self.on_written: Callable[[Message], None] | None = None  # metrics of a sent message
         self.busy = False  # the sender holds a message it has not finished writing
+        self.sender: asyncio.Task[None] | None = None  # the task writing ``out``
+        self.shed = False  # disconnected as a slow consumer: nothing more is queued
         self.wake = Flag()
         self.capacity = Flag()
         self.capacity.set()
@@ -177,6 +206,8 @@ class Connection:
         self.gate: int | None = None
         self.held: deque[Any] | None = None
         self.parked: dict[int, list[Message] | Release] = {}
+        self.parked_bytes = 0  # of the replies parked (sizes by seq, made when needed)
+        self.parked_sizes: dict[int, int] | None = None
         self.next_seq = 0
         self.next_out = 0
         self.closing = False
@@ -188,14 +219,31 @@ class Connection:
         self.next_seq = seq + 1
         if pending is not None:
             self.pending[seq] = pending
-            if len(self.pending) >= self.max_in_flight:
+            if not self.may_read():
                 self.capacity.clear()
         return seq
 
+    def may_read(self) -> bool:
+        """Whether the receiver may take another request: fewer than ``max_in_flight``
+        out, and what the client is owed plus what those out are expected to bring under
+        the bound (with nothing out, one request may always go)."""
+        out = len(self.pending)
+        owed = self.out_bytes + self.parked_bytes
+        return (
+            out < self.max_in_flight
+            and owed + out * self.expect < self.max_out_bytes
+            and not self.shed
+        )
+
     def enqueue(self, message: Message) -> None:
-        """Queue a message for the sender (no wake-up; callers wake once)."""
+        """Queue a message for the sender (no wake-up; callers wake once). Past
+        ``max_owed_bytes`` owed, the client is a slow consumer (:meth:`slow`)."""
+        if self.shed:
+            return
         self.out.append(message)
         self.out_bytes += size_of(message)
+        if self.out_bytes + self.parked_bytes > self.max_owed_bytes:
+            self.slow()
 
     def write_now(self, message: Message) -> bool:
         """Write ``message`` to the socket now if nothing is ahead of it (see the module
@@ -212,25 +260,52 @@ class Connection:
 
     def sent(self, message: Message) -> None:
         """The sender wrote ``message``: free its bytes, reopen reading if it can."""
+        if self.shed:
+            return  # its bytes were freed with the queue
         self.out_bytes -= size_of(message)
-        if (
-            not self.capacity.is_set()
-            and self.out_bytes < self.max_out_bytes
-            and len(self.pending) < self.max_in_flight
-        ):
+        if not self.capacity.is_set() and self.may_read():
             self.capacity.set()
 
-    def complete(self, seq: int, messages: list[Message] | Release) -> None:
+    def complete(
+        self, seq: int, messages: list[Message] | Release, size: int | None = None
+    ) -> None:
         """Deliver the reply to request ``seq`` once every earlier reply is out.
 
         ``messages`` is either the frames to send or a callable that, when the reply's
         turn comes, queues whatever it decides (room joins use it to merge replayed
         history with live events at exactly that point). If it returns ``HOLD`` (a
         room leave whose events below it have not all come), its turn lasts until it
-        calls :meth:`resume`: the replies after it wait."""
+        calls :meth:`resume`: the replies after it wait. ``size``: the reply's bytes (by
+        default those of ``messages``; give it for a callable). A reply that waits for
+        an earlier one is parked, its bytes owed like queued ones."""
+        if self.shed:
+            return  # disconnected as a slow consumer: nothing more is sent
+        if size is None:
+            size = sum(map(size_of, messages)) if isinstance(messages, list) else 0
+        expect = self.expect >> 1
+        self.expect = size if size > expect else expect
         if seq != self.next_out:
             self.parked[seq] = messages
+            if size:
+                sizes = self.parked_sizes
+                if sizes is None:
+                    sizes = self.parked_sizes = {}
+                sizes[seq] = size
+                self.parked_bytes += size
+                if self.out_bytes + self.parked_bytes > self.max_owed_bytes:
+                    self.slow()
+                elif self.capacity.is_set() and not self.may_read():
+                    self.capacity.clear()
             return
+        self._release(seq, messages)
+
+    def resume(self) -> None:
+        """The release that held its turn (``HOLD``) is done: the replies after it go."""
+        if not self.shed:
+            self._release(self.next_out, [])
+
+    def _release(self, seq: int, messages: list[Message] | Release) -> None:
+        """Queue the reply to ``seq`` (its turn has come), then those parked after it."""
         enqueue = self.enqueue
         write_now = self.write_now
         parked = self.parked
@@ -245,18 +320,19 @@ class Connection:
             later = parked.pop(seq, None) if parked else None
             if later is None:
                 break
+            sizes = self.parked_sizes
+            if sizes:
+                self.parked_bytes -= sizes.pop(seq, 0)
             messages = later
         self.next_out = seq
-        if self.out_bytes >= self.max_out_bytes:
-            self.capacity.clear()  # replies are kept; stop reading until they drain
-        elif not self.capacity.is_set() and len(self.pending) < self.max_in_flight:
-            self.capacity.set()
+        # replies are kept; reading stops until they drain (and stays stopped once shed)
+        if self.may_read():
+            if not self.capacity.is_set():
+                self.capacity.set()
+        elif self.capacity.is_set():
+            self.capacity.clear()
         if self.out:
             self.wake.set()
-
-    def resume(self) -> None:
-        """The release that held its turn (``HOLD``) is done: the replies after it go."""
-        self.complete(self.next_out, [])
 
     def push(self, message: Message) -> None:
         """A room event, outside the request order. If the client is not reading fast
@@ -272,11 +348,28 @@ class Connection:
         self.wake.set()
 
     def slow(self) -> None:
+        """Disconnect a client that does not read what it is sent (1013). Everything it
+        is owed is dropped now, and whatever comes for it later; it is read no more; a
+        write of a dropped message that the sender still waits to start (the transport
+        is full) is given up, so that the close frame is next (see the module
+        docstring)."""
+        if self.shed:
+            return
+        self.shed = True
         if self.on_slow is not None:
             self.on_slow()
         self.out.clear()
         self.out_bytes = 0
-        self.close(1013, "slow consumer: reconnect and rejoin with since")
+        self.parked.clear()
+        self.parked_bytes = 0
+        self.parked_sizes = None
+        self.capacity.clear()
+        self.closing = False  # a close decided before was in what was just dropped
+        self.close(1013, SLOW_CONSUMER)
+        sender = self.sender
+        if self.busy and sender is not None:
+            self.sender = None  # tells the sender that this cancellation is ours
+            sender.cancel()
 
     def close(self, code: int, reason: str) -> None:
         if not self.closing:

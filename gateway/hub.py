@@ -153,6 +153,14 @@ class Hub:
                 nc.max_payload,
                 self.settings.max_frame_bytes,
             )
+        if nc.max_payload * 2 + self.settings.send_queue_bytes > self.settings.send_queue_max_bytes:
+            log.warning(
+                "SB_GATEWAY_SEND_QUEUE_MAX_BYTES %d is under SB_GATEWAY_SEND_QUEUE_BYTES plus "
+                "two replies of NATS max_payload %d: a client that reads may be closed 1013 "
+                "as a slow consumer by two such replies",
+                self.settings.send_queue_max_bytes,
+                nc.max_payload,
+            )
         await nc.subscribe(reply_wildcard(self.settings.id), cb=self._on_reply)
         self._sweeper = asyncio.create_task(self._sweep())
         self.live.start(nc)
@@ -719,7 +727,8 @@ class Hub:
                 self.hops[conn.spec.path].replied(
                     pending, conn.id, seq, headers, _status(error), []
                 )
-            conn.complete(seq, functools.partial(hook, messages, headers, error))
+            size = 0 if error is not None else len(data)  # owed until its turn
+            conn.complete(seq, functools.partial(hook, messages, headers, error), size)
             return
         if error is not None:
             self.metrics.errors.labels(error.code).inc()
@@ -758,14 +767,16 @@ class Hub:
                         await self._retry(conn, seq, pending)
 
     def _housekeeping(self) -> None:
-        """Once a second: close idle connections, sample send-queue depth, forget batches
+        """Once a second: close idle connections, sample send-queue depth (what is owed to
+        each socket: queued, or parked behind an earlier reply), forget batches
         whose frames have all timed out."""
         idle = self.settings.idle_timeout
         cutoff = time.monotonic() - idle
         total = largest = 0
         for conn in self.connections.values():
-            total += conn.out_bytes
-            largest = max(largest, conn.out_bytes)
+            owed = conn.out_bytes + conn.parked_bytes  # queued, or parked behind a reply
+            total += owed
+            largest = max(largest, owed)
             if idle and conn.active < cutoff and not conn.closing:
                 conn.close(int(CloseCode.NORMAL), "idle timeout")
         self.metrics.send_queue_bytes.labels("sum").set(total)

@@ -247,6 +247,7 @@ class RelayEndpoint:
             user=user,
             room=room,
             max_out_bytes=settings.send_queue_bytes,
+            max_owed_bytes=settings.send_queue_max_bytes,
         )
         conn.ip = ip
         conn.limiter = self.hub.admission.limiter(
@@ -414,29 +415,45 @@ class RelayEndpoint:
         If the peer is gone (a write fails: it closed, or the connection dropped), what
         is queued is discarded from then on, but the sender does not end: the receiver
         still hands on every frame the client sent before it went (uvicorn queues the
-        disconnect after them), and ends the relay when it reaches the disconnect."""
+        disconnect after them), and ends the relay when it reaches the disconnect.
+
+        A slow consumer (:meth:`Connection.slow`) cancels a write still waiting for the
+        transport to drain: that message is dropped and the close frame comes next."""
         out = conn.out
         wake = conn.wake
         gone = False
-        while True:
-            if not out:
-                if on_empty is not None:
-                    on_empty()
-                wake.clear()
-                await wake.wait()
-                continue
-            message = out.popleft()
-            if not gone:
-                conn.busy = True  # until written: no direct write may overtake it
-                try:
-                    await send(message)
-                except Exception:
-                    gone = True
-                    conn.direct = None  # no direct writes either
-                else:
-                    self.wrote(message)
-                finally:
-                    conn.busy = False
-            conn.sent(message)
-            if message["type"] == "websocket.close":
-                return
+        me = conn.sender = asyncio.current_task()
+        try:
+            while True:
+                if not out:
+                    if on_empty is not None:
+                        on_empty()
+                    wake.clear()
+                    await wake.wait()
+                    continue
+                message = out.popleft()
+                if not gone:
+                    conn.busy = True  # until written: no direct write may overtake it
+                    try:
+                        await send(message)
+                    except asyncio.CancelledError:
+                        # Connection.slow() (it cleared conn.sender) gave up this write,
+                        # which waited for a full transport to drain before it began:
+                        # the message was dropped with the queue, the close frame is
+                        # next. Any other cancellation stops the sender.
+                        if conn.sender is not None or me is None or me.uncancel():
+                            raise
+                        conn.sender = me
+                        continue
+                    except Exception:
+                        gone = True
+                        conn.direct = None  # no direct writes either
+                    else:
+                        self.wrote(message)
+                    finally:
+                        conn.busy = False
+                conn.sent(message)
+                if message["type"] == "websocket.close":
+                    return
+        finally:
+            conn.sender = None

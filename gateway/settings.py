@@ -106,9 +106,28 @@ class GatewaySettings(SharedSettings):
         10.0, gt=0, description="seconds to send a complete request (the upgrade): else closed"
     )
     send_queue_bytes: int = Field(
-        1024 * 1024, gt=0, description="per socket; room events beyond it: close 1013"
+        1024 * 1024,
+        gt=0,
+        description="per socket; room events beyond it: close 1013; replies owed plus "
+        "those expected for requests out beyond it: reading pauses",
+    )
+    send_queue_max_bytes: int = Field(
+        32 * 1024 * 1024,
+        gt=0,
+        description="per socket; replies owed (queued, or waiting for an earlier one) "
+        "beyond it: close 1013 (slow consumer) and what was owed is dropped; at least "
+        "SB_GATEWAY_SEND_QUEUE_BYTES, best that plus two of the largest replies (NATS "
+        "max_payload)",
     )
     max_in_flight_total: int = Field(20000, ge=1, description="per gateway; more: error frame")
+
+    @model_validator(mode="after")
+    def _check_queues(self) -> GatewaySettings:
+        if self.send_queue_max_bytes < self.send_queue_bytes:
+            raise ValueError(
+                "SB_GATEWAY_SEND_QUEUE_MAX_BYTES must be at least SB_GATEWAY_SEND_QUEUE_BYTES"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_identity(self) -> GatewaySettings:

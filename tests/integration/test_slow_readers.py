@@ -1,7 +1,9 @@
 """Fifty members of a room that never read, while the room gets ~1,000 messages a second:
 the gateway's memory stays bounded, the stuck members are disconnected with 1013 (the
 slow-consumer policy for room events), and the members that do read keep receiving every
-message, in order, with normal latency.
+message, in order, with normal latency. And replies: a /ws/codec client that asks for
+far more than it reads (zlib bombs) is disconnected with 1013 once it is owed
+``SB_GATEWAY_SEND_QUEUE_MAX_BYTES``, while one that reads gets every reply.
 
 Bounds (documented in docs/security.md, "Slow consumers"):
 
@@ -26,15 +28,18 @@ import base64
 import json
 import os
 import socket
+import struct
 import time
+import zlib
 from collections.abc import Iterator
 
 import pytest
 import websockets
 
 from switchboard.localstack import LocalStack, running
-from tests.integration.client import connect, recv, sample, scrape
+from tests.integration.client import closed_with, connect, recv, sample, scrape
 from tests.integration.v2client import V2
+from wire.codec import encode_request
 
 ROOM = "slow-readers"
 STUCK = 50
@@ -204,3 +209,144 @@ async def test_stuck_readers_closed_1013_memory_bounded_others_unaffected(stack)
     assert p99 < P99_BOUND, report
     dropped = sample(scrape(gateway.port), "switchboard_gateway_dropped_messages_total")
     assert dropped >= STUCK, report
+
+
+MIB = 1 << 20
+OWED_CAP = 32 * MIB  # SB_GATEWAY_SEND_QUEUE_MAX_BYTES default
+# ~4 KiB asking /ws/codec for 4 MiB (SB_CODEC_TRANSFORM_CAP_BYTES)
+BOMB = encode_request("decompress", "zlib", zlib.compress(bytes(4 * MIB - 64), 9))
+OUTPUT = 4 * MIB - 64
+CAPPED_RSS_GROWTH_MIB = 96  # measured: +48 to +56 MiB (without the cap: +180, not closed)
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Peak RSS (VmHWM) := RSS now (Linux clear_refs)."""
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def slow_consumer_drops(port: int) -> float:
+    return sample(
+        scrape(port), "switchboard_gateway_dropped_messages_total", reason="slow_consumer"
+    )
+
+
+async def bombard(gateway) -> tuple[websockets.ClientConnection, str]:
+    """A /ws/codec client sends 64 zlib bombs of 4 KiB each and never reads: the replies
+    owed to it (up to 256 MiB) pile up only to SB_GATEWAY_SEND_QUEUE_MAX_BYTES, then it is
+    a slow consumer and what it was owed is freed at once, while it still does not read.
+    Returns the client, still not reading, once that is so, and a report."""
+    port = gateway.port
+    drops = slow_consumer_drops(port)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    ws = await connect(
+        f"ws://127.0.0.1:{port}/ws/codec",
+        sock=sock,
+        max_queue=1,
+        max_size=None,
+        compression=None,  # the replies really take their room
+        ping_interval=None,  # it does not read: it would not see the pongs
+    )
+    ws.transport.pause_reading()  # never reads
+    reset_peak_rss(gateway.pid)
+    baseline = rss_mib(gateway.pid)
+    for _ in range(64):
+        await ws.send(BOMB)
+    largest = queued = 0.0  # the largest queue of a socket, as sampled each second
+    closed = False
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        text = scrape(port)
+        queued = sample(text, "switchboard_gateway_send_queue_bytes", stat="max")
+        largest = max(largest, queued)
+        dropped = "switchboard_gateway_dropped_messages_total"
+        closed = closed or sample(text, dropped, reason="slow_consumer") > drops
+        if closed and queued == 0:
+            break
+        await asyncio.sleep(0.2)
+    growth = peak_rss_mib(gateway.pid) - baseline
+    report = (
+        f"largest queue sampled {largest / MIB:.1f} MiB, gateway peak RSS "
+        f"+{growth:.1f} MiB, closed as a slow consumer: {closed}"
+    )
+    assert closed, report
+    assert queued == 0, report  # freed, though the client still does not read
+    assert largest <= OWED_CAP + 2 * OUTPUT, report
+    assert growth < CAPPED_RSS_GROWTH_MIB, report
+    return ws, report
+
+
+async def connections_left(port: int) -> float:
+    """/ws/codec connections still open, once they are none or after 5 s."""
+    for _ in range(50):
+        left = sample(scrape(port), "switchboard_gateway_connections_open", endpoint="/ws/codec")
+        if left == 0:
+            break
+        await asyncio.sleep(0.1)
+    return left
+
+
+async def test_replies_a_client_never_reads_are_capped_then_closed_1013(stack) -> None:
+    """:func:`bombard`; once the client reads it gets the close frame, 1013, and the
+    connection is gone."""
+    port = stack.gateways[0].port
+    ws, report = await bombard(stack.gateways[0])
+    ws.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 18)
+    ws.transport.resume_reading()
+    code, reason = await closed_with(ws, 10)
+    assert (code, reason) == (1013, "slow consumer: reconnect and rejoin with since"), report
+    assert await connections_left(port) == 0, report
+    print(report)
+
+
+async def test_a_slow_consumer_that_never_reads_is_gone_with_its_transport(stack) -> None:
+    """:func:`bombard`, then the client's connection is reset without it ever reading:
+    the gateway's side, left with the close frame waiting for the full transport, ends
+    and unregisters the connection (what a server abort of a stuck transport does)."""
+    port = stack.gateways[0].port
+    ws, report = await bombard(stack.gateways[0])
+    sock = ws.transport.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    ws.transport.abort()  # RST
+    assert await connections_left(port) == 0, report
+
+
+async def test_a_client_that_reads_gets_every_reply_to_its_pipelined_bombs(stack) -> None:
+    """The same bombs from a client that reads while it keeps 64 requests out: every
+    request is answered (a 4 MiB output, or a timeout from the busy codec), nothing is
+    dropped and it is not closed."""
+    port = stack.gateways[0].port
+    drops = slow_consumer_drops(port)
+    total, depth = 128, 64
+    async with connect(f"ws://127.0.0.1:{port}/ws/codec", max_size=None) as ws:
+        answered = outputs = 0
+        out = asyncio.Semaphore(depth)
+
+        async def send_all() -> None:
+            for _ in range(total):
+                await out.acquire()
+                await ws.send(BOMB)
+
+        sender = asyncio.create_task(send_all())
+        while answered < total:
+            report = json.loads(await recv(ws, 30))
+            if report["status"] == "success":
+                output = await recv(ws, 30)
+                assert isinstance(output, bytes) and len(output) == OUTPUT
+                outputs += 1
+            answered += 1
+            out.release()
+        await sender
+    print(f"{outputs} outputs of {total} (the rest timed out in the codec)")
+    assert outputs > 0
+    assert slow_consumer_drops(port) == drops

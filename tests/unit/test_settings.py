@@ -79,3 +79,11 @@ def test_a_worker_with_a_misspelt_variable_does_not_start() -> None:
     assert "SB_CODEC_CONCURENCY is not a setting (did you mean SB_CODEC_CONCURRENCY?)" in (
         proc.stderr
     )
+
+
+def test_the_cap_on_replies_owed_is_not_under_the_send_queue_bound(monkeypatch) -> None:
+    monkeypatch.setenv("SB_GATEWAY_SEND_QUEUE_BYTES", str(64 << 20))
+    with pytest.raises(ValidationError, match="SB_GATEWAY_SEND_QUEUE_MAX_BYTES must be at least"):
+        GatewaySettings()
+    monkeypatch.setenv("SB_GATEWAY_SEND_QUEUE_MAX_BYTES", str(128 << 20))
+    assert GatewaySettings().send_queue_max_bytes == 128 << 20
