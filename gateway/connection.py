@@ -136,6 +136,7 @@ class Connection:
         "direct",
         "expect",
         "gate",
+        "hang_up",
         "held",
         "id",
         "ip",
@@ -189,6 +190,9 @@ class Connection:
         self.out_bytes = 0
         self.on_slow: Callable[[], None] | None = None  # counts a slow-consumer drop
         self.direct: Callable[[bytes], bool] | None = None  # the protocol's write_frame
+        # the protocol's hang_up_later: drop the connection if the peer, closed as a
+        # slow consumer, has not taken its close frame in a while (SB_GATEWAY_PING_TIMEOUT)
+        self.hang_up: Callable[[], None] | None = None
         self.on_written: Callable[[Message], None] | None = None  # metrics of a sent message
         self.busy = False  # the sender holds a message it has not finished writing
         self.sender: asyncio.Task[None] | None = None  # the task writing ``out``
@@ -370,6 +374,8 @@ class Connection:
         if self.busy and sender is not None:
             self.sender = None  # tells the sender that this cancellation is ours
             sender.cancel()
+        if self.hang_up is not None:  # else only the keepalive's 1011 would end it
+            self.hang_up()
 
     def close(self, code: int, reason: str) -> None:
         if not self.closing:

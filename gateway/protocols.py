@@ -12,7 +12,7 @@ from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFact
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from gateway.wsframe import DIRECT_WRITE, FRAME_HOOK, cut
+from gateway.wsframe import DIRECT_WRITE, FRAME_HOOK, HANG_UP, cut
 
 # -- reading: bounded parsing per event-loop turn -------------------------------------
 
@@ -144,6 +144,7 @@ class BoundedReadProtocol(WebSocketsSansIOProtocol):
         if scope is None:
             return
         scope["extensions"][FRAME_HOOK] = self.set_frame_hook
+        scope["extensions"][HANG_UP] = self.hang_up_later
         if not self.conn.extensions:  # agreed by accept() above
             scope["extensions"][DIRECT_WRITE] = self.write_frame
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -26,7 +27,7 @@ from gateway.hops import HOP_KEY
 from gateway.hub import Hub
 from gateway.limits import RATE_LIMITED, RateLimiter, client_ip, origin_allowed
 from gateway.settings import GatewaySettings
-from gateway.wsframe import DIRECT_WRITE, FRAME_HOOK
+from gateway.wsframe import DIRECT_WRITE, FRAME_HOOK, HANG_UP
 from wire import headers as h
 from wire.errors import CloseCode, ErrorCode, WireError, close_reason
 from wire.frames import request_headers
@@ -263,7 +264,11 @@ class RelayEndpoint:
         conn.active = time.monotonic()
         conn.on_slow = self.slow_drops.inc
         if scope is not None:
-            conn.direct = scope.get("extensions", {}).get(DIRECT_WRITE)
+            extensions = scope.get("extensions", {})
+            conn.direct = extensions.get(DIRECT_WRITE)
+            if (hang_up := extensions.get(HANG_UP)) is not None:
+                # a slow consumer gets as long to take its 1013 as a ping its pong
+                conn.hang_up = functools.partial(hang_up, settings.ping_timeout)
             conn.on_written = self.wrote
         self.hub.register(conn)
         self.open.inc()

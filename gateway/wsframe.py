@@ -28,6 +28,9 @@ DIRECT_WRITE = "switchboard.direct_write"  # ASGI scope extension: write(frame) 
 # ASGI scope extension: set(hook | None), hook(text: bool, data: bytes) -> handled (see
 # gateway.protocols.BoundedReadProtocol.send_receive_event_to_app)
 FRAME_HOOK = "switchboard.frame_hook"
+# ASGI scope extension: hang_up() -> drop the connection in a while if the peer has not
+# read what was written by then (gateway.protocols.BoundedReadProtocol.hang_up_later)
+HANG_UP = "switchboard.hang_up"
 FRAME_KEY = "sb.frame"  # cached on an ASGI message: its encoded frame
 
 _U16 = struct.Struct("!BBH")

@@ -28,7 +28,6 @@ import base64
 import json
 import os
 import socket
-import struct
 import time
 import zlib
 from collections.abc import Iterator
@@ -310,15 +309,21 @@ async def test_replies_a_client_never_reads_are_capped_then_closed_1013(stack) -
 
 
 async def test_a_slow_consumer_that_never_reads_is_gone_with_its_transport(stack) -> None:
-    """:func:`bombard`, then the client's connection is reset without it ever reading:
-    the gateway's side, left with the close frame waiting for the full transport, ends
-    and unregisters the connection (what a server abort of a stuck transport does)."""
-    port = stack.gateways[0].port
-    ws, report = await bombard(stack.gateways[0])
-    sock = ws.transport.get_extra_info("socket")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    ws.transport.abort()  # RST
-    assert await connections_left(port) == 0, report
+    """:func:`bombard`, and the client keeps its TCP connection open without ever
+    reading: the gateway's side, left with the close frame waiting for the full
+    transport, aborts it SB_GATEWAY_PING_TIMEOUT (2 s here) later, ends the relay and
+    unregisters the connection (it used to wait for the keepalive: 40 s by default)."""
+    gateway = stack.start_gateway(env={"SB_GATEWAY_PING_TIMEOUT": "2"})
+    try:
+        ws, report = await bombard(gateway)
+        try:
+            await asyncio.sleep(2.5)
+            left = await connections_left(gateway.port)
+        finally:
+            ws.transport.abort()
+        assert left == 0, report
+    finally:
+        gateway.stop()
 
 
 async def test_a_client_that_reads_gets_every_reply_to_its_pipelined_bombs(stack) -> None:

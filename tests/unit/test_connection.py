@@ -107,6 +107,21 @@ def test_slow_consumer_still_closes_when_the_socket_stays_full() -> None:
     assert conn.out[0]["code"] == 1013
 
 
+def test_a_slow_consumer_is_hung_up_on_if_it_does_not_take_its_close() -> None:
+    # Its close frame waits behind a full transport: without the protocol's hang-up
+    # only the keepalive (40 s) would drop the connection and free its transport.
+    conn, sock, _ = direct(max_out_bytes=4)
+    hung_up = []
+    conn.hang_up = lambda: hung_up.append(True)
+    sock.open = False
+    conn.push(msg(1234))
+    assert hung_up == []  # queued, within the bound
+    conn.push(msg(5))
+    assert hung_up == [True]
+    conn.push(msg(6))
+    assert hung_up == [True]  # once
+
+
 def test_one_encoding_for_every_recipient() -> None:
     event = msg(7)
     a, sa, _ = direct()
