@@ -23,9 +23,9 @@ missed.
 A slow consumer (:meth:`Connection.slow`) is disconnected with 1013: what it is owed is
 dropped at once, replies that come later are dropped on arrival, it is read no more,
 and a write the sender still waits to start (the transport is full) is given up, so
-that only the close frame is left, waiting for the socket to take it. A peer that never
-reads keeps that frame and the transport's buffer until the server gives up on the
-connection (keepalive); the relay then ends and the connection is unregistered.
+that only the close frame is left, waiting for the socket to take it. A peer that has
+not taken it ``SB_GATEWAY_PING_TIMEOUT`` later is hung up on (:attr:`hang_up`, the
+protocol's abort); the relay then ends and the connection is unregistered.
 
 Direct writes: when nothing is queued and the sender is not in the middle of a write, a
 data frame is written to the socket at once (:meth:`Connection.write_now`, through the
