@@ -123,9 +123,19 @@ class Request:
     traceparent: str | None = None
     sent_at: str | None = None
     headers: Mapping[str, str] | None = None
-    # time.monotonic() after which the gateway no longer waits for the reply (its
-    # Sb-Timeout, counted from the request's receipt): long work stops there
-    deadline: float | None = None
+    received: int | None = None  # wall-clock ns when the worker took the request
+
+    @property
+    def deadline(self) -> float | None:
+        """``time.monotonic()`` after which the gateway no longer waits for the reply
+        (its ``Sb-Timeout``, counted from :attr:`received`): long work stops there.
+        Worked out when a handler asks, not for every frame."""
+        timeout = h.timeout_seconds((self.headers or {}).get(h.TIMEOUT))
+        if timeout is None:
+            return None
+        received = self.received
+        waited = 0.0 if received is None else max(0, time.time_ns() - received) / 1e9
+        return time.monotonic() + timeout - waited
 
     def header(self, name: str) -> str | None:
         """A header the gateway percent-encoded (client-chosen values), decoded."""
@@ -181,12 +191,8 @@ def decode_request(
     data: bytes, headers: Mapping[str, str] | None, received: int | None = None
 ) -> Request:
     """The request in a NATS message; ``received`` (wall-clock ns when it arrived) dates
-    its deadline, from ``Sb-Timeout``."""
+    its deadline (:attr:`Request.deadline`)."""
     hdrs = headers or {}
-    deadline = None
-    if (timeout := h.timeout_seconds(hdrs.get(h.TIMEOUT))) is not None:
-        waited = 0.0 if received is None else max(0, time.time_ns() - received) / 1e9
-        deadline = time.monotonic() + timeout - waited
     return Request(
         data=data,
         frame="binary" if hdrs.get(h.FRAME) == h.FRAME_BINARY else "text",
@@ -195,5 +201,5 @@ def decode_request(
         traceparent=hdrs.get(h.TRACEPARENT),
         sent_at=hdrs.get(h.SENT_AT),
         headers=hdrs,
-        deadline=deadline,
+        received=received,
     )

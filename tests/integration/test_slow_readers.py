@@ -57,12 +57,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         yield s
 
 
-def rss_mib(pid: int) -> float:
+def status_mib(pid: int, field: str = "VmRSS") -> float:
+    """A memory figure of /proc/<pid>/status (VmRSS: now; VmHWM: peak), in MiB."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+    raise AssertionError(f"no {field}")
+
+
+def rss_mib(pid: int) -> float:
+    return status_mib(pid)
 
 
 async def stuck_member(url: str, i: int) -> websockets.ClientConnection:
@@ -225,11 +230,7 @@ def reset_peak_rss(pid: int) -> None:
 
 
 def peak_rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
+    return status_mib(pid, "VmHWM")
 
 
 def slow_consumer_drops(port: int) -> float:

@@ -212,7 +212,9 @@ async def test_transform_past_its_deadline_answers_timeout() -> None:
         encode_request("compress", "zlib", DATA),
         encode_request("decompress", "zlib", zlib.compress(DATA)),
     ):
-        req = replace(_request(frame), deadline=time.monotonic() - 1)
+        taken = time.time_ns() - 2_000_000_000  # 2 s ago, with 1 s to answer
+        late = {"Sb-Frame": "b", "Sb-Timeout": "1000"}
+        req = replace(_request(frame), headers=late, received=taken)
         with pytest.raises(WireError) as refused:
             await transform(req)
         assert refused.value.code is ErrorCode.TIMEOUT
