@@ -53,8 +53,6 @@ Message = dict[str, Any]
 Release = Callable[[], object]
 HOLD = object()
 
-SLOW_CONSUMER = "slow consumer: reconnect and rejoin with since"
-
 
 @dataclass(slots=True)
 class Pending:
@@ -369,7 +367,7 @@ class Connection:
         self.parked_sizes = None
         self.capacity.clear()
         self.closing = False  # a close decided before was in what was just dropped
-        self.close(1013, SLOW_CONSUMER)
+        self.close(1013, self.spec.slow_consumer)
         sender = self.sender
         if self.busy and sender is not None:
             self.sender = None  # tells the sender that this cancellation is ours

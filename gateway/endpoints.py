@@ -74,6 +74,9 @@ class EndpointSpec:
     binary: Route | None
     error_shape: ErrorShape
     chat: bool = False
+    # the reason of the 1013 that disconnects a client not reading what it is sent
+    # (Connection.slow): what it can do about it depends on the endpoint
+    slow_consumer: str = "slow consumer: read what you are sent, then reconnect"
 
     def error_message(self, error: WireError, tag: str | None = None) -> Message:
         """The error frame in this endpoint's shape. No worker, a timeout: ``service
@@ -93,13 +96,22 @@ BINARY = EndpointSpec("/ws/binary", None, _route(Service.BINARY, Op.INSPECT), _t
 MIXED = EndpointSpec(
     "/ws/mixed", _route(Service.BINARY, Op.MIXED), _route(Service.BINARY, Op.MIXED), _text_error
 )
-CHAT = EndpointSpec("/ws/chat", _route(Service.CHAT, Op.SEND), None, _chat_error, chat=True)
+CHAT = EndpointSpec(
+    "/ws/chat",
+    _route(Service.CHAT, Op.SEND),
+    None,
+    _chat_error,
+    chat=True,
+    slow_consumer="slow consumer: messages were dropped, reconnect",
+)
 COMPRESSED = EndpointSpec("/ws/compressed", None, _route(Service.CODEC, Op.INFLATE), _status_error)
 
 TUTORIAL_ENDPOINTS = (ECHO, JSON, BINARY, MIXED, CHAT, COMPRESSED)
 
 # /ws/v2 decodes its envelopes itself (gateway/v2.py) and picks a route per type.
-V2 = EndpointSpec("/ws/v2", None, None, _v2_error)
+V2 = EndpointSpec(
+    "/ws/v2", None, None, _v2_error, slow_consumer="slow consumer: reconnect and rejoin with since"
+)
 
 CHAT_JOIN = _route(Service.CHAT, Op.JOIN)
 CHAT_LEAVE = _route(Service.CHAT, Op.LEAVE)

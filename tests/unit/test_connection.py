@@ -3,8 +3,8 @@ import asyncio
 from prometheus_client import CollectorRegistry
 
 from gateway.codec_endpoint import CODEC
-from gateway.connection import HOLD, SLOW_CONSUMER, Connection, Pending
-from gateway.endpoints import ECHO
+from gateway.connection import HOLD, Connection, Pending
+from gateway.endpoints import CHAT, ECHO, V2
 from gateway.hub import Hub
 from gateway.relay import RelayEndpoint
 from gateway.settings import GatewaySettings
@@ -178,7 +178,9 @@ def test_replies_owed_past_the_cap_close_1013_and_are_dropped() -> None:
     conn.pending.pop(2)
     conn.complete(2, reply(1500))  # 4,500 owed: over the cap
     assert drops == [1]
-    assert list(conn.out) == [{"type": "websocket.close", "code": 1013, "reason": SLOW_CONSUMER}]
+    assert list(conn.out) == [
+        {"type": "websocket.close", "code": 1013, "reason": CODEC.slow_consumer}
+    ]
     assert conn.out_bytes == 0 and not conn.capacity.is_set()
     for seq in range(3, 64):  # what comes later is dropped, and the client is read no more
         conn.pending.pop(seq)
@@ -277,5 +279,23 @@ async def test_the_sender_gives_up_a_write_the_full_socket_holds_for_the_close()
     assert conn.busy and not conn.out and not written and not sender.done()
     writable.set()
     await asyncio.wait_for(sender, 1)
-    assert written == [{"type": "websocket.close", "code": 1013, "reason": SLOW_CONSUMER}]
+    assert written == [{"type": "websocket.close", "code": 1013, "reason": CODEC.slow_consumer}]
     assert conn.sender is None and not conn.out and conn.out_bytes == 0
+
+
+def test_the_slow_consumer_reason_says_what_the_endpoint_allows() -> None:
+    """Only /ws/v2 clients can rejoin with ``since``; the others are told what applies."""
+    reasons = {}
+    for spec in (ECHO, CODEC, CHAT, V2):
+        conn = Connection(1, spec, max_in_flight=8, max_out_bytes=100)
+        conn.push({"type": "websocket.send", "text": "x" * 60})
+        conn.push({"type": "websocket.send", "text": "x" * 60})  # over 100 bytes queued
+        (close,) = conn.out
+        assert close["code"] == 1013
+        reasons[spec.path] = close["reason"]
+    assert reasons == {
+        "/ws": "slow consumer: read what you are sent, then reconnect",
+        "/ws/codec": "slow consumer: read what you are sent, then reconnect",
+        "/ws/chat": "slow consumer: messages were dropped, reconnect",
+        "/ws/v2": "slow consumer: reconnect and rejoin with since",
+    }
