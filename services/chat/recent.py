@@ -18,9 +18,10 @@ stream recreated), the newer information replaces the run. The run is
 the room's newest events up to ``max_events`` (the stream's own per-room limit, so it
 never holds an event the stream dropped); rooms past ``max_bytes`` in all are forgotten,
 least recently used first. Age (``max_age``) and the stream's truth (its head) are
-checked by the reader, :meth:`services.chat.rooms.RoomStore.read`, not here. Every
-replica must keep ``max_events`` equal to the stream's per-room limit
-(``SB_CHAT_HISTORY_MAX_MESSAGES``): a larger one could serve events the stream dropped.
+checked by the reader, :meth:`services.chat.rooms.RoomStore.read`, not here.
+``max_events`` must equal the stream's per-room limit: a larger one could serve events the
+stream dropped (:meth:`~services.chat.rooms.RoomStore.follow` starts a new cache when
+another replica changes that limit).
 """
 
 from __future__ import annotations

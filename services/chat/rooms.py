@@ -20,12 +20,19 @@ room.
   run every ``SB_CHAT_HISTORY_TRIM_INTERVAL``, which deletes them from the stream except
   each room's last event: that one keeps the room's sequence, so it never restarts. (The
   stream's own ``max_age`` cannot be used: it would remove a quiet room's last event.)
+- The retention is the stream's, whatever a replica was started with: each replica
+  writes its own into the stream when it starts (``max_age`` in the stream's metadata),
+  warning if that changes it, and every replica follows what the stream says
+  (:meth:`RoomStore.follow`), so that during a rolling change of
+  ``SB_CHAT_HISTORY_MAX_MESSAGES`` or ``SB_CHAT_HISTORY_MAX_AGE`` replicas do not answer
+  the same history request differently for long.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -53,10 +60,14 @@ from wire.subjects import (
     stream_info_subject,
 )
 
+log = logging.getLogger(__name__)
+
 WRONG_LAST_SEQUENCE = 10071
 READ_PAGE = 256  # events per direct get batch when reading history
 SEEK_SLACK = 16  # events before the first wanted that a read may fetch and skip
 STORED_IDS = 65536  # message ids whose room seq a replica remembers (~10 MiB)
+MAX_AGE_KEY = "switchboard_history_max_age"  # in the stream's metadata: seconds
+FOLLOW_INTERVAL = 30.0  # seconds between checks of the stream's retention (follow)
 READ_ATTEMPTS = 3  # reads of a range that came back short (a lagging replica) before 503
 
 
@@ -131,13 +142,35 @@ class RoomStore:
             num_replicas=self.replicas,
             allow_direct=True,
             republish=api.RePublish(src=history_wildcard(), dest=live_wildcard()),
+            metadata={MAX_AGE_KEY: repr(self.max_age)},
         )
         try:
             await self.js.add_stream(config)
         except APIError as exc:
             if exc.err_code != 10058:  # stream name already in use: update it
                 raise
+            before = _retention((await self.js.stream_info(ROOMS_STREAM)).config)
+            if before is not None and before != (self.max_msgs, self.max_age):
+                log.warning(
+                    "this replica changes the rooms' history retention",
+                    extra={"before": before, "after": (self.max_msgs, self.max_age)},
+                )
             await self.js.update_stream(config)
+
+    async def follow(self) -> bool:
+        """Take the retention the stream has now (set by the replica started last).
+        Returns True if it changed."""
+        now = _retention((await self.js.stream_info(ROOMS_STREAM)).config)
+        if now is None or now == (self.max_msgs, self.max_age):
+            return False
+        log.warning(
+            "the rooms' history retention was changed by another replica: following it",
+            extra={"before": (self.max_msgs, self.max_age), "after": now},
+        )
+        self.max_msgs, self.max_age = now
+        if self.recent is not None:  # its runs may be longer than the stream keeps now
+            self.recent = RecentEvents(self.max_msgs, self.recent.max_bytes)
+        return True
 
     async def _head(self, room: str) -> tuple[int, int]:
         cached = self._heads.get(room)
@@ -481,6 +514,18 @@ class RoomStore:
                 raise WireError(ErrorCode.UNAVAILABLE, f"history store answered {status}")
             trimmed += 1
         return trimmed
+
+
+def _retention(config: api.StreamConfig) -> tuple[int, float] | None:
+    """(events kept per room, max age in seconds) of the rooms stream, or None if a
+    stream of an older version has no max age in its metadata."""
+    try:
+        max_age = float((config.metadata or {})[MAX_AGE_KEY])
+    except (KeyError, ValueError):
+        return None
+    if config.max_msgs_per_subject is None or max_age <= 0:
+        return None
+    return (config.max_msgs_per_subject, max_age)
 
 
 def fit(events: list[StoredEvent], max_bytes: int, *, newest: bool) -> list[StoredEvent]:

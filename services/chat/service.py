@@ -12,7 +12,7 @@ from nats.aio.msg import Msg
 from services.chat.handlers import ChatHandlers
 from services.chat.presence import PresenceBook, Sweep
 from services.chat.recent import RecentEvents
-from services.chat.rooms import RoomStore
+from services.chat.rooms import FOLLOW_INTERVAL, RoomStore
 from services.chat.settings import ChatSettings
 from services.runner import Handler
 from wire.presence import Heartbeat
@@ -89,6 +89,19 @@ async def build(nc: Client, settings: ChatSettings) -> Mapping[Op, Handler]:
                 if rooms:
                     log.info("history trimmed", extra={"rooms": rooms})
 
-    for task in (asyncio.create_task(sweep()), asyncio.create_task(trim())):
+    async def follow() -> None:
+        while True:
+            await asyncio.sleep(FOLLOW_INTERVAL)
+            try:
+                await store.follow()
+            except Exception as exc:  # NATS restarting: next time
+                log.warning("history retention check failed: %s", exc)
+
+    tasks = (
+        asyncio.create_task(sweep()),
+        asyncio.create_task(trim()),
+        asyncio.create_task(follow()),
+    )
+    for task in tasks:
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
     return handlers.ops()
