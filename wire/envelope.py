@@ -93,8 +93,10 @@ def publish_body(payload: dict[str, Any]) -> bytes:
     ``BAD_REQUEST`` if too deeply nested to encode, ``TOO_LARGE`` over
     :data:`MAX_PAYLOAD_BYTES`."""
     try:
-        body = orjson.dumps(payload)
-    except orjson.JSONEncodeError:  # parsed (1024 levels), too deep to re-encode (254)
+        # Encoded one level down, as chat stores it inside the event frame: parsed (1024
+        # levels) is not enough, orjson encodes 254 at most, the event included.
+        body = orjson.dumps([payload])[1:-1]
+    except orjson.JSONEncodeError:
         raise _bad("payload nested too deeply") from None
     if len(body) > MAX_PAYLOAD_BYTES:
         raise WireError(ErrorCode.TOO_LARGE, f"payload over {MAX_PAYLOAD_BYTES} bytes")

@@ -95,10 +95,10 @@ def timeout_seconds(value: str | None) -> float | None:
     if not value:
         return None
     try:
-        ms = int(value)
-    except ValueError:
+        seconds = int(value) / 1000
+    except (ValueError, OverflowError):  # not a number, or over a float's range
         return None
-    return ms / 1000 if ms > 0 else None
+    return seconds if seconds > 0 else None
 
 
 def age_seconds(stamp: str | None, now: int | None = None) -> float | None:

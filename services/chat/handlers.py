@@ -203,7 +203,10 @@ class ChatHandlers:
         payload["sender"] = user
         payload["ts"] = _now_ms()
         msg_id = f"msg:{room}:{quoted(user)}:{rid}"  # a re-sent publish: same room, user, id
-        appended = await self.store.append(room, "message", payload, msg_id)
+        try:
+            appended = await self.store.append(room, "message", payload, msg_id)
+        except orjson.JSONEncodeError:  # the gateway checks it (envelope.publish_body)
+            raise WireError(ErrorCode.BAD_REQUEST, "payload nested too deeply") from None
         if not appended.duplicate:
             frame = tutorial_frame(f"{user}: {_tutorial_text(payload)}", user, "message")
             await self._tutorial(room, frame)

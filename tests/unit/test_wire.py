@@ -1,5 +1,6 @@
 import time
 
+import orjson
 import pytest
 
 from wire import headers as h
@@ -152,3 +153,37 @@ def test_reconnect_backoff_stays_bounded_for_ever() -> None:
 
     for attempt in (1, 10, 1023, 1024, 10**6):
         assert 0 <= backoff(attempt) <= 2.0
+
+
+def _nested(depth: int) -> dict:
+    """A payload object ``depth`` levels deep (the object itself is level 1)."""
+    payload: dict = {"a": 1}
+    for _ in range(depth - 1):
+        payload = {"a": payload}
+    return payload
+
+
+@pytest.mark.parametrize("depth", [200, 252, 253, 254, 255, 300])
+def test_a_publish_the_gateway_accepts_can_be_stored(depth: int) -> None:
+    """The gateway's depth check (publish_body) matches what chat encodes: the payload
+    inside the stored event frame, one level deeper. Found by fuzzing: at 254 levels the
+    gateway accepted a publish whose event orjson could not encode (chat: 500)."""
+    from wire import envelope
+
+    payload = _nested(depth)
+    try:
+        body = envelope.publish_body(payload)
+    except WireError as exc:
+        assert (exc.code, exc.description) == (ErrorCode.BAD_REQUEST, "payload nested too deeply")
+        accepted = False
+    else:
+        assert orjson.loads(body) == payload
+        event = envelope.event("message", "r1", 1, orjson.loads(body))  # must not raise
+        assert orjson.loads(event)["payload"] == payload
+        accepted = True
+    assert accepted == (depth <= 253)
+
+
+@pytest.mark.parametrize("value", ["1" + "0" * 312, "9" * 400, "-" + "9" * 400])
+def test_a_huge_timeout_header_is_malformed_not_an_exception(value: str) -> None:
+    assert h.timeout_seconds(value) is None
