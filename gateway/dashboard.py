@@ -43,15 +43,17 @@ class DashboardSocket:
         live: LiveStats,
         allowed_origins: list[str] | None = None,
         admission: Admission | None = None,
+        allowed_hosts: list[str] | None = None,
     ) -> None:
         self.live = live
         self.allowed_origins = allowed_origins or []
+        self.allowed_hosts = allowed_hosts or []
         self.admission = admission or Admission(MAX_WATCHERS, MAX_WATCHERS)
 
     async def __call__(self, scope, receive, send) -> None:  # ASGI
         if (await receive())["type"] != "websocket.connect":
             return
-        if not origin_allowed(scope, self.allowed_origins):
+        if not origin_allowed(scope, self.allowed_origins, self.allowed_hosts):
             await send({"type": "websocket.close", "code": int(CloseCode.POLICY_VIOLATION)})
             return
         await send({"type": "websocket.accept"})
@@ -105,6 +107,7 @@ def mount(app: FastAPI, live: LiveStats) -> None:
     page = PAGE.read_text()
     settings = getattr(app.state, "settings", None)
     allowed = list(getattr(settings, "allowed_origins", None) or [])
+    hosts = list(getattr(settings, "allowed_hosts", None) or [])
     hub = getattr(app.state, "hub", None)
     admission = hub.admission if hub is not None else None
 
@@ -112,4 +115,6 @@ def mount(app: FastAPI, live: LiveStats) -> None:
     async def dashboard_page() -> HTMLResponse:
         return HTMLResponse(page)
 
-    app.router.routes.append(WebSocketRoute(WS_PATH, DashboardSocket(live, allowed, admission)))
+    app.router.routes.append(
+        WebSocketRoute(WS_PATH, DashboardSocket(live, allowed, admission, hosts))
+    )

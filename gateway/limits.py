@@ -3,8 +3,10 @@ rate limits. All configured in GatewaySettings; docs/security.md lists the defau
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Collection
 from urllib.parse import urlsplit
 
 from wire.errors import ErrorCode, WireError
@@ -140,25 +142,45 @@ class Admission:
 LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
-def same_host(origin: str, host: str) -> bool:
-    """``origin`` names ``host``, or both are this machine's loopback under two names
-    and the same port: the tutorial's pages, opened at http://127.0.0.1:8000, connect
-    to ws://localhost:8000 as written."""
-    netloc = urlsplit(origin).netloc.lower()
-    host = host.lower()
-    if netloc == host:
+def trusted_host(hostname: str | None, hosts: Collection[str]) -> bool:
+    """A name this gateway's pages may be served under, for the same-host rule: an IP
+    address, ``localhost`` (and ``*.localhost``, which browsers resolve to the loopback
+    themselves), or one of ``hosts`` (``*`` = any). Any other name could be an attacker's,
+    resolved to this gateway's address for the attack (DNS rebinding): the page's Origin
+    and the Host header then name the same host, the attacker's."""
+    if not hostname:
+        return False
+    if "*" in hosts or hostname in hosts:
+        return True
+    if hostname == "localhost" or hostname.endswith(".localhost"):
         return True
     try:
+        ipaddress.ip_address(hostname)
+    except ValueError:
+        return False
+    return True
+
+
+def same_host(origin: str, host: str, hosts: Collection[str] = ()) -> bool:
+    """``origin`` names ``host``, a :func:`trusted_host`, or both are this machine's
+    loopback under two names and the same port: the tutorial's pages, opened at
+    http://127.0.0.1:8000, connect to ws://localhost:8000 as written."""
+    netloc = urlsplit(origin).netloc.lower()
+    host = host.lower()
+    try:
         a, b = urlsplit("//" + netloc), urlsplit("//" + host)
+        if netloc == host:
+            return trusted_host(b.hostname, hosts)
         return a.hostname in LOOPBACK and b.hostname in LOOPBACK and a.port == b.port
     except ValueError:  # a port that is not a number
         return False
 
 
-def origin_allowed(scope: dict, allowed: list[str]) -> bool:
+def origin_allowed(scope: dict, allowed: list[str], hosts: Collection[str] = ()) -> bool:
     """Browsers send ``Origin``; other clients need not. Allowed: no Origin, an Origin
     in ``allowed`` (``*`` = any), or, when ``allowed`` is empty, an Origin naming the
-    host the request was sent to (the pages this gateway serves; :func:`same_host`)."""
+    host the request was sent to, if that is a :func:`trusted_host` (the pages this
+    gateway serves; :func:`same_host`)."""
     origin = host = None
     for name, value in scope.get("headers", ()):
         if name == b"origin":
@@ -171,7 +193,7 @@ def origin_allowed(scope: dict, allowed: list[str]) -> bool:
         return True
     if allowed:
         return False
-    return host is not None and same_host(origin, host)
+    return host is not None and same_host(origin, host, hosts)
 
 
 def client_ip(scope: dict) -> str:

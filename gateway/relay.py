@@ -157,7 +157,8 @@ class RelayEndpoint:
         handshake; an address closed for rate abuse in the last ``rate_ban_seconds``:
         accept, then close 1008; full: accept, then close 1013 so the client sees why)."""
         hub = self.hub
-        if not origin_allowed(scope, self.settings.allowed_origins):
+        settings = self.settings
+        if not origin_allowed(scope, settings.allowed_origins, settings.allowed_hosts):
             hub.metrics.errors.labels(ErrorCode.FORBIDDEN).inc()
             await send({"type": "websocket.close", "code": int(CloseCode.POLICY_VIOLATION)})
             return None

@@ -79,6 +79,12 @@ class GatewaySettings(SharedSettings):
         default_factory=list,
         description="browser Origins allowed; empty = same host only; ['*'] = any",
     )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="host names, besides IP addresses and localhost, that the same-host "
+        "Origin rule trusts (empty SB_GATEWAY_ALLOWED_ORIGINS); others are refused, as a "
+        "DNS rebinding attack would use them; ['*'] = any",
+    )
     max_connections: int = Field(20000, ge=1, description="per gateway; more: close 1013")
     max_connections_per_ip: int = Field(512, ge=1, description="more: close 1013")
     rate_frames: float = Field(500.0, gt=0, description="frames/s per connection")

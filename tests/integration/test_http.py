@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import urllib.error
 import urllib.request
 
@@ -101,3 +102,28 @@ async def test_text_bytes_are_utf8_bytes_not_characters(stack) -> None:
 
     assert (delta("/ws", "in"), delta("/ws", "out")) == (20, 26)
     assert delta("/ws/v2", "in") == len(ping.encode()) == 25
+
+
+def handshake_status(port: int, path: str, host: str, origin: str) -> int:
+    """The HTTP status a raw WebSocket handshake with these Host and Origin gets."""
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request.encode())
+        status_line = sock.makefile("rb").readline().decode()
+    return int(status_line.split()[1])
+
+
+def test_a_dns_rebinding_page_cannot_open_sockets(stack) -> None:
+    """A page on an attacker's name, resolved to this gateway for the attack, sends an
+    Origin and a Host that agree: the same-host rule must not take that name on trust
+    (it did: the page could list and delete files, read rooms and the dashboard)."""
+    port = stack.gateways[0].port
+    for path in ("/ws", "/ws/files", "/ws/v2", "/ws/dashboard"):
+        foreign = f"rebind.evil.example:{port}"
+        assert handshake_status(port, path, foreign, f"http://{foreign}") == 403, path
+        own = f"127.0.0.1:{port}"
+        assert handshake_status(port, path, own, f"http://{own}") == 101, path

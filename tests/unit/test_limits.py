@@ -37,6 +37,28 @@ def test_origin_allowlist(origin, allowed, ok) -> None:
     assert origin_allowed(scope(origin), allowed) is ok
 
 
+@pytest.mark.parametrize(
+    ("origin", "host", "hosts", "ok"),
+    [
+        # DNS rebinding: the attacker's name, resolved to this gateway for the attack;
+        # Origin and Host name the same host, which is not a host the gateway trusts
+        ("http://rebind.evil.example:8000", "rebind.evil.example:8000", [], False),
+        ("http://evil.example", "evil.example", [], False),
+        ("http://chat.example.com", "chat.example.com", ["chat.example.com"], True),
+        ("http://rebind.evil.example", "rebind.evil.example", ["chat.example.com"], False),
+        ("http://anything.example", "anything.example", ["*"], True),
+        # addresses cannot be rebound; localhost never leaves the machine
+        ("http://192.168.1.20:8080", "192.168.1.20:8080", [], True),
+        ("http://[2001:db8::1]:8080", "[2001:db8::1]:8080", [], True),
+        ("http://localhost:8080", "localhost:8080", [], True),
+        ("http://app.localhost:8080", "app.localhost:8080", [], True),
+        ("http://localhost.evil.example", "localhost.evil.example", [], False),
+    ],
+)
+def test_same_host_rule_trusts_no_foreign_name(origin, host, hosts, ok) -> None:
+    assert origin_allowed(scope(origin, host), [], hosts) is ok
+
+
 def test_token_bucket_allows_burst_then_rate() -> None:
     bucket = TokenBucket(rate=1000, burst=5)
     assert all(bucket.take() for _ in range(5))
