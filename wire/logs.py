@@ -24,6 +24,7 @@ import logging
 import re
 import sys
 from contextvars import ContextVar
+from urllib.parse import unquote_plus
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -41,13 +42,21 @@ class TraceFilter(logging.Filter):
         return True
 
 
-_SECRET = re.compile(r"([?&;](?:token|access_token|password|secret)=)[^&;\s\"']+", re.IGNORECASE)
+_PARAM = re.compile(r"([?&;])([^=&;?\s\"']+)=([^&;\s\"']+)")
+SECRET_NAMES = frozenset({"token", "access_token", "password", "secret"})
 REDACTED = "[redacted]"
+
+
+def _hide(match: re.Match[str]) -> str:
+    # The name as the gateway reads it (parse_qsl decodes it: ?%74oken= is ?token=).
+    if unquote_plus(match[2]).lower() not in SECRET_NAMES:
+        return match[0]
+    return f"{match[1]}{match[2]}={REDACTED}"
 
 
 def redact(text: str) -> str:
     """``text`` with the values of secret query parameters replaced."""
-    return _SECRET.sub(rf"\g<1>{REDACTED}", text) if "=" in text else text
+    return _PARAM.sub(_hide, text) if "=" in text else text
 
 
 class RedactFilter(logging.Filter):
