@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl
 import anyio
 from starlette.routing import WebSocketRoute
 
-from gateway.auth import Authenticator, Identity, token_from
+from gateway.auth import BEARER_PREFIX, Authenticator, Identity, token_from
 from gateway.connection import Connection, text_bytes
 from gateway.endpoints import CHAT_JOIN, CHAT_LEAVE, EndpointSpec, Route
 from gateway.hops import HOP_KEY
@@ -207,10 +207,14 @@ class RelayEndpoint:
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), True))
         offered = scope.get("subprotocols") or []
         accept: dict[str, object] = {"type": "websocket.accept"}
-        for proto in subprotocols:
-            if proto in offered:
-                accept["subprotocol"] = proto
-                break
+        chosen = next((proto for proto in subprotocols if proto in offered), None)
+        if chosen is None:
+            # A browser fails a handshake that selects none of the protocols it offered:
+            # a client that offered its token and nothing this endpoint speaks gets its
+            # token's entry back (/ws/chat has no protocol name of its own).
+            chosen = next((proto for proto in offered if proto.startswith(BEARER_PREFIX)), None)
+        if chosen is not None:
+            accept["subprotocol"] = chosen
         try:
             username = query.get("username", default_user)
             if username is not None:

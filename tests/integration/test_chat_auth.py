@@ -116,3 +116,20 @@ async def test_the_system_senders_name_is_reserved(stack) -> None:
         assert await closed_with(ws) == (1008, "user name 'system' is reserved")
     async with connect(chat(gateway, username="alice")) as ws:  # anyone else, as before
         assert (await recv_json(ws))["message"] == "alice has joined the chat"
+
+
+async def test_a_token_offered_as_a_subprotocol_is_selected(stack, closed) -> None:
+    """Browsers cannot set headers, so they offer the token as ``bearer.<jwt>``, and
+    fail the handshake (1006) unless the server selects one of the protocols they
+    offered. /ws/chat authenticated such a client but selected none; /ws/v2 too when
+    ``switchboard.v2`` was not offered with it."""
+    name = f"sp-{uuid.uuid4().hex[:6]}"
+    offer = f"bearer.{token(name)}"
+    async with connect(chat(closed), subprotocols=[offer]) as ws:
+        assert ws.subprotocol == offer
+        assert (await recv_json(ws))["message"] == f"{name} has joined the chat"
+    v2 = f"ws://127.0.0.1:{closed.port}/ws/v2"
+    async with connect(v2, subprotocols=[offer]) as ws:
+        assert ws.subprotocol == offer
+    async with connect(v2, subprotocols=["switchboard.v2", offer]) as ws:
+        assert ws.subprotocol == "switchboard.v2"  # its own protocol first, as before
