@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from services.chat.presence import Member, PresenceBook
-from services.chat.rooms import RoomStore, fit
+from services.chat.rooms import Appended, RoomStore, fit
 from services.runner import Handler
 from wire import envelope
 from wire import headers as h
@@ -97,13 +97,14 @@ class ChatHandlers:
 
     async def _append_quietly(
         self, room: str, kind: envelope.EventType, payload: dict[str, Any], msg_id: str | None
-    ) -> None:
+    ) -> Appended | None:
         """History for the tutorial endpoint, which has no acks: a store outage must not
-        stop the chat itself."""
+        stop the chat itself (None: not stored)."""
         try:
-            await self.store.append(room, kind, payload, msg_id)
+            return await self.store.append(room, kind, payload, msg_id)
         except Exception as exc:
             log.warning("history append failed: %s", exc, extra={"room": room})
+            return None
 
     # -- the tutorial's /ws/chat ---------------------------------------------------
     async def join(self, req: Request) -> bytes:
@@ -117,13 +118,18 @@ class ChatHandlers:
         return b""
 
     async def leave(self, req: Request) -> bytes:
+        """A /ws/chat socket's leave. The gateway sends it again until a replica answers
+        (gateway/leaves.py), and chat writes it itself for a member its gateway no longer
+        lists (:meth:`expire`): the notice goes out only with the event's first store
+        (its dedupe id), or when the store failed (the chat goes on without history)."""
         user = check_username(req.user)
         room = _room(req)
-        await self.publish(
-            room_subject(room), tutorial_frame(f"{user} has left the chat", "Server", "system")
-        )
         event = {"user": user, "ts": _now_ms()}
-        await self._append_quietly(room, "leave", event, _member_key("leave", req, room))
+        left = await self._append_quietly(room, "leave", event, _member_key("leave", req, room))
+        if left is None or not left.duplicate:
+            await self.publish(
+                room_subject(room), tutorial_frame(f"{user} has left the chat", "Server", "system")
+            )
         return b""
 
     async def send(self, req: Request) -> bytes:

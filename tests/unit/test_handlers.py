@@ -10,8 +10,9 @@ from services.chat.presence import PresenceBook
 from services.chat.rooms import Appended, StoredEvent
 from services.codec.handlers import echo, inflated_size, inspect_json, make_inflate
 from wire import envelope
+from wire import headers as h
 from wire.errors import ErrorCode, WireError
-from wire.frames import BinaryFrame, Request, TextFrame, decode_frames
+from wire.frames import BinaryFrame, Request, TextFrame, decode_frames, request_headers
 
 
 def text(data: str | bytes, **kw) -> Request:
@@ -272,3 +273,35 @@ async def test_deep_but_valid_json_is_never_called_invalid() -> None:
         assert reply != "Error: Invalid JSON format", depth
         seen.add("deep" if reply == "Error: JSON nested too deeply" else "ok")
     assert seen == {"ok", "deep"}  # the range crossed the limit
+
+
+def tutorial_leave(conn: str = "7") -> Request:
+    hdrs = request_headers(
+        "text", user="alice", room="general", extra={h.GATEWAY: "gw1", h.CONN: conn}
+    )
+    return Request(b"", "text", user="alice", room="general", headers=hdrs)
+
+
+async def test_a_tutorial_leave_sent_again_is_told_once() -> None:
+    """The gateway sends a closed socket's leave again until chat answers: a first
+    attempt handled whose reply was lost must not tell the room twice."""
+    published: list[tuple[str, bytes]] = []
+    handlers, store = chat(published)
+    for _ in range(2):
+        assert await handlers.leave(tutorial_leave()) == b""
+    await handlers.leave(tutorial_leave("8"))  # another socket of hers: its own notice
+    notices = [p for _, p in published if b"alice has left the chat" in p]
+    assert len(notices) == 2
+    assert [e.frame.count(b'"leave"') for e in store.events["general"]] == [1, 1]
+
+
+async def test_a_tutorial_leave_is_told_when_the_store_fails() -> None:
+    published: list[tuple[str, bytes]] = []
+    handlers, store = chat(published)
+
+    async def broken(*args: object) -> Appended:
+        raise TimeoutError("JetStream unavailable")
+
+    store.append = broken  # type: ignore[method-assign]
+    await handlers.leave(tutorial_leave())
+    assert [p for _, p in published if b"alice has left the chat" in p]
