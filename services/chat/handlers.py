@@ -251,8 +251,10 @@ class ChatHandlers:
         )
 
     async def expire(self, gone: list[Member]) -> None:
-        """Write leave events for members of gateways that stopped heartbeating. Every
-        replica may do this; the dedupe id makes it happen once."""
+        """Write leave events for members of gateways that stopped heartbeating, or whose
+        gateway's full snapshot no longer lists them (PresenceBook.apply). Every replica
+        may do this, and the gateway's own leave may come too (sent again until
+        answered): the dedupe id, the one that leave has, makes it happen once."""
         for m in gone:
             msg_id = f"leave:{m.gateway}:{m.conn}:{m.room}"
             try:

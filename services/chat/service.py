@@ -10,7 +10,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from services.chat.handlers import ChatHandlers
-from services.chat.presence import PresenceBook, Sweep
+from services.chat.presence import Member, PresenceBook, Sweep
 from services.chat.recent import RecentEvents
 from services.chat.rooms import FOLLOW_INTERVAL, RoomStore
 from services.chat.settings import ChatSettings
@@ -47,19 +47,32 @@ async def build(nc: Client, settings: ChatSettings) -> Mapping[Op, Handler]:
         nc.publish, store, book, settings.recover_newest, settings.reply_budget_bytes
     )
     loop = asyncio.get_running_loop()
+    leaving: set[asyncio.Task[None]] = set()
+
+    async def write_leaves(gone: list[Member]) -> None:
+        try:
+            await handlers.expire(gone)
+        except Exception as exc:  # what comes next must still run
+            log.warning("presence leaves failed: %s", exc)
 
     async def on_heartbeat(msg: Msg) -> None:
         try:
-            book.apply(Heartbeat.decode(msg.data), loop.time())
+            dropped = book.apply(Heartbeat.decode(msg.data), loop.time())
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("bad presence heartbeat: %s", exc)
+            return
+        if dropped:  # their leaves, in a task: the next heartbeats need not wait
+            log.info("presence dropped by a snapshot", extra={"members": len(dropped)})
+            task = loop.create_task(write_leaves(dropped))
+            leaving.add(task)
+            task.add_done_callback(leaving.discard)
 
     await nc.subscribe(presence_wildcard(), cb=on_heartbeat)
     # A replica that starts knows no members: the gateways' full lists come now, not at
     # their next snapshot (until then its presence answers would leave people out).
     await nc.publish(presence_sync_subject(), b"")
 
-    passes = Sweep(book, nc, settings.presence_ttl)
+    passes = Sweep(book, nc, settings.presence_ttl, settings.dedupe_window / 2)
 
     async def sweep() -> None:
         interval = min(1.0, settings.presence_ttl / 3)
@@ -73,10 +86,7 @@ async def build(nc: Client, settings: ChatSettings) -> Mapping[Op, Handler]:
                     log.warning("presence sync request failed: %s", exc)
             elif gone:
                 log.info("presence expired", extra={"members": len(gone)})
-                try:
-                    await handlers.expire(gone)
-                except Exception as exc:  # the next pass must still run
-                    log.warning("presence expiry failed: %s", exc)
+                await write_leaves(gone)
 
     async def trim() -> None:
         while True:

@@ -140,3 +140,43 @@ async def test_a_gateway_sends_its_full_list_as_soon_as_nats_is_back() -> None:
         assert Heartbeat.decode(data) == Heartbeat("gw1", True)  # alice is gone
     finally:
         await rooms.stop()
+
+
+def test_a_full_snapshot_reports_the_members_it_drops() -> None:
+    """Members known here that their gateway's full snapshot no longer lists (their
+    leave delta was lost: the gateway was cut off from NATS, or restarted under the same
+    id) are returned, for chat to write their leave events; deltas' leaves are not."""
+    book = PresenceBook()
+    joined = [(1, "lounge", "alice"), (2, "lounge", "bob"), (3, "general", "carol")]
+    assert book.apply(Heartbeat("a", True, joined=joined), 0.0) == []
+    assert book.apply(Heartbeat("a", False, left=[(2, "lounge")]), 1.0) == []  # bob left
+    still = [(1, "lounge", "alice"), (4, "lounge", "dave")]
+    assert book.apply(Heartbeat("a", True, joined=still), 2.0) == [
+        Member("a", 3, "general", "carol")
+    ]
+    assert users(book) == ["alice", "dave"]
+    assert book.apply(Heartbeat("b", True), 3.0) == []  # another gateway's are its own
+
+
+def test_after_an_outage_longer_than_trusted_snapshots_drop_nobody() -> None:
+    """Cut off past half the dedupe window, this replica may have missed leaves written
+    long ago: the next snapshot of each gateway replaces its members silently."""
+    book, link = PresenceBook(), Link()
+    sweep = Sweep(book, link, TTL, trusted_outage=60.0)
+    book.apply(Heartbeat("a", True, joined=[(1, "lounge", "alice")]), 0.0)
+    book.apply(Heartbeat("b", True, joined=[(1, "lounge", "bob")]), 0.0)
+    link.outage()
+    assert passes(sweep, 1, 80) == {}
+    link.back()
+    assert sweep.run(81.0) is None
+    assert book.apply(Heartbeat("a", True), 81.5) == []  # alice left long ago
+    book.apply(Heartbeat("b", True), 81.5)
+    book.apply(Heartbeat("a", True, joined=[(2, "lounge", "alice")]), 82.0)
+    assert book.apply(Heartbeat("a", True), 83.0) == [Member("a", 2, "lounge", "alice")]
+    # a short outage keeps them trusted
+    link.outage()
+    assert sweep.run(84.0) == []
+    link.back()
+    book.apply(Heartbeat("a", True, joined=[(3, "lounge", "alice")]), 85.0)
+    assert sweep.run(85.5) is None
+    assert book.apply(Heartbeat("a", True), 86.0) == [Member("a", 3, "lounge", "alice")]
