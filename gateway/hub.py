@@ -37,6 +37,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from gateway.connection import Connection, Message, Pending
 from gateway.endpoints import Route
 from gateway.hops import HopTable
+from gateway.leaves import Leaves
 from gateway.limits import Admission
 from gateway.rooms import Rooms
 from gateway.settings import GatewaySettings
@@ -122,6 +123,7 @@ class Hub:
         self._discovery: tuple[float, dict[str, int]] | None = None
         self.accepting = True
         self.live = Rooms(settings.id, settings.presence_interval)  # rooms and presence
+        self.leaves = Leaves(settings, metrics)  # closed sockets' leaves, until answered
         self.admission = Admission(settings.max_connections, settings.max_connections_per_ip)
         self.in_flight = 0  # requests awaiting a reply, all connections
         self._rtt = {
@@ -164,6 +166,7 @@ class Hub:
         await nc.subscribe(reply_wildcard(self.settings.id), cb=self._on_reply)
         self._sweeper = asyncio.create_task(self._sweep())
         self.live.start(nc)
+        self.leaves.start(nc)
         if on_connected is not None:
             await on_connected(nc)
         self.nc = nc  # only now: sockets are taken once replies can come back
@@ -173,6 +176,7 @@ class Hub:
         self.metrics.nats_connected.set(1 if up else 0)
         if up:
             self.live.reconnected()
+            self.leaves.reconnected()
 
     async def stop(self) -> None:
         if self._starting is not None and not self._starting.done():
@@ -180,6 +184,8 @@ class Hub:
         if self._starting is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._starting
+        # the sockets are closed: their leaves go before the drain (at most the timeout)
+        await self.leaves.stop(self.settings.shutdown_timeout)
         await self.live.stop()
         if self._sweeper:
             self._sweeper.cancel()
@@ -667,8 +673,7 @@ class Hub:
             return
         conn = self.connections.get(cid)
         if conn is None:
-            if cid:  # connection 0 is the sink of fire-and-forget requests
-                self.metrics.late_replies.inc()  # its socket closed before the reply came
+            self.metrics.late_replies.inc()  # its socket closed before the reply came
             return
         pending = conn.pending.get(seq)
         if pending is None:
@@ -834,15 +839,6 @@ class Hub:
         for conn in members:
             for message in messages:
                 conn.push(message)
-
-    async def notify(self, route: Route, headers: dict[str, str]) -> None:
-        """Fire-and-forget request (chat leave): no reply is awaited."""
-        if self.nc is None or self.nc.is_closed:
-            return
-        # Connection 0 never exists: the worker's reply is dropped on arrival.
-        sink = reply_subject(self._prefix, 0, 0)
-        with contextlib.suppress(Exception):
-            await self.nc.publish(route.subject, b"", reply=sink, headers=headers)
 
     # -- discovery -----------------------------------------------------------------
     async def instances(self) -> dict[str, int]:

@@ -138,6 +138,9 @@ class RelayEndpoint:
         conn = self.connection(ip, user, CHAT_ROOM if self.spec.chat else None, scope)
         try:
             if self.spec.chat:
+                # after the leaves of this user's earlier sockets: else the room could be
+                # told of this join before an old socket's leave (gateway/leaves.py)
+                await hub.leaves.settled(user or "", CHAT_ROOM, self.settings.request_timeout)
                 await hub.join_room(conn, CHAT_ROOM)
                 await hub.request(conn, CHAT_JOIN, b"", self._member_headers(conn))
                 await hub.live.track(conn, CHAT_ROOM, user or "")
@@ -149,7 +152,7 @@ class RelayEndpoint:
             if self.spec.chat:
                 await hub.leave_room(conn, CHAT_ROOM)
                 await hub.live.untrack(conn)
-                await hub.notify(CHAT_LEAVE, self._member_headers(conn))
+                hub.leaves.add(CHAT_LEAVE, self._member_headers(conn), user or "", CHAT_ROOM)
 
     async def admit(self, scope, send) -> str | None:
         """Origin, rate-ban and connection-count checks before accepting. Returns the

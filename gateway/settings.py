@@ -73,6 +73,13 @@ class GatewaySettings(SharedSettings):
     )
     presence_interval: float = Field(5.0, gt=0, description="presence heartbeat period")
     max_rooms: int = Field(100, ge=1, description="rooms one connection may join")
+    leave_retry_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="a closed socket's leave is sent again until a chat replica answers, "
+        "for at most this long (keep it under SB_CHAT_DEDUPE_WINDOW: a leave handled "
+        "whose answer was lost is then not stored twice)",
+    )
 
     # limits (docs/security.md)
     allowed_origins: list[str] = Field(

@@ -69,11 +69,17 @@ class V2Endpoint(RelayEndpoint):
             hub.unregister(conn)
             self._emptied(conn)  # fills waiting for it to read: it will not
             self.open.dec()
-            for member in self._leaving.pop(conn.id, ()):  # their leave never came back
+            # Leaves sent that never came back (maybe handled: chat dedupes them), then
+            # the rooms still joined: sent until chat answers (gateway/leaves.py).
+            for member in [*self._leaving.pop(conn.id, ()), *conn.rooms.values()]:
                 await self.rooms.remove(member)
-            for member in list(conn.rooms.values()):
-                await self.rooms.remove(member)
-                await hub.notify(ROOM_LEAVE, self._headers(conn, member.room, member=member))
+                self._leave_later(member)
+
+    def _leave_later(self, member: Member) -> None:
+        """Its leave, to be sent until a chat replica answers (gateway/leaves.py)."""
+        conn = member.conn
+        headers = self._headers(conn, member.room, member=member)
+        self.hub.leaves.add(ROOM_LEAVE, headers, conn.user or "", member.room)
 
     def _headers(
         self,
@@ -132,6 +138,8 @@ class V2Endpoint(RelayEndpoint):
                         ErrorCode.FORBIDDEN,
                         f"at most {self.settings.max_rooms} rooms per connection",
                     )
+                # after this user's queued leaves of the room (gateway/leaves.py)
+                await hub.leaves.settled(conn.user or "", room, self.settings.request_timeout)
                 member = Member(conn, room, self._fill, hub.new_id())
                 conn.rooms[room] = member
                 await self.rooms.add(member)
@@ -199,6 +207,9 @@ class V2Endpoint(RelayEndpoint):
                 del self._leaving[member.conn.id]
         _spawn(self.rooms.remove(member))
         if error is not None:
+            # The membership is dropped: the client cannot leave again ("not in"), so
+            # its leave is sent until chat answers (a retry of one handled is deduped).
+            self._leave_later(member)
             member.abandon(member.conn.spec.error_message(error, rid))
             return None
         upto = seq_header(headers, h.SEQ)

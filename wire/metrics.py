@@ -48,6 +48,14 @@ class DropReason(StrEnum):
     SLOW_CONSUMER = "slow_consumer"  # the client does not read fast enough
 
 
+class LeaveOutcome(StrEnum):
+    """What became of a leave the gateway sends until chat answers (gateway/leaves.py)."""
+
+    DELIVERED = "delivered"  # a chat replica acknowledged it
+    REFUSED = "refused"  # chat answered with an error that sending again cannot cure
+    GIVEN_UP = "given_up"  # no answer within SB_GATEWAY_LEAVE_RETRY_TIMEOUT, or shutdown
+
+
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
@@ -157,6 +165,24 @@ class GatewayMetrics:
             "switchboard_gateway_retries_total",
             "Idempotent requests sent once more after no reply within half the timeout",
             ["service"],
+            registry=registry,
+        )
+        self.leaves = Counter(
+            "switchboard_gateway_leaves_total",
+            "Leaves of closed sockets sent to chat until a replica answers, by outcome",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in LeaveOutcome:
+            self.leaves.labels(outcome)
+        self.leave_retries = Counter(
+            "switchboard_gateway_leave_retries_total",
+            "Leaves sent again because no chat replica answered the last attempt",
+            registry=registry,
+        )
+        self.leaves_pending = Gauge(
+            "switchboard_gateway_leaves_pending",
+            "Leaves waiting for a chat replica to answer",
             registry=registry,
         )
         self.room_events = Counter(
