@@ -241,7 +241,7 @@ async def test_dashboard_socket_refuses_foreign_origins_and_too_many_watchers() 
     from gateway import dashboard
 
     stats = LiveStats("gw1", CollectorRegistry(), GatewayMetrics(CollectorRegistry()))
-    app = DashboardSocket(stats)
+    app = DashboardSocket(stats, allowed_hosts=["gw.example"])
 
     async def run(headers: list[tuple[bytes, bytes]]) -> list[dict]:
         sent: list[dict] = []
@@ -258,6 +258,8 @@ async def test_dashboard_socket_refuses_foreign_origins_and_too_many_watchers() 
 
     foreign = [(b"host", b"gw.example:8000"), (b"origin", b"http://evil.example")]
     assert await run(foreign) == [{"type": "websocket.close", "code": 1008}]
+    rebound = [(b"host", b"rebind.example:8000"), (b"origin", b"http://rebind.example:8000")]
+    assert await run(rebound) == [{"type": "websocket.close", "code": 1008}]  # not listed
     same = [(b"host", b"gw.example:8000"), (b"origin", b"http://gw.example:8000")]
     assert (await run(same))[0] == {"type": "websocket.accept"}
     stats.watchers.update(Watcher() for _ in range(dashboard.MAX_WATCHERS))
