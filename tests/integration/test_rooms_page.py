@@ -145,3 +145,18 @@ async def test_rooms_page_joins_again_after_a_passing_refusal(tmp_path, page) ->
         )
         lines = await texts(page, "later")
         assert any("service unavailable" in line for line in lines), lines
+
+
+async def test_a_room_name_is_shown_as_text_not_markup(stack, page) -> None:
+    """The room's panel is built before the server refuses a bad name: a name holding
+    markup must be shown as it was typed, never run (it was: self-XSS via innerHTML)."""
+    base = f"http://127.0.0.1:{stack.gateways[0].port}"
+    await connect_page(page, base, "xssuser")
+    name = "<img src=x onerror=\"window.__xss='room'\">"
+    await ask_to_join(page, name)
+    panel = page.locator(".room h2 span").first
+    await panel.wait_for()
+    assert await panel.inner_text() == "#" + name
+    await asyncio.sleep(0.3)  # an image that fails to load fires its onerror at once
+    assert await page.evaluate("window.__xss") is None
+    assert await page.locator(".room h2 img").count() == 0
