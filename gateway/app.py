@@ -17,6 +17,7 @@ from gateway import api, codec_endpoint, dashboard, files
 from gateway.auth import Authenticator
 from gateway.endpoints import TUTORIAL_ENDPOINTS, V2
 from gateway.hub import Hub
+from gateway.pages import Page
 from gateway.relay import RelayEndpoint
 from gateway.settings import GatewaySettings
 from gateway.stats import LiveStats
@@ -68,14 +69,15 @@ def create_app(settings: GatewaySettings, registry: CollectorRegistry | None = N
     dashboard.mount(app, live)  # GET /dashboard, /ws/dashboard
 
     pages = {
-        "/": (STATIC / "chat.html").read_text(),
-        "/echo": (STATIC / "echo.html").read_text(),
-        "/rooms": (STATIC / "rooms.html").read_text(),
+        "/": Page((STATIC / "chat.html").read_text(), tutorial=True),
+        "/echo": Page((STATIC / "echo.html").read_text(), tutorial=True),
+        "/rooms": Page((STATIC / "rooms.html").read_text()),
     }
 
     def tutorial(path: str, request: Request) -> HTMLResponse:
         secure = request.url.scheme == "https"
-        return HTMLResponse(tutorial_page(pages[path], request.headers.get("host"), secure))
+        page = pages[path]
+        return page.response(tutorial_page(page.html, request.headers.get("host"), secure))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def chat_page(request: Request) -> HTMLResponse:
@@ -87,7 +89,7 @@ def create_app(settings: GatewaySettings, registry: CollectorRegistry | None = N
 
     @app.get("/rooms", response_class=HTMLResponse, include_in_schema=False)
     async def rooms_page() -> HTMLResponse:
-        return HTMLResponse(pages["/rooms"])
+        return pages["/rooms"].response()
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse
 from starlette.routing import WebSocketRoute
 
 from gateway.limits import Admission, TokenBucket, client_ip, origin_allowed
+from gateway.pages import Page
 from gateway.stats import LiveStats
 from wire.errors import CloseCode
 
@@ -104,7 +105,7 @@ class DashboardSocket:
 
 
 def mount(app: FastAPI, live: LiveStats) -> None:
-    page = PAGE.read_text()
+    page = Page(PAGE.read_text())
     settings = getattr(app.state, "settings", None)
     allowed = list(getattr(settings, "allowed_origins", None) or [])
     hosts = list(getattr(settings, "allowed_hosts", None) or [])
@@ -113,7 +114,7 @@ def mount(app: FastAPI, live: LiveStats) -> None:
 
     @app.get(PATH, response_class=HTMLResponse, include_in_schema=False)
     async def dashboard_page() -> HTMLResponse:
-        return HTMLResponse(page)
+        return page.response()
 
     app.router.routes.append(
         WebSocketRoute(WS_PATH, DashboardSocket(live, allowed, admission, hosts))

@@ -45,6 +45,7 @@ from gateway.auth import SUBPROTOCOL, Authenticator
 from gateway.connection import Connection, text_bytes
 from gateway.endpoints import EndpointSpec
 from gateway.hub import Hub
+from gateway.pages import Page
 from gateway.relay import RelayEndpoint
 from gateway.settings import GatewaySettings
 from wire import envelope, errors
@@ -733,8 +734,8 @@ def mount(app: FastAPI, hub: Hub, settings: GatewaySettings, metrics: GatewayMet
         hub, Authenticator(settings), settings, metrics, config, FileMetrics(metrics.registry)
     )
     app.router.routes.append(WebSocketRoute(PATH, endpoint))
-    page = PAGE.read_text()
+    page = Page(PAGE.read_text())
 
     @app.get(PAGE_PATH, response_class=HTMLResponse, include_in_schema=False)
     async def files_page() -> HTMLResponse:
-        return HTMLResponse(page)
+        return page.response()

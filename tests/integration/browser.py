@@ -32,3 +32,17 @@ async def chromium() -> AsyncIterator[Any]:
             yield browser
         finally:
             await browser.close()
+
+
+async def wait_until(page: Any, expression: str, timeout: float = 10.0) -> None:
+    """Wait until ``expression`` is truthy in ``page``, polled from here: Playwright's
+    ``wait_for_function`` evaluates it in the page with ``eval``, which the gateway's
+    pages forbid (their Content-Security-Policy runs only their own script)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await page.evaluate(expression):
+        if loop.time() > deadline:
+            raise TimeoutError(f"still false after {timeout} s: {expression}")
+        await asyncio.sleep(0.05)

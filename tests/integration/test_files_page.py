@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from switchboard.localstack import LocalStack, running
-from tests.integration.browser import chromium
+from tests.integration.browser import chromium, wait_until
 from tests.unit.test_files_wire import png
 
 pytestmark = pytest.mark.browser
@@ -76,8 +76,8 @@ async def test_files_page_resumed_upload_download_delete(stack, browser_page, tm
         "#file", files=[{"name": "holiday.png", "mimeType": "image/png", "buffer": data}]
     )
     await page.click("#upload")
-    await page.wait_for_function(
-        "document.querySelector('#message').textContent.startsWith('stored')", timeout=30000
+    await wait_until(
+        page, "document.querySelector('#message').textContent.startsWith('stored')", 30
     )
     log = await page.locator("#log li").all_inner_texts()
     assert state["connections"] >= 2, log
@@ -96,11 +96,9 @@ async def test_files_page_resumed_upload_download_delete(stack, browser_page, tm
     await download.save_as(saved)
     assert hashlib.sha256(saved.read_bytes()).hexdigest() == digest
     assert download.suggested_filename == "holiday.png"
-    await page.wait_for_function("document.querySelector('#dlCheck').textContent === 'matches'")
+    await wait_until(page, "document.querySelector('#dlCheck').textContent === 'matches'")
     assert await page.inner_text("#downloadSha") == digest
 
     await row.locator("button.delete").click()
-    await page.wait_for_function(
-        "!document.querySelector('#files').textContent.includes('holiday.png')"
-    )
+    await wait_until(page, "!document.querySelector('#files').textContent.includes('holiday.png')")
     assert await page.locator("#uploads li").count() == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import socket
 import urllib.error
@@ -127,3 +129,23 @@ def test_a_dns_rebinding_page_cannot_open_sockets(stack) -> None:
         assert handshake_status(port, path, foreign, f"http://{foreign}") == 403, path
         own = f"127.0.0.1:{port}"
         assert handshake_status(port, path, own, f"http://{own}") == 101, path
+
+
+def test_pages_cannot_be_framed_and_run_only_their_own_script(stack) -> None:
+    """Another site could frame /files (Download, Delete: clickjacking): no page may be
+    framed. The gateway's own pages run only their own inline script; the tutorial's
+    keep their bytes and inline handlers, so only the framing rules apply to them."""
+    own = {"/rooms": "rooms.html", "/files": "files.html", "/dashboard": "dashboard.html"}
+    for path in ("/", "/echo", *own):
+        with urllib.request.urlopen(http_base(stack) + path, timeout=5) as r:
+            headers, body = r.headers, r.read().decode()
+        assert headers["X-Frame-Options"] == "DENY", path
+        assert headers["X-Content-Type-Options"] == "nosniff", path
+        parts = headers["Content-Security-Policy"].split("; ")
+        csp = {name: value for name, _, value in (p.partition(" ") for p in parts)}
+        assert csp["frame-ancestors"] == "'none'", path
+        if path in own:
+            script = body.split("<script>", 1)[1].split("</script>", 1)[0]
+            digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+            assert csp["script-src"] == f"'sha256-{digest}'", path
+            assert csp["default-src"] == "'none'" and csp["connect-src"] == "'self'", path

@@ -25,7 +25,7 @@ import yaml
 
 from switchboard import prometheus as prom
 from switchboard.localstack import ROOT, LocalStack, running
-from tests.integration.browser import chromium
+from tests.integration.browser import chromium, wait_until
 from tests.integration.client import connect, recv, recv_for
 
 GRAFANA = ROOT / "infra" / "grafana" / "dashboards"
@@ -305,26 +305,17 @@ async def test_live_dashboard_page_charts_update_under_load(stack) -> None:
     async with chromium() as browser:
         page = await browser.new_page()
         await page.goto(http + "/dashboard")
-        await page.wait_for_function("window.sbDashboard.updates >= 1", timeout=10_000)
+        await wait_until(page, "window.sbDashboard.updates >= 1", 10)
         idle = await page.evaluate("document.getElementById('c-frames').toDataURL()")
         traffic = asyncio.create_task(load(ws_base(stack), seconds=6))
         try:
-            await page.wait_for_function(
-                "(window.sbDashboard.charts.frames.latest('/ws') || 0) > 5",
-                timeout=10_000,
-            )
-            await page.wait_for_function(
-                "window.sbDashboard.charts.hops.latest('total') > 0", timeout=10_000
-            )
-            await page.wait_for_function(
-                "window.sbDashboard.charts.connections.latest('/ws') >= 4", timeout=10_000
-            )
+            await wait_until(page, "(window.sbDashboard.charts.frames.latest('/ws') || 0) > 5", 10)
+            await wait_until(page, "window.sbDashboard.charts.hops.latest('total') > 0", 10)
+            await wait_until(page, "window.sbDashboard.charts.connections.latest('/ws') >= 4", 10)
             busy = await page.evaluate("document.getElementById('c-frames').toDataURL()")
             assert busy != idle, "the frames chart did not redraw"
             updates = await page.evaluate("window.sbDashboard.updates")
-            await page.wait_for_function(
-                f"window.sbDashboard.updates >= {updates + 2}", timeout=5_000
-            )
+            await wait_until(page, f"window.sbDashboard.updates >= {updates + 2}", 5)
             legend = await page.inner_text("#l-frames")
             assert "/ws" in legend
             instances = await page.evaluate("window.sbDashboard.last.instances")

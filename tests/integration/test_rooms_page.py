@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from switchboard.localstack import LocalStack, running
-from tests.integration.browser import chromium
+from tests.integration.browser import chromium, wait_until
 from tests.integration.v2client import V2
 
 pytestmark = pytest.mark.browser
@@ -78,8 +78,9 @@ async def test_rooms_page_join_send_presence_and_recover(stack, page) -> None:
         await room.locator("button", has_text="Send").click()
         await wait_for_text(page, "lobby", "pageuser: hello from the page")
         assert await bot.until_seq("lobby", max(bot.seqs("lobby") or [0]) + 1)
-        await page.wait_for_function(
-            "document.querySelector('.room[data-room=\"lobby\"] .presence').textContent.includes('bot')"
+        await wait_until(
+            page,
+            "document.querySelector('.room[data-room=\"lobby\"] .presence').textContent.includes('bot')",
         )
 
         # Drop the connection for 2 s; meanwhile the bot publishes.
@@ -138,10 +139,11 @@ async def test_rooms_page_joins_again_after_a_passing_refusal(tmp_path, page) ->
         await ask_to_join(page, "later")
         await wait_for_text(page, "later", "joining again in")
         await asyncio.to_thread(stack.start_service, "chat")
-        await page.wait_for_function(
+        await wait_until(
+            page,
             "document.querySelector('.room[data-room=\"later\"] .presence')"
             ".textContent.includes('patient')",
-            timeout=30_000,
+            30,
         )
         lines = await texts(page, "later")
         assert any("service unavailable" in line for line in lines), lines
