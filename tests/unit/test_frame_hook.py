@@ -105,6 +105,13 @@ async def open_socket(hook_answer) -> tuple[BoundedReadProtocol, Transport, list
             if message["type"] == "websocket.disconnect":
                 return
 
+    protocol, transport = await connected(app)
+    return protocol, transport, hooked, received
+
+
+async def connected(app) -> tuple[BoundedReadProtocol, Transport]:
+    """The gateway's reading protocol on uvicorn's sans-I/O WebSocket, running ``app``,
+    after the upgrade."""
     config = Config(
         app=app,
         ws="websockets-sansio",
@@ -120,7 +127,7 @@ async def open_socket(hook_answer) -> tuple[BoundedReadProtocol, Transport, list
     for _ in range(20):
         await asyncio.sleep(0)
     assert b"101 Switching Protocols" in transport.written
-    return protocol, transport, hooked, received
+    return protocol, transport
 
 
 async def settle() -> None:
