@@ -272,10 +272,22 @@ def overview() -> dict[str, Any]:
                         f"sum(rate(switchboard_gateway_late_replies_total[{RATE}]))",
                         "late replies",
                     ),
+                    (
+                        "sum(rate(switchboard_gateway_leaves_total"
+                        f'{{outcome="given_up"}}[{RATE}]))',
+                        "leaves given up",
+                    ),
                 ],
                 unit="reqps",
                 description="Messages dropped for slow clients; replies that came after "
-                "their request had timed out.",
+                "their request had timed out; closed sockets' leaves no chat replica "
+                "answered in time.",
+            ),
+            timeseries(
+                "Leaves waiting for chat",
+                [("sum by (instance) (switchboard_gateway_leaves_pending)", "{{instance}}")],
+                description="Closed sockets' leaves sent again until a chat replica answers "
+                "(gateway/leaves.py): above 0 for long, chat is not answering.",
             ),
         ],
     )
