@@ -45,6 +45,7 @@ from wire import batch, envelope, errors, natsconn
 from wire import headers as h
 from wire.errors import CloseCode, ErrorCode, WireError
 from wire.frames import FrameDecodeError, decode_frames
+from wire.logs import redact
 from wire.metrics import GatewayMetrics, Status
 from wire.subjects import (
     Service,
@@ -170,7 +171,7 @@ class Hub:
         if on_connected is not None:
             await on_connected(nc)
         self.nc = nc  # only now: sockets are taken once replies can come back
-        log.info("gateway connected to NATS", extra={"nats_url": self.settings.nats_url})
+        log.info("gateway connected to NATS", extra={"nats_url": redact(self.settings.nats_url)})
 
     def _nats_state(self, up: bool) -> None:
         self.metrics.nats_connected.set(1 if up else 0)

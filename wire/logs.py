@@ -54,9 +54,17 @@ def _hide(match: re.Match[str]) -> str:
     return f"{match[1]}{match[2]}={REDACTED}"
 
 
+_USERINFO = re.compile(r"(://)[^/\s@]+@")  # nats://user:password@ or nats://token@
+
+
 def redact(text: str) -> str:
-    """``text`` with the values of secret query parameters replaced."""
-    return _PARAM.sub(_hide, text) if "=" in text else text
+    """``text`` with the values of secret query parameters, and the credentials of URLs
+    (``scheme://user:password@host``, ``nats://token@host``), replaced."""
+    if "=" in text:
+        text = _PARAM.sub(_hide, text)
+    if "@" in text:
+        text = _USERINFO.sub(rf"\g<1>{REDACTED}@", text)
+    return text
 
 
 class RedactFilter(logging.Filter):

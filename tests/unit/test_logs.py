@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from wire import logs
+from wire.logs import redact
 
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJl"
 
@@ -64,6 +65,16 @@ def test_percent_encoded_secret_names_are_redacted(configured) -> None:
         '"WebSocket /ws/v2?%61ccess%5Ftoken=[redacted]" [accepted]',
     ]
     assert not any(TOKEN in o for o in out)
+
+
+def test_url_credentials_are_redacted() -> None:
+    """A NATS URL may carry a user and password, or a token, as its userinfo."""
+    assert redact("nats://sb:s3cret@nats:4222,nats://tok3n@n2:4222") == (
+        "nats://[redacted]@nats:4222,nats://[redacted]@n2:4222"
+    )
+    assert redact("mail alice@example.com at nats://nats:4222") == (
+        "mail alice@example.com at nats://nats:4222"
+    )
 
 
 def test_other_text_is_left_alone(configured) -> None:
