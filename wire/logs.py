@@ -42,7 +42,7 @@ class TraceFilter(logging.Filter):
         return True
 
 
-_PARAM = re.compile(r"([?&;])([^=&;?\s\"']+)=([^&;\s\"']+)")
+_PARAM = re.compile(r"([?&;])([^=&;?\s\"']+)=([^&;?\s\"']+)")
 SECRET_NAMES = frozenset({"token", "access_token", "password", "secret"})
 REDACTED = "[redacted]"
 
