@@ -39,6 +39,7 @@ _HTTP_STATUS: dict[errors.ErrorCode, int] = {
     errors.ErrorCode.RATE_LIMITED: 429,
     errors.ErrorCode.INTERNAL: 502,
     errors.ErrorCode.UNAVAILABLE: 503,
+    errors.ErrorCode.STORAGE_FULL: 507,
 }
 
 

@@ -27,6 +27,7 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "429"
     INTERNAL = "500"
     UNAVAILABLE = "503"  # no worker instance answered (NATS no responders)
+    STORAGE_FULL = "507"  # JetStream refused a write: out of storage (storage_full())
 
 
 class CloseCode(IntEnum):
@@ -64,6 +65,7 @@ _CLOSE_CODES: dict[ErrorCode, CloseCode] = {
     ErrorCode.RATE_LIMITED: CloseCode.POLICY_VIOLATION,
     ErrorCode.INTERNAL: CloseCode.INTERNAL_ERROR,
     ErrorCode.UNAVAILABLE: CloseCode.TRY_AGAIN_LATER,
+    ErrorCode.STORAGE_FULL: CloseCode.TRY_AGAIN_LATER,
 }
 
 
@@ -136,3 +138,18 @@ def overloaded(error: WireError) -> bool:
     """True for a refusal for load (``service busy``, ``gateway busy``): the client is
     told so, rather than ``service unavailable``, so that it backs off."""
     return refused(error) and error != SERVICE_STOPPING
+
+
+# JetStream's error codes for a write refused for want of room: insufficient resources
+# (the server's max_file_store / max_memory_store, or the disk), and storage resources
+# exceeded (the account's or the stream's limits).
+JETSTREAM_FULL = frozenset({10023, 10047})
+
+
+def storage_full(exc: BaseException) -> WireError | None:
+    """The :class:`WireError` (507) for a JetStream API error that says it is out of
+    room, else None: ``exc`` is whatever nats-py raised (its APIError carries
+    ``err_code``)."""
+    if getattr(exc, "err_code", None) in JETSTREAM_FULL:
+        return WireError(ErrorCode.STORAGE_FULL, "storage full, try again later")
+    return None

@@ -187,3 +187,18 @@ def test_a_publish_the_gateway_accepts_can_be_stored(depth: int) -> None:
 @pytest.mark.parametrize("value", ["1" + "0" * 312, "9" * 400, "-" + "9" * 400])
 def test_a_huge_timeout_header_is_malformed_not_an_exception(value: str) -> None:
     assert h.timeout_seconds(value) is None
+
+
+def test_jetstream_out_of_room_is_storage_full() -> None:
+    from nats.js.errors import APIError, ServiceUnavailableError
+
+    from wire.errors import storage_full
+
+    full = ServiceUnavailableError(code=503, err_code=10023, description="insufficient resources")
+    error = storage_full(full)
+    assert error is not None and error.code == ErrorCode.STORAGE_FULL
+    assert close_code(error.code) == CloseCode.TRY_AGAIN_LATER
+    exceeded = APIError(code=400, err_code=10047, description="storage resources exceeded")
+    assert storage_full(exceeded) is not None
+    assert storage_full(APIError(code=404, err_code=10059, description="stream not found")) is None
+    assert storage_full(TimeoutError()) is None
