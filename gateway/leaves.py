@@ -12,7 +12,11 @@ socket's teardown does not wait for chat, and nothing of this is on the per-fram
 
 A join of the same user to the same room waits behind that user's queued leaves
 (:meth:`Leaves.settled`, bounded): else a reconnecting user's join could be told
-before their old socket's leave, and the room would take them for gone.
+before their old socket's leave, and the room would take them for gone. A closing
+socket reserves its leaves (:meth:`Leaves.expect`) before its teardown's first await
+(waiting for its last requests' answers, leaving the rooms): a join waits behind a
+reserved leave as behind a queued one, and the reservation is released on every way out
+of the teardown, whether the leave was queued or not.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import contextlib
 import itertools
 import logging
 import random
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from nats.aio.client import Client
@@ -76,9 +81,27 @@ class Leaves:
 
     def add(self, route: Route, headers: dict[str, str], user: str, room: str) -> None:
         """Queue one leave; it goes out at once unless leaves ahead of it wait."""
-        until = asyncio.get_running_loop().time() + self.bound
-        self.queue.append(Leave(route, headers, (user, room), until))
         self._who[(user, room)] += 1
+        self._queue(route, headers, (user, room))
+
+    @contextlib.contextmanager
+    def expect(self, whos: Iterable[Who]) -> Iterator[Expected]:
+        """Reserve the leaves a closing socket will queue (one per ``(user, room)``
+        given, repeats counted): :meth:`settled` waits for them from now, before the
+        teardown's first await. Released on leaving the block, queued or not."""
+        expected = Expected(self, collections.Counter(whos))
+        self._who.update(expected.left)
+        try:
+            yield expected
+        finally:
+            for who, n in expected.left.items():
+                for _ in range(n):
+                    self._forget(who)
+            expected.left.clear()
+
+    def _queue(self, route: Route, headers: dict[str, str], who: Who) -> None:
+        until = asyncio.get_running_loop().time() + self.bound
+        self.queue.append(Leave(route, headers, who, until))
         self._pending.set(len(self.queue))
         self._wake.set()
 
@@ -181,11 +204,33 @@ class Leaves:
                 "leave given up: no chat replica answered",
                 extra={"room": leave.who[1], "attempts": leave.attempts},
             )
-        who = leave.who
+        self._forget(leave.who)
+        self._pending.set(len(self.queue))
+
+    def _forget(self, who: Who) -> None:
+        """One leave of ``who`` (queued or reserved) is no more."""
         self._who[who] -= 1
         if self._who[who] <= 0:
             del self._who[who]
             waiter = self._cleared.pop(who, None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
-        self._pending.set(len(self.queue))
+
+
+class Expected:
+    """The leaves a closing socket reserved (:meth:`Leaves.expect`)."""
+
+    __slots__ = ("leaves", "left")
+
+    def __init__(self, leaves: Leaves, whos: collections.Counter[Who]) -> None:
+        self.leaves = leaves
+        self.left = whos  # reserved, not queued yet
+
+    def add(self, route: Route, headers: dict[str, str], user: str, room: str) -> None:
+        """Queue a leave, taking its reservation if there is one left."""
+        who = (user, room)
+        if self.left[who] <= 0:
+            self.leaves.add(route, headers, user, room)
+            return
+        self.left[who] -= 1
+        self.leaves._queue(route, headers, who)

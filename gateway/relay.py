@@ -146,13 +146,17 @@ class RelayEndpoint:
                 await hub.live.track(conn, CHAT_ROOM, user or "")
             await both(self._receive(conn, receive, scope, may_send), self._send(conn, send))
         finally:
-            await hub.settle(conn, self.settings.request_timeout)  # chat: before the leave
-            hub.unregister(conn)
-            self.open.dec()
-            if self.spec.chat:
-                await hub.leave_room(conn, CHAT_ROOM)
-                await hub.live.untrack(conn)
-                hub.leaves.add(CHAT_LEAVE, self._member_headers(conn), user or "", CHAT_ROOM)
+            # reserved before the first await: a join of this user waits for it from now
+            whos = [(user or "", CHAT_ROOM)] if self.spec.chat else []
+            with hub.leaves.expect(whos) as expected:
+                await hub.settle(conn, self.settings.request_timeout)  # chat: before the leave
+                hub.unregister(conn)
+                self.open.dec()
+                if self.spec.chat:
+                    await hub.leave_room(conn, CHAT_ROOM)
+                    await hub.live.untrack(conn)
+                    headers = self._member_headers(conn)
+                    expected.add(CHAT_LEAVE, headers, user or "", CHAT_ROOM)
 
     async def admit(self, scope, send) -> str | None:
         """Origin, rate-ban and connection-count checks before accepting. Returns the

@@ -16,6 +16,7 @@ from gateway.auth import SUBPROTOCOL, Authenticator, Identity
 from gateway.connection import HOLD, Connection, Message, text_bytes
 from gateway.endpoints import HISTORY, PRESENCE, PUBLISH, ROOM_JOIN, ROOM_LEAVE, V2, Route
 from gateway.hub import Hub
+from gateway.leaves import Expected
 from gateway.relay import RelayEndpoint, both
 from gateway.rooms import Member, Rooms, seq_header
 from gateway.settings import GatewaySettings
@@ -55,7 +56,6 @@ class V2Endpoint(RelayEndpoint):
         message = await receive()
         if message["type"] != "websocket.connect":
             return
-        hub = self.hub
         admitted = await self.authenticate(scope, send, (SUBPROTOCOL,))
         if admitted is None:
             return
@@ -65,21 +65,31 @@ class V2Endpoint(RelayEndpoint):
             sending = self._send(conn, send, on_empty=functools.partial(self._emptied, conn))
             await both(self._receive_v2(conn, identity, receive), sending)
         finally:
+            await self._closed(conn)
+
+    async def _closed(self, conn: Connection) -> None:
+        """The socket closed: its last requests, then its leaves."""
+        hub = self.hub
+        # Reserved before the first await: a join of this user to one of these rooms
+        # waits for the leave from now (gateway/leaves.py). Those whose leave is
+        # answered meanwhile are released when the block ends.
+        members = [*self._leaving.get(conn.id, ()), *conn.rooms.values()]
+        with hub.leaves.expect((conn.user or "", m.room) for m in members) as expected:
             await hub.settle(conn, self.settings.request_timeout)  # before the leaves
             hub.unregister(conn)
             self._emptied(conn)  # fills waiting for it to read: it will not
             self.open.dec()
             # Leaves sent that never came back (maybe handled: chat dedupes them), then
-            # the rooms still joined: sent until chat answers (gateway/leaves.py).
+            # the rooms still joined: sent until chat answers.
             for member in [*self._leaving.pop(conn.id, ()), *conn.rooms.values()]:
                 await self.rooms.remove(member)
-                self._leave_later(member)
+                self._leave_later(member, expected)
 
-    def _leave_later(self, member: Member) -> None:
+    def _leave_later(self, member: Member, expected: Expected | None = None) -> None:
         """Its leave, to be sent until a chat replica answers (gateway/leaves.py)."""
         conn = member.conn
         headers = self._headers(conn, member.room, member=member)
-        self.hub.leaves.add(ROOM_LEAVE, headers, conn.user or "", member.room)
+        (expected or self.hub.leaves).add(ROOM_LEAVE, headers, conn.user or "", member.room)
 
     def _headers(
         self,

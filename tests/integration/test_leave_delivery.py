@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -133,3 +135,68 @@ async def test_leaves_while_the_gateway_is_cut_off_are_told_once(stack) -> None:
     finally:
         quick.stop()
         stack.processes.remove(quick)
+
+
+@contextlib.asynccontextmanager
+async def chat_paused(stack):
+    """Every chat replica stopped (SIGSTOP): requests wait, unanswered, until resumed."""
+    replicas = stack.replicas("chat")
+    for replica in replicas:
+        replica.signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for replica in replicas:
+            replica.signal(signal.SIGCONT)
+
+
+async def test_a_reconnecting_users_join_is_told_after_the_old_sockets_leave(stack) -> None:
+    """Alice's first socket closes with a message still out (chat paused): its teardown
+    waits for that answer before it queues the leave, and her new socket's join went
+    first (the room took her for gone). The leave is reserved from the close on."""
+    tag = uuid.uuid4().hex[:6]
+    alice = f"alice{tag}"
+    gw0 = stack.gateways[0].port
+    async with connect(ws(gw0, "/ws/chat", f"watch{tag}")) as watcher:
+        first = await connect(ws(gw0, "/ws/chat", alice))
+        await notices(watcher, 0.5)  # the joins
+        async with chat_paused(stack):
+            await first.send(json.dumps({"message": "hi"}))
+            await asyncio.sleep(0.1)
+            await first.close()
+            await asyncio.sleep(0.2)
+            second = await connect(ws(gw0, "/ws/chat", alice))
+            await asyncio.sleep(0.3)
+        told = await notices(watcher, 2.0)
+        await second.close()
+    ours = [m for m in told if alice in m]
+    assert ours == [f"{alice}: hi", f"{alice} has left the chat", f"{alice} has joined the chat"]
+
+
+async def test_a_reconnecting_v2_users_join_comes_after_the_old_sockets_leave(stack) -> None:
+    """As above on /ws/v2: the room's events have the old membership's leave before the
+    new one's join."""
+    tag = uuid.uuid4().hex[:6]
+    alice = f"alice{tag}"
+    gw0 = stack.gateways[0].port
+    watcher = await V2.open(ws(gw0, "/ws/v2", f"eye{tag}"))
+    assert (await watcher.request("join", ROOM))["type"] == "ack"
+    first = await V2.open(ws(gw0, "/ws/v2", alice))
+    assert (await first.request("join", ROOM))["type"] == "ack"
+    async with chat_paused(stack):
+        await first.send("publish", ROOM, text="hi")
+        await asyncio.sleep(0.1)
+        await first.close()
+        await asyncio.sleep(0.2)
+        second = await V2.open(ws(gw0, "/ws/v2", alice))
+        rejoin = await second.send("join", ROOM)
+        await asyncio.sleep(0.3)
+    assert (await second.reply(rejoin))["type"] == "ack"
+    ack = await watcher.request("publish", ROOM, text="after")
+    events = await watcher.until_seq(ROOM, ack["payload"]["seq"])
+    ours = [
+        e["type"] for e in events if alice in (e["payload"].get("user"), e["payload"].get("sender"))
+    ]
+    assert ours == ["join", "message", "leave", "join"], events
+    await second.close()
+    await watcher.close()

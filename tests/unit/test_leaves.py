@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from nats.errors import NoRespondersError
 from prometheus_client import CollectorRegistry
 
@@ -97,6 +98,29 @@ async def test_a_join_waits_behind_its_users_leave_of_the_room_bounded() -> None
     await leaves.settled("alice", "general", 5.0)
     assert nc.answered == ["1"]
     await waking
+    await leaves.stop(1.0)
+
+
+async def test_a_join_waits_behind_a_leave_reserved_before_it_is_queued() -> None:
+    # A closing socket waits for its last requests before it queues its leave: a join
+    # of the same user meanwhile waits for the reservation, then for the leave.
+    leaves, nc, _ = made()
+    nc.up = True
+    with leaves.expect([("alice", "general")]) as expected:
+        joining = asyncio.create_task(leaves.settled("alice", "general", 5.0))
+        await asyncio.sleep(0.1)  # the old socket's last requests
+        assert not joining.done()
+        expected.add(CHAT_LEAVE, {h.GATEWAY: "gw", h.CONN: "1"}, "alice", "general")
+    await asyncio.wait_for(joining, 1.0)
+    assert nc.answered == ["1"]
+    # a reservation not queued (the socket never joined, an error) is released
+    with pytest.raises(RuntimeError), leaves.expect([("bob", "general")] * 2):
+        raise RuntimeError
+    with leaves.expect([("carol", "general")]):
+        pass
+    for user in ("bob", "carol"):
+        await asyncio.wait_for(leaves.settled(user, "general", 5.0), 0.1)
+    assert not leaves._who
     await leaves.stop(1.0)
 
 
