@@ -211,7 +211,9 @@ class V2Endpoint(RelayEndpoint):
         error: WireError | None,
     ) -> object:
         leaving = self._leaving.get(member.conn.id)
-        if leaving is not None:
+        ours = False  # its leave is still ours to send; else the socket's close took it
+        if leaving is not None and member in leaving:
+            ours = True
             leaving.discard(member)
             if not leaving:
                 del self._leaving[member.conn.id]
@@ -219,7 +221,10 @@ class V2Endpoint(RelayEndpoint):
         if error is not None:
             # The membership is dropped: the client cannot leave again ("not in"), so
             # its leave is sent until chat answers (a retry of one handled is deduped).
-            self._leave_later(member)
+            # Not if the socket closed while this reply waited its turn (behind a HOLD):
+            # its close queued the leave already.
+            if ours:
+                self._leave_later(member)
             member.abandon(member.conn.spec.error_message(error, rid))
             return None
         upto = seq_header(headers, h.SEQ)

@@ -186,3 +186,28 @@ async def test_a_replay_larger_than_one_reply_is_read_on_as_the_client_reads() -
     fill = t.conn.next_seq - 1
     await t.answer(fill, *(event(seq) for seq in range(4, 22)), **{h.FIRST_SEQ: "4"})
     assert t.received() == [str(seq) for seq in range(4, 21)] + ["ack:j", "21", "22"]
+
+
+async def test_a_failed_leave_parked_when_the_socket_closes_is_queued_once() -> None:
+    # The reply to a leave that failed waits behind an earlier leave's history read
+    # (HOLD); the socket closes meanwhile and queues that leave (gateway/leaves.py).
+    # When the read ends, the failed leave's turn came and queued it a second time.
+    t = Harness()
+    join = await t.send({"type": "join", "id": "j", "room": ROOM})
+    await t.answer(join, envelope.ack("j", ROOM, seq=10), **{h.SEQ: "10"})
+    leave = await t.send({"type": "leave", "id": "l", "room": ROOM})
+    again = await t.send({"type": "join", "id": "j2", "room": ROOM})
+    failed = await t.send({"type": "leave", "id": "l2", "room": ROOM})
+    t.store(11)  # stored, not live yet
+    t.store(12)  # the leave event
+    t.nc.readable.clear()  # a slow history read: the leave's turn holds
+    await t.answer(leave, envelope.ack("l", ROOM, seq=12), **{h.SEQ: "12"})
+    t.store(13)
+    await t.answer(again, envelope.ack("j2", ROOM, seq=13), **{h.SEQ: "13"})
+    await t.answer(failed, **{h.ERROR: "unavailable", h.ERROR_CODE: "503"})
+    assert t.received() == ["ack:j"]  # the rest wait behind the read
+    await t.v2._closed(t.conn)
+    queued = [leave.headers[h.MEMBER] for leave in t.hub.leaves.queue]
+    t.nc.readable.set()
+    await settle()
+    assert queued and [leave.headers[h.MEMBER] for leave in t.hub.leaves.queue] == queued
