@@ -207,7 +207,7 @@ async def test_a_failed_leave_parked_when_the_socket_closes_is_queued_once() -> 
     await t.answer(failed, **{h.ERROR: "unavailable", h.ERROR_CODE: "503"})
     assert t.received() == ["ack:j"]  # the rest wait behind the read
     await t.v2._closed(t.conn)
-    queued = [leave.headers[h.MEMBER] for leave in t.hub.leaves.queue]
+    queued = [leave.headers[h.MEMBER] for leave in t.hub.leaves.queued()]
     t.nc.readable.set()
     await settle()
-    assert queued and [leave.headers[h.MEMBER] for leave in t.hub.leaves.queue] == queued
+    assert queued and [leave.headers[h.MEMBER] for leave in t.hub.leaves.queued()] == queued
