@@ -99,12 +99,14 @@ async def test_leaves_while_every_chat_replica_is_stopped_are_told_once(stack) -
         await watcher.close()
 
 
-async def test_leaves_while_the_gateway_is_cut_off_are_told_once(stack) -> None:
+async def test_leaves_while_the_gateway_is_cut_off_are_stored_once(stack) -> None:
     """NATS stops while alice's and carol's sockets close. Carol's gateway gives her
     leave up before NATS is back: chat writes it when that gateway's snapshot no longer
     lists her. Alice's gateway sends hers again once back, and its snapshot drops her
-    too: one event, one notice at most (a /ws/chat socket may miss a notice published
-    while its gateway is still reconnecting; history does not)."""
+    too: one event each, in history and live to a /ws/v2 member. The /ws/chat watcher
+    is told at most once (never twice; it may miss a notice published while its own
+    gateway, cut off too, is still reconnecting: the tutorial protocol has no history to
+    fill it from)."""
     tag = uuid.uuid4().hex[:6]
     alice, carol = f"alice{tag}", f"carol{tag}"
     gw0 = stack.gateways[0].port
