@@ -499,8 +499,10 @@ def run(
     factory: HandlerFactory,
     slow: SlowOps = NO_SLOW_OPS,
     ordered: OrderedOps = ONE_AT_A_TIME,
+    registry: CollectorRegistry | None = None,
 ) -> None:
-    """Entry point of ``python -m services.<name>``."""
+    """Entry point of ``python -m services.<name>``. ``registry``: the one /metrics
+    serves, for a worker with metrics of its own (chat's)."""
     logs.configure(settings.log_level, str(service))
 
     async def main() -> None:
@@ -508,7 +510,7 @@ def run(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(service, settings, factory, stop, slow=slow, ordered=ordered)
+        await serve(service, settings, factory, stop, registry, slow=slow, ordered=ordered)
 
     try:
         import uvloop

@@ -254,3 +254,23 @@ class ServiceMetrics:
             ["service", "operation"],
             registry=registry,
         )
+
+
+class HistoryMetrics:
+    """Chat's: room events let through without being stored in the room's history."""
+
+    def __init__(self, registry: CollectorRegistry, service: str = "chat") -> None:
+        self.unsaved = Counter(
+            "switchboard_service_history_unsaved_total",
+            "Room events chat let through without storing them, the history store "
+            "refusing them (reason storage_full: 507; unavailable: anything else): "
+            "/ws/chat messages and notices the tutorial chat was sent but /ws/v2 members "
+            "and history never see, /ws/v2 joins and leaves answered without their event",
+            ["service", "event", "reason"],
+            registry=registry,
+        )
+        self.service = service
+
+    def count(self, event: str, full: bool) -> None:
+        reason = "storage_full" if full else "unavailable"
+        self.unsaved.labels(self.service, event, reason).inc()

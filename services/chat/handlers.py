@@ -6,6 +6,13 @@ Every room event (message, join, leave) is appended to the room's history in Jet
 ``ConnectionManager.broadcast`` sends) are published once to ``sb.room.general``, and
 events of ``general`` from ``/ws/v2`` users are also sent there in the tutorial's shape,
 so users of both endpoints see each other.
+
+While the history store refuses writes for want of room (``507``), ``/ws/v2`` publishes
+are refused (a message is delivered by being stored), but joins and leaves are still
+answered, without their event, so that members can enter a room, read its history and
+leave; the tutorial chat goes on as ever, its messages delivered to ``/ws/chat`` users
+only, each sender told its message was not saved. Every event let through unstored is
+counted (``switchboard_service_history_unsaved_total``) and warned about once per burst.
 """
 
 from __future__ import annotations
@@ -19,12 +26,13 @@ from typing import Any
 import orjson
 
 from services.chat.presence import Member, PresenceBook
-from services.chat.rooms import Appended, RoomStore, fit
+from services.chat.rooms import Appended, Burst, RoomStore, fit
 from services.runner import Handler
 from wire import envelope
 from wire import headers as h
 from wire.errors import ErrorCode, WireError
 from wire.frames import Reply, Request, TextFrame, encode_frames, encode_text, quoted
+from wire.metrics import HistoryMetrics
 from wire.names import check_username
 from wire.subjects import Op, is_token, room_subject
 
@@ -84,12 +92,42 @@ class ChatHandlers:
         book: PresenceBook,
         recover_newest: int,
         reply_budget: int = 1 << 20,
+        metrics: HistoryMetrics | None = None,
     ) -> None:
         self.publish = publish
         self.store = store
         self.book = book
         self.recover_newest = recover_newest
         self.reply_budget = reply_budget  # bytes of events in one reply
+        self.metrics = metrics
+        self._unsaved = Burst()
+
+    def _not_stored(self, room: str, kind: envelope.EventType, exc: Exception) -> WireError:
+        """Count (and warn, once per burst) an event let through without being stored;
+        the WireError to tell of it."""
+        error = exc if isinstance(exc, WireError) else None
+        full = error is not None and error.code is ErrorCode.STORAGE_FULL
+        if self.metrics is not None:
+            self.metrics.count(kind, full)
+        self._unsaved.warn(
+            "history append failed: events let through unstored", room=room, error=str(exc)
+        )
+        if error is None or error.code is ErrorCode.INTERNAL:
+            return WireError(ErrorCode.UNAVAILABLE, "history store unavailable")
+        return error
+
+    async def _append_or_full(
+        self, room: str, kind: envelope.EventType, payload: dict[str, Any], msg_id: str | None
+    ) -> Appended | None:
+        """A /ws/v2 join's or leave's event stored, or None if the store is full: the
+        member still enters (reads history, gets what others manage to store) or leaves."""
+        try:
+            return await self.store.append(room, kind, payload, msg_id)
+        except WireError as exc:
+            if exc.code is not ErrorCode.STORAGE_FULL:
+                raise
+            self._not_stored(room, kind, exc)
+            return None
 
     async def _tutorial(self, room: str, frame: bytes) -> None:
         if room == DEFAULT_ROOM:
@@ -97,14 +135,13 @@ class ChatHandlers:
 
     async def _append_quietly(
         self, room: str, kind: envelope.EventType, payload: dict[str, Any], msg_id: str | None
-    ) -> Appended | None:
+    ) -> Appended | WireError:
         """History for the tutorial endpoint, which has no acks: a store outage must not
-        stop the chat itself (None: not stored)."""
+        stop the chat itself (a WireError: not stored, why)."""
         try:
             return await self.store.append(room, kind, payload, msg_id)
         except Exception as exc:
-            log.warning("history append failed: %s", exc, extra={"room": room})
-            return None
+            return self._not_stored(room, kind, exc)
 
     # -- the tutorial's /ws/chat ---------------------------------------------------
     async def join(self, req: Request) -> bytes:
@@ -126,7 +163,7 @@ class ChatHandlers:
         room = _room(req)
         event = {"user": user, "ts": _now_ms()}
         left = await self._append_quietly(room, "leave", event, _member_key("leave", req, room))
-        if left is None or not left.duplicate:
+        if isinstance(left, WireError) or not left.duplicate:
             await self.publish(
                 room_subject(room), tutorial_frame(f"{user} has left the chat", "Server", "system")
             )
@@ -146,7 +183,9 @@ class ChatHandlers:
         frame = tutorial_frame(f"{user}: {text}", user, "message")
         await self.publish(room_subject(room), frame)
         event = {"text": text, "sender": user, "ts": _now_ms()}
-        await self._append_quietly(room, "message", event, None)
+        stored = await self._append_quietly(room, "message", event, None)
+        if isinstance(stored, WireError):  # /ws/v2 members and history do not have it
+            return tutorial_frame(f"not saved to history: {stored.description}", "Server", "error")
         return b""
 
     # -- rooms (/ws/v2) ------------------------------------------------------------
@@ -155,16 +194,17 @@ class ChatHandlers:
         room = _room(req)
         rid = _request_id(req)
         since = req.int_header(h.SINCE)
-        joined = await self.store.append(
+        joined = await self._append_or_full(
             room, "join", {"user": user, "ts": _now_ms()}, _member_key("join", req, room)
         )
-        if not joined.duplicate:
+        if joined is None or not joined.duplicate:
             await self._tutorial(
                 room, tutorial_frame(f"{user} has joined the chat", "Server", "system")
             )
         if since is None:
-            ack = envelope.ack(rid, room, seq=joined.seq)
-            return Reply(encode_text(ack), {h.SEQ: str(joined.seq)})
+            seq = joined.seq if joined is not None else await self.store.head(room)
+            ack = envelope.ack(rid, room, seq=seq)
+            return Reply(encode_text(ack), {h.SEQ: str(seq)})
         recovery = await self.store.recover(
             room, since, self.recover_newest, max_bytes=self.reply_budget
         )
@@ -183,15 +223,19 @@ class ChatHandlers:
         user = check_username(req.user)
         room = _room(req)
         rid = req.header(h.REQUEST_ID)
-        left = await self.store.append(
+        left = await self._append_or_full(
             room, "leave", {"user": user, "ts": _now_ms()}, _member_key("leave", req, room)
         )
-        if not left.duplicate:
+        if left is None or not left.duplicate:
             await self._tutorial(
                 room, tutorial_frame(f"{user} has left the chat", "Server", "system")
             )
         if not rid:  # a socket's leave on close: nobody to answer
             return b""
+        if left is None:  # not stored: delivery ends after the room's last event
+            head = await self.store.head(room)
+            ack = envelope.ack(rid, room, seq=head)
+            return Reply(encode_text(ack), {h.SEQ: str(head + 1)})
         ack = envelope.ack(rid, room, seq=left.seq)
         return Reply(encode_text(ack), {h.SEQ: str(left.seq)})  # where delivery ends
 
@@ -262,7 +306,7 @@ class ChatHandlers:
                     m.room, "leave", {"user": m.user, "ts": _now_ms(), "expired": True}, msg_id
                 )
             except Exception as exc:
-                log.warning("expiry leave failed: %s", exc, extra={"room": m.room})
+                self._not_stored(m.room, "leave", exc)
                 continue
             if not left.duplicate:
                 await self._tutorial(

@@ -26,13 +26,24 @@ room.
   (:meth:`RoomStore.follow`), so that during a rolling change of
   ``SB_CHAT_HISTORY_MAX_MESSAGES`` or ``SB_CHAT_HISTORY_MAX_AGE`` replicas do not answer
   the same history request differently for long.
+- Failures of the store are answered, not crashed on (services/runner.py would log a
+  traceback per request and answer 500): a write refused for want of room is
+  ``507 storage full`` (:func:`wire.errors.storage_full`), warned about once per burst
+  (:class:`Burst`); a stream that is gone (deleted by an operator) is created again by
+  the first append that finds it missing, once for all of them
+  (:meth:`RoomStore.restore`; meanwhile, or if that fails, ``503``); and
+  :meth:`RoomStore.follow` also puts back what live delivery and reads need of the
+  stream's configuration (subjects, republish, direct gets, dedupe window), should the
+  stream have been re-created or edited without it (acks, but nothing delivered live).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -45,12 +56,12 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext, api
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
 from services.chat.recent import RecentEvents
 from wire import envelope
 from wire import headers as h
-from wire.errors import ErrorCode, WireError
+from wire.errors import ErrorCode, WireError, storage_full
 from wire.subjects import (
     ROOMS_STREAM,
     direct_get_subject,
@@ -69,6 +80,33 @@ STORED_IDS = 65536  # message ids whose room seq a replica remembers (~10 MiB)
 MAX_AGE_KEY = "switchboard_history_max_age"  # in the stream's metadata: seconds
 FOLLOW_INTERVAL = 30.0  # seconds between checks of the stream's retention (follow)
 READ_ATTEMPTS = 3  # reads of a range that came back short (a lagging replica) before 503
+RESTORE_PAUSE = 1.0  # seconds after a failed re-creation of the stream before another
+WARN_EVERY = 10.0  # seconds: at most one warning per burst of failures of one kind
+
+
+def unavailable() -> WireError:
+    return WireError(ErrorCode.UNAVAILABLE, "history store unavailable")
+
+
+class Burst:
+    """A warning for the first failure of a burst, then at most one per ``every``
+    seconds, with the number since the last one (``times``): a full store refuses every
+    write, and a log line per request would be the flood it is meant to spare."""
+
+    def __init__(self, every: float = WARN_EVERY) -> None:
+        self.every = every
+        self._last = -math.inf
+        self._count = 0
+
+    def warn(self, message: str, **extra: object) -> bool:
+        """Count one; log ``message`` if the last warning is ``every`` old. True if it did."""
+        self._count += 1
+        now = time.monotonic()
+        if now - self._last < self.every:
+            return False
+        log.warning(message, extra={**extra, "times": self._count})
+        self._last, self._count = now, 0
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,9 +167,13 @@ class RoomStore:
         self._locks: dict[str, asyncio.Lock] = {}
         # Nats-Msg-Id -> (stream seq, room seq) of this replica's latest appends
         self._stored: dict[str, tuple[int, int]] = {}
+        self._restoring = asyncio.Lock()
+        self._generation = 0  # re-creations of the stream by this replica (restore)
+        self._restore_failed = -math.inf  # monotonic time of the last failed one
+        self._full = Burst()
 
-    async def ensure(self) -> None:
-        config = api.StreamConfig(
+    def _config(self) -> api.StreamConfig:
+        return api.StreamConfig(
             name=ROOMS_STREAM,
             subjects=[history_wildcard()],
             storage=api.StorageType.FILE,
@@ -144,6 +186,9 @@ class RoomStore:
             republish=api.RePublish(src=history_wildcard(), dest=live_wildcard()),
             metadata={MAX_AGE_KEY: repr(self.max_age)},
         )
+
+    async def ensure(self) -> None:
+        config = self._config()
         try:
             await self.js.add_stream(config)
         except APIError as exc:
@@ -159,8 +204,22 @@ class RoomStore:
 
     async def follow(self) -> bool:
         """Take the retention the stream has now (set by the replica started last).
-        Returns True if it changed."""
-        now = _retention((await self.js.stream_info(ROOMS_STREAM)).config)
+        Returns True if it changed. Also puts back what delivery needs of the stream's
+        configuration (:func:`_drift`), should it have been re-created or edited without
+        it, and creates the stream again if it is gone."""
+        try:
+            config = (await self.js.stream_info(ROOMS_STREAM)).config
+        except NotFoundError:
+            await self.restore(self._generation)
+            return False
+        drift = _drift(config, self._config())
+        if drift:
+            log.warning(
+                "the rooms' history stream lacks what live delivery needs: restoring it",
+                extra={"fields": drift},
+            )
+            await self.js.update_stream(_repaired(config, self._config()))
+        now = _retention(config)
         if now is None or now == (self.max_msgs, self.max_age):
             return False
         log.warning(
@@ -171,6 +230,31 @@ class RoomStore:
         if self.recent is not None:  # its runs may be longer than the stream keeps now
             self.recent = RecentEvents(self.max_msgs, self.recent.max_bytes)
         return True
+
+    async def restore(self, seen: int) -> None:
+        """Create the stream again (it is gone: ``ensure`` as at startup), unless it was
+        since ``seen`` (:attr:`_generation` when the caller found it missing): the
+        appends that find it missing at once wait for one re-creation. What this replica
+        remembers of the old stream (rooms' heads, recent events, message ids) is
+        forgotten. Raises 503 if that fails, and without trying again for
+        :data:`RESTORE_PAUSE` after a failure (507 if for want of room)."""
+        async with self._restoring:
+            if self._generation != seen:
+                return  # done meanwhile
+            if time.monotonic() - self._restore_failed < RESTORE_PAUSE:
+                raise unavailable()
+            log.warning("the rooms' history stream is gone: creating it again")
+            try:
+                await self.ensure()
+            except Exception as exc:
+                self._restore_failed = time.monotonic()
+                log.warning("creating the rooms' history stream again failed: %s", exc)
+                raise storage_full(exc) or unavailable() from None
+            self._generation += 1
+            self._heads.clear()
+            self._stored.clear()
+            if self.recent is not None:
+                self.recent = RecentEvents(self.recent.max_events, self.recent.max_bytes)
 
     async def _head(self, room: str) -> tuple[int, int]:
         cached = self._heads.get(room)
@@ -193,6 +277,7 @@ class RoomStore:
     ) -> Appended:
         lock = self._locks.setdefault(room, asyncio.Lock())
         async with lock:
+            restored = False
             for _ in range(16):
                 room_seq, stream_seq = await self._head(room)
                 seq = room_seq + 1
@@ -200,15 +285,26 @@ class RoomStore:
                 hdrs = {h.SEQ: str(seq), "Nats-Expected-Last-Subject-Sequence": str(stream_seq)}
                 if msg_id is not None:
                     hdrs["Nats-Msg-Id"] = msg_id
+                generation = self._generation
                 try:
                     ack = await self.js.publish(history_subject(room), frame, headers=hdrs)
+                except NoStreamResponseError:  # no stream takes the room's subject
+                    if restored:
+                        raise unavailable() from None
+                    await self.restore(generation)
+                    restored = True
+                    continue
                 except APIError as exc:
                     if exc.err_code == WRONG_LAST_SEQUENCE:
                         self._heads.pop(room, None)  # another replica appended: re-read
                         continue
-                    raise
+                    full = storage_full(exc)
+                    if full is None:
+                        raise
+                    self._full.warn("history store full: events refused", room=room, error=str(exc))
+                    raise full from None
                 except NatsTimeout:
-                    raise WireError(ErrorCode.UNAVAILABLE, "history store unavailable") from None
+                    raise unavailable() from None
                 if ack.duplicate:
                     return await self._original(msg_id, ack.seq)
                 self._heads[room] = (seq, ack.seq)
@@ -380,7 +476,7 @@ class RoomStore:
                 direct_get_subject(ROOMS_STREAM), orjson.dumps(request), timeout=2.0
             )
         except (NatsTimeout, NoRespondersError):
-            raise WireError(ErrorCode.UNAVAILABLE, "history store unavailable") from None
+            raise unavailable() from None
         return stored(msg)
 
     async def _age_start(self, subject: str) -> int | None:
@@ -451,7 +547,7 @@ class RoomStore:
             await self.nc.publish(direct_get_subject(ROOMS_STREAM), body, reply=sub.subject)
             await asyncio.wait_for(done, 2.0)
         except TimeoutError:
-            raise WireError(ErrorCode.UNAVAILABLE, "history store unavailable") from None
+            raise unavailable() from None
         finally:
             await sub.unsubscribe()
         return page
@@ -526,6 +622,39 @@ def _retention(config: api.StreamConfig) -> tuple[int, float] | None:
     if config.max_msgs_per_subject is None or max_age <= 0:
         return None
     return (config.max_msgs_per_subject, max_age)
+
+
+def _drift(config: api.StreamConfig, wanted: api.StreamConfig) -> list[str]:
+    """What of ``wanted`` (the configuration chat creates) the stream's ``config`` lacks
+    that rooms depend on: its subjects (appends), republish (live delivery: without it
+    events are stored and acked, never delivered), direct gets (reads) and dedupe window
+    (a re-sent publish stored once). Retention is :meth:`RoomStore.follow`'s own."""
+    drift = []
+    if wanted.subjects and not set(wanted.subjects) <= set(config.subjects or ()):
+        drift.append("subjects")
+    have, want = config.republish, wanted.republish
+    assert want is not None
+    delivered = (want.src, want.dest, False)
+    if have is None or (have.src, have.dest, bool(have.headers_only)) != delivered:
+        drift.append("republish")
+    if not config.allow_direct:
+        drift.append("allow_direct")
+    if abs((config.duplicate_window or 0) - (wanted.duplicate_window or 0)) > 0.001:
+        drift.append("duplicate_window")
+    return drift
+
+
+def _repaired(config: api.StreamConfig, wanted: api.StreamConfig) -> api.StreamConfig:
+    """The stream's ``config`` with what :func:`_drift` checks taken from ``wanted``."""
+    subjects = list(config.subjects or ())
+    subjects += [s for s in wanted.subjects or () if s not in subjects]
+    return dataclasses.replace(
+        config,
+        subjects=subjects,
+        republish=wanted.republish,
+        allow_direct=True,
+        duplicate_window=wanted.duplicate_window,
+    )
 
 
 def fit(events: list[StoredEvent], max_bytes: int, *, newest: bool) -> list[StoredEvent]:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from prometheus_client import CollectorRegistry
 
 from services.chat.handlers import ChatHandlers
 from services.chat.presence import Member, PresenceBook, Sweep
@@ -15,13 +16,16 @@ from services.chat.recent import RecentEvents
 from services.chat.rooms import FOLLOW_INTERVAL, RoomStore
 from services.chat.settings import ChatSettings
 from services.runner import Handler
+from wire.metrics import HistoryMetrics
 from wire.presence import Heartbeat
 from wire.subjects import Op, presence_sync_subject, presence_wildcard
 
 log = logging.getLogger(__name__)
 
 
-async def build(nc: Client, settings: ChatSettings) -> Mapping[Op, Handler]:
+async def build(
+    nc: Client, settings: ChatSettings, registry: CollectorRegistry | None = None
+) -> Mapping[Op, Handler]:
     store = RoomStore(
         nc,
         nc.jetstream(timeout=2.0),
@@ -44,7 +48,12 @@ async def build(nc: Client, settings: ChatSettings) -> Mapping[Op, Handler]:
             await asyncio.sleep(0.2)
     book = PresenceBook()
     handlers = ChatHandlers(
-        nc.publish, store, book, settings.recover_newest, settings.reply_budget_bytes
+        nc.publish,
+        store,
+        book,
+        settings.recover_newest,
+        settings.reply_budget_bytes,
+        HistoryMetrics(registry or CollectorRegistry()),
     )
     loop = asyncio.get_running_loop()
     leaving: set[asyncio.Task[None]] = set()
@@ -105,7 +114,7 @@ async def build(nc: Client, settings: ChatSettings) -> Mapping[Op, Handler]:
             try:
                 await store.follow()
             except Exception as exc:  # NATS restarting: next time
-                log.warning("history retention check failed: %s", exc)
+                log.warning("history stream check failed: %s", exc)
 
     tasks = (
         asyncio.create_task(sweep()),

@@ -305,3 +305,71 @@ async def test_a_tutorial_leave_is_told_when_the_store_fails() -> None:
     store.append = broken  # type: ignore[method-assign]
     await handlers.leave(tutorial_leave())
     assert [p for _, p in published if b"alice has left the chat" in p]
+
+
+class FullStore(MemoryStore):
+    """The history store out of room: every write refused 507 (RoomStore.append)."""
+
+    async def append(self, room, kind, payload, msg_id):
+        raise WireError(ErrorCode.STORAGE_FULL, "storage full, try again later")
+
+    async def head(self, room):
+        return len(self.events.get(room, []))
+
+
+def full_chat(published: list[tuple[str, bytes]]):
+    from prometheus_client import CollectorRegistry
+
+    from wire.metrics import HistoryMetrics
+
+    async def publish(subject: str, payload: bytes) -> None:
+        published.append((subject, payload))
+
+    store, registry = FullStore(), CollectorRegistry()
+    store.events["general"] = [StoredEvent(1, b"{}"), StoredEvent(2, b"{}")]
+    handlers = ChatHandlers(publish, store, PresenceBook(), 50, metrics=HistoryMetrics(registry))
+    return handlers, registry
+
+
+async def test_a_full_store_refuses_publishes_but_lets_members_in_and_out() -> None:
+    from wire.subjects import Op
+
+    published: list[tuple[str, bytes]] = []
+    handlers, registry = full_chat(published)
+    ops = handlers.ops()
+    hdrs = {h.REQUEST_ID: "j", h.GATEWAY: "g", h.MEMBER: "7"}
+    req = Request(b"", "text", user="ann", room="general", headers=hdrs)
+    joined = await ops[Op.ROOM_JOIN](req)  # not stored, but answered: at the room's head
+    assert json.loads(only_text(joined.payload))["payload"] == {"seq": 2}
+    assert joined.headers[h.SEQ] == "2"
+    pub = Request(b'{"text": "x"}', "text", user="ann", room="general", headers=hdrs)
+    with pytest.raises(WireError) as refused:
+        await ops[Op.PUBLISH](pub)
+    assert refused.value.code is ErrorCode.STORAGE_FULL
+    left = await ops[Op.ROOM_LEAVE](req)
+    assert json.loads(only_text(left.payload))["payload"] == {"seq": 2}
+    assert left.headers[h.SEQ] == "3"  # delivery ends after the head, event 2 included
+    notices = [json.loads(only_text(p))["message"] for _, p in published]
+    assert notices == ["ann has joined the chat", "ann has left the chat"]
+    labels = {"service": "chat", "reason": "storage_full"}
+    count = registry.get_sample_value
+    assert count("switchboard_service_history_unsaved_total", labels | {"event": "join"}) == 1
+    assert count("switchboard_service_history_unsaved_total", labels | {"event": "leave"}) == 1
+
+
+async def test_a_tutorial_message_the_store_refuses_is_delivered_and_its_sender_told() -> None:
+    from wire.subjects import Op
+
+    published: list[tuple[str, bytes]] = []
+    handlers, registry = full_chat(published)
+    reply = await handlers.ops()[Op.SEND](text('{"message": "hi"}', user="bob"))
+    assert [only_text(p) for _, p in published] == [
+        '{"message":"bob: hi","sender":"bob","type":"message"}'
+    ]
+    assert json.loads(only_text(reply)) == {
+        "message": "not saved to history: storage full, try again later",
+        "sender": "Server",
+        "type": "error",
+    }
+    labels = {"service": "chat", "event": "message", "reason": "storage_full"}
+    assert registry.get_sample_value("switchboard_service_history_unsaved_total", labels) == 1
