@@ -13,6 +13,16 @@ sockets. Each member tracks the last sequence number it was sent:
 
 So a member sees each room's seqs strictly increasing, with no gap and no duplicate.
 
+If the room's history is reset (the stream ``ROOMS`` deleted and created again: seqs
+start at 1 again), the new events' seqs are at or below what members were sent, and
+would be dropped as duplicates for as long as that lasts. A member takes a live event
+at or below its last seq for a reset if it is above what its last sync (join, fill)
+brought, which live events, coming in stream order, never repeat, or if it comes
+:data:`LATE_EVENTS` after that sync (the republish of an event a sync already brought
+comes moments after it): the client is sent ``reconnect`` and the socket is closed
+(1012), so that it rejoins with ``since`` and is given the new history
+(``recovered: false``). Nothing of this is on the path of an event in order.
+
 Presence: this gateway heartbeats its member list (tutorial chat sockets included) to
 every chat replica: a full snapshot every ``presence_interval``, at once when a chat
 replica starts or reconnects and asks (``sb.sync.presence``) and when this gateway
@@ -25,6 +35,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
+import time
 from collections.abc import Callable, Sequence
 
 from nats.aio.client import Client
@@ -32,17 +44,22 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from gateway.connection import Connection, Message
+from wire import envelope
 from wire import headers as h
+from wire.errors import CloseCode
 from wire.presence import Heartbeat
 from wire.subjects import live_subject, presence_subject, presence_sync_subject, room_of
 
 log = logging.getLogger(__name__)
 
+LATE_EVENTS = 10.0  # seconds after a sync past which its events do not come live again
+RESET_REASON = "room history reset: rejoin"
+
 
 class Member:
     __slots__ = (
         "buffer", "conn", "deferred", "fill", "gone", "held", "key", "last", "leaving", "room",
-        "syncing",
+        "synced_at", "synced_to", "syncing",
     )  # fmt: skip
 
     def __init__(
@@ -56,6 +73,11 @@ class Member:
         self.fill = fill  # asks history for everything after self.last
         self.last = 0
         self.syncing = True
+        # what the last sync (join, fill) brought up to, and when (time.monotonic()):
+        # a live event at or below ``last`` is one of those, coming live late, or else
+        # the room's history was reset (on_event)
+        self.synced_to = 0
+        self.synced_at = 0.0
         self.buffer: list[tuple[int, Message]] = []
         # the join's ack and its seq (the room's head as the join read it), while a
         # replay too large for one reply is still being filled: it goes out right after
@@ -77,6 +99,8 @@ class Member:
             self.buffer.append((seq, message))
             return
         if seq <= self.last:
+            if seq > self.synced_to or time.monotonic() - self.synced_at > LATE_EVENTS:
+                self.reset()
             return
         if seq == self.last + 1:
             self.last = seq
@@ -85,6 +109,17 @@ class Member:
         self.buffer.append((seq, message))
         self.syncing = True
         self.fill(self)
+
+    def reset(self) -> None:
+        """The room's seqs went back: its history was reset. The client is told to
+        reconnect and rejoin (with ``since``: it is given the new history, ``recovered:
+        false``); nothing more of the room is sent on this socket."""
+        log.info("room history reset: member told to rejoin", extra={"room": self.room})
+        self.abandon(None)
+        after_ms = random.randint(100, 1000)  # the room's members do not all come at once
+        frame = envelope.reconnect(RESET_REASON, after_ms)
+        self.conn.push({"type": "websocket.send", "text": frame})
+        self.conn.close(int(CloseCode.SERVICE_RESTART), RESET_REASON)
 
     def _send(self, seq: int, message: Message) -> None:
         """Queue a replayed or buffered event (in order), and the join's ack held for it."""
@@ -142,6 +177,7 @@ class Member:
         if accept_gaps and not self.syncing and self.held is not None:
             enqueue(self.held[1])  # history no longer holds its head: nothing to wait for
             self.held = None
+        self.synced_to, self.synced_at = self.last, time.monotonic()
         self.conn.wake.set()
 
     def left(

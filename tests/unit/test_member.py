@@ -1,7 +1,9 @@
 """The per-member merge of live room events with replayed history (gateway/rooms.py)."""
 
+import json
 from types import SimpleNamespace
 
+from gateway import rooms
 from gateway.connection import Connection
 from gateway.endpoints import V2
 from gateway.rooms import Member
@@ -236,3 +238,31 @@ def test_a_cut_replay_whose_head_history_no_longer_holds_is_still_acked() -> Non
     m.syncing = True
     m.synced([], None, None, [], accept_gaps=True)  # the last fill: nothing more retained
     assert sent(m.conn) == ["e3", "join-ack"] and m.held is None
+
+
+def test_seqs_going_back_after_live_events_mean_a_reset_the_client_is_told_to_rejoin() -> None:
+    """ROOMS deleted and created again: the room's seqs start at 1 again. Dropped as
+    duplicates, they would never reach the member; it is told to reconnect instead."""
+    m, _ = member()
+    m.synced([], None, 2, [], accept_gaps=False)  # joined at head 2
+    for seq in (3, 4, 5):
+        m.on_event(seq, ev(seq))
+    m.on_event(2, ev(2))  # the join's own event coming live late: not a reset
+    assert not m.conn.closing
+    m.on_event(3, ev(3))  # the reset room's third event: seen live before, as "3"
+    assert m.gone and m.conn.closing
+    reconnect = json.loads(m.conn.out[-2]["text"])
+    assert reconnect["type"] == "reconnect" and "reset" in reconnect["payload"]["reason"]
+    assert m.conn.out[-1]["type"] == "websocket.close" and m.conn.out[-1]["code"] == 1012
+    m.on_event(4, ev(4))
+    assert len(m.conn.out) == 5  # e3, e4, e5, reconnect, close: nothing more
+
+
+def test_old_seqs_long_after_the_sync_mean_a_reset() -> None:
+    m, _ = member()
+    m.synced([], None, 50, [], accept_gaps=False)
+    m.on_event(49, ev(49))  # right after the join: late live copies of what it read
+    assert not m.conn.closing
+    m.synced_at -= rooms.LATE_EVENTS + 1
+    m.on_event(1, ev(1))  # the reset room's first event, the member having seen 50
+    assert m.gone and m.conn.closing
