@@ -139,6 +139,9 @@ class LocalStack:
     nats_port: int = 0
     nats_monitor_port: int = 0
     env: Mapping[str, str] = field(default_factory=dict)
+    # nats-server settings added to infra/nats/local.conf (tests: a small JetStream
+    # store, ``jetstream { max_file_store: 4MB }``)
+    nats_conf: str = ""
     processes: list[Process] = field(default_factory=list)
     nats: Process | None = None
     _counter: int = 0
@@ -167,9 +170,14 @@ class LocalStack:
         self.nats_monitor_port = self.nats_monitor_port or free_port()
         store = self.var_dir / "nats"
         store.mkdir(parents=True, exist_ok=True)
+        conf = ROOT / "infra" / "nats" / "local.conf"
+        if self.nats_conf:
+            own = self.var_dir / "nats.conf"
+            own.write_text(f"{conf.read_text()}\n{self.nats_conf}\n")
+            conf = own
         argv = [
             nats_server_binary(),
-            "-c", str(ROOT / "infra" / "nats" / "local.conf"),
+            "-c", str(conf),
             "-a", "127.0.0.1",
             "-p", str(self.nats_port),
             "-m", str(self.nats_monitor_port),
@@ -278,8 +286,9 @@ def running(
     gateways: int = 1,
     replicas: Mapping[str, int] | None = None,
     env: Mapping[str, str] | None = None,
+    nats_conf: str = "",
 ) -> Iterator[LocalStack]:
-    stack = LocalStack(var_dir=var_dir, env=dict(env or {}))
+    stack = LocalStack(var_dir=var_dir, env=dict(env or {}), nats_conf=nats_conf)
     try:
         stack.start_nats()
         for name in SERVICES:

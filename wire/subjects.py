@@ -28,7 +28,8 @@
                                        the rooms to trim)
     _INBOX.<id>                        a gateway's inbox for one upload
     _INBOX.<id>.<read>                 the chunks of one read of a download (binary has
-                                       nats-server deliver them there)
+                                       nats-server deliver them there); also JetStream's
+                                       ack of chunk <read> a binary replica stored
 
 Tokens are validated so that no client input can smuggle ``.``, ``*`` or ``>`` into a
 subject and reach somebody else's traffic.

@@ -54,6 +54,7 @@ from nats.js.errors import (
     BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
+    NoStreamResponseError,
     NotFoundError,
     ObjectNotFoundError,
 )
@@ -70,7 +71,7 @@ from services.binary import inspect
 from services.binary.settings import BinarySettings
 from services.runner import Handler
 from wire import headers as h
-from wire.errors import ErrorCode, WireError
+from wire.errors import ErrorCode, WireError, storage_full
 from wire.files import (
     FileInfo,
     UploadRecord,
@@ -82,7 +83,16 @@ from wire.files import (
     header_int,
 )
 from wire.frames import Reply, Request
-from wire.subjects import Op, Service, direct_get_subject, is_inbox, upload_subject
+from wire.subjects import (
+    Op,
+    Service,
+    delivery_read,
+    delivery_subject,
+    delivery_wildcard,
+    direct_get_subject,
+    is_inbox,
+    upload_subject,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +105,18 @@ SWEEP_INTERVAL = 30.0
 ORPHAN_SWEEP_EVERY = 20  # sweeps (10 min)
 HDR_USER, HDR_NAME, HDR_TYPE = "Sb-User", "Sb-Name", "Sb-Media-Type"
 HDR_WIDTH, HDR_HEIGHT, HDR_CREATED = "Sb-Width", "Sb-Height", "Sb-Created"
+
+
+def _full(exc: BaseException) -> WireError | None:
+    """507 for a write JetStream refused for want of room (:func:`storage_full`), in
+    the words of this service; else None."""
+    if storage_full(exc) is None:
+        return None
+    return WireError(
+        ErrorCode.STORAGE_FULL,
+        "file storage is full: delete files or try again later "
+        "(an upload keeps what was stored: send upload again to resume)",
+    )
 
 
 def _now() -> str:
@@ -179,6 +201,62 @@ class Owned:
             await asyncio.gather(*list(self.inflight), return_exceptions=True)
 
 
+class Acks:
+    """JetStream's acks of the chunks this replica publishes, on one inbox subscription
+    (what nats-py's ``publish_async`` does, except that its reply handler raises on an
+    error reply instead of failing the future: a chunk refused for want of room was
+    never answered, and the upload stalled for ``store_timeout``). Nothing more per
+    chunk than ``publish_async``: one publish, one reply."""
+
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+        self.inbox = ""
+        self.sub: Subscription | None = None
+        self.futures: dict[int, asyncio.Future[api.PubAck]] = {}
+        self.sent = 0
+
+    async def publish(
+        self, subject: str, payload: bytes, headers: dict[str, str]
+    ) -> asyncio.Future[api.PubAck]:
+        if self.sub is None:
+            self.inbox = self.nc.new_inbox()
+            self.sub = await self.nc.subscribe(delivery_wildcard(self.inbox), cb=self._on_ack)
+        self.sent += 1
+        n = self.sent
+        future: asyncio.Future[api.PubAck] = asyncio.get_running_loop().create_future()
+        self.futures[n] = future
+        future.add_done_callback(lambda _: self.futures.pop(n, None))
+        try:
+            await self.nc.publish(
+                subject, payload, reply=delivery_subject(self.inbox, n), headers=headers
+            )
+        except BaseException:
+            future.cancel()
+            raise
+        return future
+
+    async def _on_ack(self, msg: Msg) -> None:
+        n = delivery_read(msg.subject)
+        future = self.futures.pop(n, None) if n is not None else None
+        if future is None or future.done():
+            return
+        if (msg.headers or {}).get(api.Header.STATUS) == "503":  # no stream for the subject
+            future.set_exception(NoStreamResponseError())
+            return
+        try:
+            reply = orjson.loads(msg.data)
+            if "error" in reply:
+                APIError.from_error(reply["error"])  # raises the error's own class
+            future.set_result(api.PubAck.from_response(reply))
+        except Exception as exc:
+            future.set_exception(exc)
+
+    async def stop(self) -> None:
+        if self.sub is not None:
+            with contextlib.suppress(Exception):
+                await self.sub.unsubscribe()
+
+
 class FileStore:
     def __init__(self, nc: Client, settings: BinarySettings, instance: str) -> None:
         self.nc = nc
@@ -189,6 +267,7 @@ class FileStore:
         self.stream = OBJ_STREAM_TEMPLATE.format(bucket=self.bucket)
         self.kv: Any = None
         self.owned: dict[str, Owned] = {}
+        self.acks = Acks(nc)
         self._sweeper: asyncio.Task[None] | None = None
         # file id -> (lock, holders): file_upload and file_delete of one file run one at
         # a time on this replica (the scheduler runs requests concurrently; two uploads
@@ -249,13 +328,30 @@ class FileStore:
             )
 
     def handlers(self) -> dict[Op, Handler]:
-        return {
+        ops: dict[Op, Handler] = {
             Op.FILE_UPLOAD: self.upload,
             Op.FILE_INFO: self.info,
             Op.FILE_READ: self.read,
             Op.FILE_LIST: self.list,
             Op.FILE_DELETE: self.delete,
         }
+        return {op: self._storage_errors(handler) for op, handler in ops.items()}
+
+    def _storage_errors(self, handler: Handler) -> Handler:
+        """``handler``, with JetStream refusing a write for want of room answered 507
+        (any step of it: recording an upload, claiming it, committing it), not 500."""
+
+        async def handle(req: Request) -> bytes | Reply:
+            try:
+                return await handler(req)
+            except WireError:
+                raise
+            except Exception as exc:
+                if (full := _full(exc)) is not None:
+                    raise full from None
+                raise
+
+        return handle
 
     # -- helpers -----------------------------------------------------------------------
     def _chunks(self, fid: str) -> str:
@@ -435,7 +531,7 @@ class FileStore:
             raise
         except Exception as exc:
             log.warning("committing a file failed: %s", exc, extra={"file": owned.record.file})
-            owned.error = WireError(
+            owned.error = _full(exc) or WireError(
                 ErrorCode.UNAVAILABLE, "storing failed; send upload again to resume"
             )
             await self._drop(owned)
@@ -634,7 +730,7 @@ class FileStore:
         owned.count += 1
         hdr = {h.OFFSET: str(first), h.END: str(owned.received)}
         try:
-            future = await self.js.publish_async(owned.subject, piece, headers=hdr)
+            future = await self.acks.publish(owned.subject, piece, headers=hdr)
         except Exception as exc:
             owned.error = WireError(ErrorCode.UNAVAILABLE, f"storage unavailable: {exc}")
             await self._drop(owned, release=False)
@@ -649,12 +745,17 @@ class FileStore:
         except Exception as exc:
             if owned.error is None:
                 log.warning("storing a chunk failed: %r", exc, extra={"file": owned.record.file})
-                with contextlib.suppress(Exception):  # other uploads filled the store
-                    owned.error = await self._store_full(owned.record.chunk_size)
+                owned.error = _full(exc)
+                if owned.error is None:
+                    with contextlib.suppress(Exception):  # other uploads filled the store
+                        owned.error = await self._store_full(owned.record.chunk_size)
                 owned.error = owned.error or WireError(
                     ErrorCode.UNAVAILABLE, "storing failed; send upload again to resume"
                 )
                 await self._drop(owned, release=False)
+            await self._respond_error(msg, owned.error, **{h.END: str(owned.durable)})
+            return
+        if owned.error is not None:  # a chunk before it was refused: stored after a gap
             await self._respond_error(msg, owned.error, **{h.END: str(owned.durable)})
             return
         owned.first = owned.first or ack.seq
@@ -996,6 +1097,7 @@ class FileStore:
     async def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        await self.acks.stop()
 
 
 def _covers(msg: api.RawStreamMsg, offset: int) -> bool:

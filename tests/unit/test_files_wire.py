@@ -187,6 +187,7 @@ def test_worth_retrying_only_what_connecting_again_may_fix() -> None:
     assert worth_retrying(ConnectionRefusedError()) and worth_retrying(TimeoutError())
     assert worth_retrying(FileError("503", "service unavailable"))
     assert not worth_retrying(FileError("413", "quota exceeded"))
+    assert not worth_retrying(FileError("507", "file storage is full"))  # until freed
     assert not worth_retrying(websockets.InvalidURI("foo", "not a ws URI"))
 
 
