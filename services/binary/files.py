@@ -56,7 +56,6 @@ from nats.js.errors import (
     KeyWrongLastSequenceError,
     NoStreamResponseError,
     NotFoundError,
-    ObjectNotFoundError,
 )
 from nats.js.kv import MSG_ROLLUP_SUBJECT
 from nats.js.object_store import (
@@ -377,6 +376,16 @@ class FileStore:
         owner, info = _info(meta)
         return info if owner == user else None
 
+    def _record_subject(self, fid: str) -> str:
+        return f"$KV.{self.settings.uploads_bucket}.{fid}"
+
+    async def _forget(self, fid: str) -> None:
+        """Remove the upload's record by purging its subject: unlike a KV delete, which
+        writes a marker, a purge needs no room, so it works with the store full."""
+        await self.js.purge_stream(
+            f"KV_{self.settings.uploads_bucket}", subject=self._record_subject(fid)
+        )
+
     async def _record(self, fid: str) -> tuple[UploadRecord, int] | None:
         try:
             entry = await self.kv.get(fid)
@@ -413,7 +422,7 @@ class FileStore:
 
     async def _records(self) -> list[tuple[UploadRecord, int]]:
         """Every upload in progress, with its KV revision."""
-        prefix = f"$KV.{self.settings.uploads_bucket}."
+        prefix = self._record_subject("")
         out = []
         for subject in await self._subjects(f"KV_{self.settings.uploads_bucket}", prefix):
             found = await self._record(subject.removeprefix(prefix))
@@ -485,7 +494,7 @@ class FileStore:
         deadline = time.monotonic() + BUSY_AFTER
         while True:
             stored = await self._stored(fid, user)
-            if stored is not None:
+            if stored is not None and not await self._lost(stored):
                 return orjson.dumps({"state": "stored", "file": stored.to_dict()})
             owned = self.owned.get(fid)
             if owned is not None and not owned.closed:
@@ -512,6 +521,19 @@ class FileStore:
             if time.monotonic() > deadline:
                 raise WireError(ErrorCode.UNAVAILABLE, "upload busy; try again")
             await asyncio.sleep(0.1)
+
+    async def _lost(self, stored: FileInfo) -> bool:
+        """A file listed whose chunks are gone (a delete that failed half-way before
+        :meth:`_delete_if_stored` purged the meta first): its meta is purged, so that
+        the upload stores it anew rather than answer ``stored`` for a file nobody can
+        read. One read, and only when the file is stored already."""
+        if not stored.size or await self._next_chunk(self._chunks(stored.file), 1) is not None:
+            return False
+        log.warning(
+            "a stored file has lost its chunks: storing it anew", extra={"file": stored.file}
+        )
+        await self.js.purge_stream(self.stream, subject=self._meta_subject(stored.file))
+        return True
 
     async def _resume(self, owned: Owned) -> bytes:
         """The reply to ``file_upload`` for an upload this replica owns: where to carry
@@ -800,7 +822,7 @@ class FileStore:
         info = await self._write_meta(record, digest, owned.count, first_chunk)
         await self._drop(owned, release=False)
         with contextlib.suppress(Exception):
-            await self.kv.delete(record.file)
+            await self._forget(record.file)
         log.info("file stored", extra={"file": record.file, "bytes": record.size})
         return info
 
@@ -823,7 +845,7 @@ class FileStore:
         record = found[0]
         if record.sha256 != EMPTY_SHA256:
             with contextlib.suppress(Exception):
-                await self.kv.delete(record.file)
+                await self._forget(record.file)
             raise WireError(
                 ErrorCode.BAD_REQUEST,
                 f"SHA-256 mismatch: the data hashes to {EMPTY_SHA256}, not {record.sha256}; "
@@ -831,7 +853,7 @@ class FileStore:
             )
         info = await self._write_meta(record, hashlib.sha256().digest(), 0, b"")
         with contextlib.suppress(Exception):
-            await self.kv.delete(record.file)
+            await self._forget(record.file)
         return info.to_dict()
 
     async def _write_meta(
@@ -871,7 +893,7 @@ class FileStore:
         with contextlib.suppress(Exception):
             await self.js.purge_stream(self.stream, subject=owned.subject)
         with contextlib.suppress(Exception):
-            await self.kv.delete(owned.record.file)
+            await self._forget(owned.record.file)
 
     async def _drop(self, owned: Owned, release: bool = True) -> None:
         """Stop owning an upload (idle, broken, committed or discarded)."""
@@ -1035,20 +1057,39 @@ class FileStore:
             await self.kv.delete(fid, last=found[1])
         except KeyNotFoundError:
             pass
-        except (KeyWrongLastSequenceError, APIError):
-            if (done := await self._delete_if_stored(fid, user)) is not None:
-                return done
-            raise busy from None
+        except (KeyWrongLastSequenceError, APIError) as exc:
+            if not (_full(exc) is not None and await self._forget_at(fid, found[1])):
+                if (done := await self._delete_if_stored(fid, user)) is not None:
+                    return done
+                raise busy from None
         await self.js.purge_stream(self.stream, subject=self._chunks(fid))
         return orjson.dumps({"file": fid, "deleted": "upload"})
 
+    async def _forget_at(self, fid: str, revision: int) -> bool:
+        """With the store full (no room for a KV delete marker): purge the upload's
+        record if it is still at ``revision``. A commit (:meth:`_fence`) or a claim
+        changing it in between would need room too."""
+        found = await self._record(fid)
+        if found is None or found[1] != revision:
+            return False
+        await self._forget(fid)
+        return True
+
     async def _delete_if_stored(self, fid: str, user: str) -> bytes | None:
-        """Delete ``fid`` if it is a stored file of ``user``: the answer, else None."""
+        """Delete ``fid`` if it is a stored file of ``user``: the answer, else None.
+
+        The meta goes first, by a purge: if that fails, nothing has changed; once it
+        has gone, so has the file, and its chunks follow (if that fails, the orphan
+        sweep purges them). nats-py's ``ObjectStore.delete`` wrote a 'deleted' meta (a
+        write: refused with the store full) and purged the chunks whatever came of it,
+        which left a file listed whose chunks were gone, unreadable for good."""
         if await self._stored(fid, user) is None:
             return None
-        obs = await self.js.object_store(self.bucket)
-        with contextlib.suppress(ObjectNotFoundError):
-            await obs.delete(fid)
+        await self.js.purge_stream(self.stream, subject=self._meta_subject(fid))
+        try:
+            await self.js.purge_stream(self.stream, subject=self._chunks(fid))
+        except Exception as exc:
+            log.warning("purging a deleted file's chunks failed: %s", exc, extra={"file": fid})
         return orjson.dumps({"file": fid, "deleted": "file"})
 
     async def _abort(self, owned: Owned) -> None:

@@ -41,6 +41,21 @@ async def full(stack: LocalStack, leave: int = 0) -> AsyncIterator[None]:
     with contextlib.suppress(BadRequestError):
         await js.add_stream(name="FILLER", subjects=["filler.>"])
     try:
+        await filled(stack)
+        state = await js.stream_info("FILLER")
+        for seq in range(state.state.first_seq, state.state.first_seq + leave // CHUNK):
+            await js.delete_msg("FILLER", seq)
+        yield
+    finally:
+        await js.purge_stream("FILLER")
+        await nc.close()
+
+
+async def filled(stack: LocalStack) -> None:
+    """Stream FILLER written to until JetStream refuses for want of room."""
+    nc = await nats.connect(stack.nats_url)
+    js = nc.jetstream(timeout=2)
+    try:
         for size in (CHUNK, 16 * KIB, KIB):
             while True:
                 try:
@@ -48,12 +63,7 @@ async def full(stack: LocalStack, leave: int = 0) -> AsyncIterator[None]:
                 except APIError as exc:
                     assert storage_full(exc) is not None, exc
                     break
-        state = await js.stream_info("FILLER")
-        for seq in range(state.state.first_seq, state.state.first_seq + leave // CHUNK):
-            await js.delete_msg("FILLER", seq)
-        yield
     finally:
-        await js.purge_stream("FILLER")
         await nc.close()
 
 
@@ -98,4 +108,71 @@ async def test_an_upload_that_fills_the_store_gets_507_at_once_and_resumes_later
             hashlib.sha256(data).hexdigest(),
             progress=lambda done, _total: offsets.append(done),
         )
+        await files.delete(stored["file"])  # room for the next test
     assert stored["size"] == len(data) and offsets[0] == upload["offset"], offsets[:3]
+
+
+async def put(files: FilesClient, data: bytes, name: str, **kwargs) -> dict:
+    return await files.upload(
+        io.BytesIO(data), name, len(data), hashlib.sha256(data).hexdigest(), **kwargs
+    )
+
+
+async def test_deletes_while_the_store_is_full_free_it_and_leave_nothing_broken(
+    stack: LocalStack,
+) -> None:
+    url = url_of(stack)
+    stored_data, partial_data = os.urandom(MIB), os.urandom(2 * MIB)
+    async with await FilesClient.open(url) as files:
+        stored = await put(files, stored_data, "stored.bin")
+    with contextlib.suppress(ConnectionError):  # an upload left half done
+        async with await FilesClient.open(url) as files:
+            await put(files, partial_data, "partial.bin", stop_after=MIB)
+    async with full(stack), await FilesClient.open(url) as files:
+        listed = await files.list()
+        [partial] = listed["uploads"]
+        # a KV delete marker needs room: this answered 503 until there was some
+        assert (await files.delete(partial["file"]))["kind"] == "upload"
+        await filled(stack)  # what that freed, taken again
+        # nats-py's ObjectStore.delete wrote a 'deleted' record first (refused: 500),
+        # then purged the chunks anyway: the file stayed listed, unreadable for good
+        assert (await files.delete(stored["file"]))["kind"] == "file"
+        listed = await files.list()
+        assert listed["files"] == listed["uploads"] == [] and listed["usage"] == 0, listed
+        with pytest.raises(FileError) as gone:
+            await files.inspect(stored["file"])
+        assert gone.value.code == "404"
+    async with await FilesClient.open(url) as files:  # room again: stored anew, readable
+        offsets: list[int] = []
+        again = await put(
+            files, stored_data, "stored.bin", progress=lambda d, _t: offsets.append(d)
+        )
+        assert again["file"] == stored["file"] and offsets[0] == 0, offsets[:2]
+        sink = io.BytesIO()
+        await files.download(stored["file"], sink)
+        assert sink.getvalue() == stored_data
+        await files.delete(stored["file"])
+
+
+async def test_a_file_whose_chunks_were_lost_is_stored_anew_by_its_upload(
+    stack: LocalStack,
+) -> None:
+    """What a delete refused half-way left before (chunks purged, meta kept): the same
+    upload answered ``stored`` without sending anything, and the file stayed unreadable."""
+    url = url_of(stack)
+    data = os.urandom(MIB)
+    async with await FilesClient.open(url) as files:
+        stored = await put(files, data, "lost.bin")
+    nc = await nats.connect(stack.nats_url)
+    try:
+        chunks = f"$O.SB_FILES.C.{stored['file']}"  # the object store's layout
+        await nc.jetstream().purge_stream("OBJ_SB_FILES", subject=chunks)
+    finally:
+        await nc.close()
+    async with await FilesClient.open(url) as files:
+        offsets: list[int] = []
+        await put(files, data, "lost.bin", progress=lambda d, _t: offsets.append(d))
+        assert offsets[0] == 0, offsets[:2]  # sent again, from the start
+        sink = io.BytesIO()
+        await files.download(stored["file"], sink)
+        assert sink.getvalue() == data
