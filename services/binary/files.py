@@ -118,6 +118,17 @@ def _full(exc: BaseException) -> WireError | None:
     )
 
 
+STREAM_NOT_FOUND = 10059  # JetStream's err_code
+
+
+def _missing(exc: BaseException) -> bool:
+    """A request that found a stream of the store gone: a direct get nobody answers, a
+    publish no stream takes, the JetStream API's "stream not found"."""
+    if isinstance(exc, NoRespondersError | NoStreamResponseError | BucketNotFoundError):
+        return True
+    return getattr(exc, "err_code", None) == STREAM_NOT_FOUND
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -267,6 +278,8 @@ class FileStore:
         self.kv: Any = None
         self.owned: dict[str, Owned] = {}
         self.acks = Acks(nc)
+        self._ensuring = asyncio.Lock()
+        self._ensured = 0.0  # monotonic time of the last _make_again
         self._sweeper: asyncio.Task[None] | None = None
         # file id -> (lock, holders): file_upload and file_delete of one file run one at
         # a time on this replica (the scheduler runs requests concurrently; two uploads
@@ -326,6 +339,19 @@ class FileStore:
                 )
             )
 
+    async def _make_again(self) -> None:
+        """:meth:`_ensure` after a request found a stream missing: one at a time, and at
+        most once a second (requests failing meanwhile wait for it, then answer 503)."""
+        async with self._ensuring:
+            if time.monotonic() - self._ensured < 1.0:
+                return
+            log.warning("a stream of the file store is missing: making it again")
+            try:
+                await self._ensure()
+            except Exception as exc:
+                log.warning("making the file store again failed: %s", exc)
+            self._ensured = time.monotonic()
+
     def handlers(self) -> dict[Op, Handler]:
         ops: dict[Op, Handler] = {
             Op.FILE_UPLOAD: self.upload,
@@ -338,7 +364,9 @@ class FileStore:
 
     def _storage_errors(self, handler: Handler) -> Handler:
         """``handler``, with JetStream refusing a write for want of room answered 507
-        (any step of it: recording an upload, claiming it, committing it), not 500."""
+        (any step of it: recording an upload, claiming it, committing it), not 500; a
+        stream of the store deleted under it (by hand, by an operator) made again and the
+        request answered 503, not 500 until a restart (``_ensure`` ran only then)."""
 
         async def handle(req: Request) -> bytes | Reply:
             try:
@@ -348,6 +376,11 @@ class FileStore:
             except Exception as exc:
                 if (full := _full(exc)) is not None:
                     raise full from None
+                if _missing(exc):
+                    await self._make_again()
+                    raise WireError(
+                        ErrorCode.UNAVAILABLE, "file storage unavailable; try again"
+                    ) from None
                 raise
 
         return handle
