@@ -51,7 +51,7 @@ from gateway.settings import GatewaySettings
 from wire import envelope, errors
 from wire import files as wf
 from wire import headers as h
-from wire.errors import ErrorCode, WireError
+from wire.errors import SERVICE_STOPPING, ErrorCode, WireError
 from wire.frames import request_headers
 from wire.metrics import GatewayMetrics
 from wire.settings import StrictSettings
@@ -178,6 +178,27 @@ class DownloadState:
     pieces: asyncio.Queue[bytes | memoryview | WireError] = field(default_factory=asyncio.Queue)
 
 
+NO_SERVICE = WireError(ErrorCode.UNAVAILABLE, "service unavailable")
+# What no worker answering, a request timing out or a worker stopping are called: the
+# client is told "service unavailable" for each, as on every endpoint.
+_NO_SERVICE = frozenset({NO_SERVICE.description, "service timed out", SERVICE_STOPPING.description})
+
+
+def client_description(error: WireError) -> str:
+    """The message of an error frame: the service's own words for its 503, 408 and 507
+    (``upload busy; send delete again``, ``file storage is full ...``: what to do next),
+    ``service unavailable`` when no worker answered, ``internal error`` for a 500 (its
+    details are in the service's log). Every 503 used to read ``service unavailable``."""
+    if error.code is ErrorCode.INTERNAL:
+        return "internal error"
+    if (
+        error.code in (ErrorCode.UNAVAILABLE, ErrorCode.TIMEOUT)
+        and error.description in _NO_SERVICE
+    ):
+        return NO_SERVICE.description
+    return error.description
+
+
 class FilesSocket:
     """One ``/ws/files`` connection's state and behaviour."""
 
@@ -217,13 +238,8 @@ class FilesSocket:
         file: str | None = None,
         offset: int | None = None,
     ) -> None:
-        description = {
-            ErrorCode.UNAVAILABLE: "service unavailable",
-            ErrorCode.TIMEOUT: "service unavailable",
-            ErrorCode.INTERNAL: "internal error",
-        }.get(error.code, error.description)
         self.hub.metrics.errors.labels(error.code).inc()
-        self.send_text(wf.error(rid, str(error.code), description, file, offset))
+        self.send_text(wf.error(rid, str(error.code), client_description(error), file, offset))
 
     async def until_drained(self) -> None:
         while self.conn.out_bytes > 0 and not self.conn.closing:
@@ -380,7 +396,7 @@ class FilesSocket:
             await nc.publish(up.subject, data, reply=up.inbox, headers=self._headers(extra))  # type: ignore[arg-type]
         except Exception as exc:
             log.warning("chunk publish failed: %s", exc)
-            self.send_error(up.rid, WireError(ErrorCode.UNAVAILABLE, "unavailable"), up.file)
+            self.send_error(up.rid, NO_SERVICE, up.file)
             await self.end_upload("error")
             return
         self.metrics.bytes.labels("up").inc(len(data))

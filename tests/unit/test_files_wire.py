@@ -15,12 +15,13 @@ import pytest
 import websockets
 from websockets.frames import Close
 
+from gateway.files import client_description
 from services.binary import inspect
 from switchboard.cli import parser
 from switchboard.filesclient import FileError, download_path, local_name, worth_retrying
 from wire import files as wf
 from wire import headers as h
-from wire.errors import ErrorCode, WireError
+from wire.errors import SERVICE_BUSY, SERVICE_STOPPING, ErrorCode, WireError
 
 SHA = "ab" * 32
 
@@ -263,3 +264,19 @@ def test_command_line_options_go_before_or_after_the_command() -> None:
     assert vars(after) == vars(before)
     plain = p.parse_args(["ls"])
     assert plain.url == os.environ.get("SB_URL", "ws://127.0.0.1:8000") and not plain.quiet
+
+
+def test_error_frames_carry_the_services_own_words() -> None:
+    assert client_description(WireError(ErrorCode.UNAVAILABLE, "service unavailable")) == (
+        "service unavailable"  # no worker answered
+    )
+    assert client_description(WireError(ErrorCode.TIMEOUT, "service timed out")) == (
+        "service unavailable"
+    )
+    assert client_description(SERVICE_STOPPING) == "service unavailable"
+    assert client_description(SERVICE_BUSY) == "service busy"
+    busy = WireError(ErrorCode.UNAVAILABLE, "upload busy; send delete again")
+    assert client_description(busy) == busy.description
+    full = WireError(ErrorCode.STORAGE_FULL, "file storage is full: delete files")
+    assert client_description(full) == full.description
+    assert client_description(WireError(ErrorCode.INTERNAL, "KeyError('x')")) == "internal error"
