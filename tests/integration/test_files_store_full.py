@@ -10,15 +10,14 @@ import io
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import nats
 import pytest
-from nats.js.errors import APIError, BadRequestError
 
 from switchboard.filesclient import FileError, FilesClient, files_url, upload_path
 from switchboard.localstack import LocalStack, running
-from wire.errors import storage_full
+from tests.integration.jsfull import CAPPED, fill, full
 
 KIB, MIB = 1024, 1024 * 1024
 CHUNK = 256 * KIB
@@ -27,44 +26,8 @@ STORE_TIMEOUT = 5.0  # services/binary/settings.py: what a refused chunk used to
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    conf = "jetstream { max_file_store: 4MB }"
-    with running(tmp_path_factory.mktemp("jsfull"), nats_conf=conf) as s:
+    with running(tmp_path_factory.mktemp("jsfull"), nats_conf=CAPPED) as s:
         yield s
-
-
-@contextlib.asynccontextmanager
-async def full(stack: LocalStack, leave: int = 0) -> AsyncIterator[None]:
-    """The store filled by a stream of its own (to the last KiB), then ``leave`` bytes
-    of it freed again; emptied on the way out."""
-    nc = await nats.connect(stack.nats_url)
-    js = nc.jetstream(timeout=2)
-    with contextlib.suppress(BadRequestError):
-        await js.add_stream(name="FILLER", subjects=["filler.>"])
-    try:
-        await filled(stack)
-        state = await js.stream_info("FILLER")
-        for seq in range(state.state.first_seq, state.state.first_seq + leave // CHUNK):
-            await js.delete_msg("FILLER", seq)
-        yield
-    finally:
-        await js.purge_stream("FILLER")
-        await nc.close()
-
-
-async def filled(stack: LocalStack) -> None:
-    """Stream FILLER written to until JetStream refuses for want of room."""
-    nc = await nats.connect(stack.nats_url)
-    js = nc.jetstream(timeout=2)
-    try:
-        for size in (CHUNK, 16 * KIB, KIB):
-            while True:
-                try:
-                    await js.publish("filler.x", b"x" * size)
-                except APIError as exc:
-                    assert storage_full(exc) is not None, exc
-                    break
-    finally:
-        await nc.close()
 
 
 def url_of(stack: LocalStack) -> str:
@@ -80,7 +43,7 @@ async def test_an_upload_that_fills_the_store_gets_507_at_once_and_resumes_later
     data = os.urandom(3 * MIB)
     path.write_bytes(data)
     retried: list[BaseException] = []
-    async with full(stack, leave=MIB):
+    async with full(stack.nats_url, leave=MIB):
         began = time.monotonic()
         with pytest.raises(FileError) as refused:
             await upload_path(url, path, on_retry=lambda _a, exc, _d: retried.append(exc))
@@ -128,12 +91,12 @@ async def test_deletes_while_the_store_is_full_free_it_and_leave_nothing_broken(
     with contextlib.suppress(ConnectionError):  # an upload left half done
         async with await FilesClient.open(url) as files:
             await put(files, partial_data, "partial.bin", stop_after=MIB)
-    async with full(stack), await FilesClient.open(url) as files:
+    async with full(stack.nats_url), await FilesClient.open(url) as files:
         listed = await files.list()
         [partial] = listed["uploads"]
         # a KV delete marker needs room: this answered 503 until there was some
         assert (await files.delete(partial["file"]))["kind"] == "upload"
-        await filled(stack)  # what that freed, taken again
+        await fill(stack.nats_url)  # what that freed, taken again
         # nats-py's ObjectStore.delete wrote a 'deleted' record first (refused: 500),
         # then purged the chunks anyway: the file stayed listed, unreadable for good
         assert (await files.delete(stored["file"]))["kind"] == "file"

@@ -12,76 +12,25 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
-import nats
 import pytest
 import websockets
-from nats.js import api
 
-from switchboard.localstack import LocalStack, Process, _wait_for, free_port, nats_server_binary
+from switchboard.localstack import LocalStack, running
 from tests.integration.client import sample, scrape
+from tests.integration.jsfull import CAPPED, full
 from tests.integration.v2client import V2
 
 pytestmark = pytest.mark.timeout(60)
 
 API_KEY = "k" * 40
-FILLER = "FILLER"
-
-
-class SmallStore(LocalStack):
-    """A stack whose nats-server has 4 MB of JetStream file storage."""
-
-    def start_nats(self, timeout: float = 15.0) -> Process:
-        self.nats_port = self.nats_port or free_port()
-        self.nats_monitor_port = self.nats_monitor_port or free_port()
-        conf = self.var_dir / "nats.conf"
-        conf.write_text("jetstream { max_file_store: 4MB }\n")
-        argv = [
-            nats_server_binary(), "-c", str(conf), "-a", "127.0.0.1",
-            "-p", str(self.nats_port), "-m", str(self.nats_monitor_port),
-            "-js", "-sd", str(self.var_dir / "nats"), "-n", "switchboard-small",
-        ]  # fmt: skip
-        proc = Process("nats", argv, self._env(), self.var_dir / "logs" / "nats.log")
-        proc.start()
-        self.nats = proc
-        _wait_for(lambda: "Server is ready" in proc.log(), timeout, "nats-server", proc.popen)
-        return proc
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     env = {"SB_GATEWAY_API_KEY": API_KEY}
-    s = SmallStore(var_dir=Path(tmp_path_factory.mktemp("full")), env=env)
-    try:
-        s.start_nats()
-        s.start_service("chat")
-        s.start_gateway()
+    with running(tmp_path_factory.mktemp("full"), env=env, nats_conf=CAPPED) as s:
         yield s
-    finally:
-        s.stop()
-
-
-async def fill(url: str) -> None:
-    """Fill the account's store with another stream until JetStream refuses."""
-    nc = await nats.connect(url)
-    js = nc.jetstream(timeout=3)
-    await js.add_stream(api.StreamConfig(name=FILLER, subjects=["filler.>"]))
-    try:
-        for _ in range(64):
-            await js.publish("filler.x", b"x" * (256 * 1024))
-    except nats.js.errors.APIError as exc:
-        assert exc.err_code == 10023, exc
-    else:
-        raise AssertionError("the store never filled up")
-    finally:
-        await nc.close()
-
-
-async def unfill(url: str) -> None:
-    nc = await nats.connect(url)
-    await nc.jetstream().delete_stream(FILLER)
-    await nc.close()
 
 
 def post(stack: LocalStack, room: str, text: str) -> tuple[int, dict]:
@@ -106,38 +55,39 @@ async def test_a_full_store_answers_507_and_lets_members_in(stack: LocalStack) -
         await tut.recv()  # its own join notice
         assert (await ann.request("join", "general"))["type"] == "ack"
         before = await ann.request("publish", "general", text="before")
-        await fill(stack.nats_url)
+        async with full(stack.nats_url):
+            refused = await ann.request("publish", "general", text="during")
+            assert refused["type"] == "error" and refused["payload"]["code"] == "507", refused
+            assert post(stack, "general", "api") == (
+                507,
+                {"detail": "storage full, try again later"},
+            )
+            bob = await V2.open(f"{base}/ws/v2?username=bob")
+            joined = await bob.request("join", "general", since=0)  # in, and reads the history
+            assert joined["type"] == "ack" and joined["payload"]["seq"] >= before["payload"]["seq"]
+            assert "before" in [e["payload"].get("text") for e in bob.events["general"]]
+            assert (await bob.request("leave", "general"))["type"] == "ack"
+            await bob.close()
 
-        refused = await ann.request("publish", "general", text="during")
-        assert refused["type"] == "error" and refused["payload"]["code"] == "507", refused
-        assert post(stack, "general", "api") == (507, {"detail": "storage full, try again later"})
-        bob = await V2.open(f"{base}/ws/v2?username=bob")
-        joined = await bob.request("join", "general", since=0)  # in, and reads the history
-        assert joined["type"] == "ack" and joined["payload"]["seq"] >= before["payload"]["seq"]
-        assert "before" in [e["payload"].get("text") for e in bob.events["general"]]
-        assert (await bob.request("leave", "general"))["type"] == "ack"
-        await bob.close()
+            await tut.send(json.dumps({"message": "unsaved"}))
+            frames: list[dict] = []
+            while not frames or frames[-1]["type"] != "error":
+                frames.append(json.loads(await asyncio.wait_for(tut.recv(), 5)))
+            assert {"message": "tut: unsaved", "sender": "tut", "type": "message"} in frames
+            assert {
+                "message": "not saved to history: storage full, try again later",
+                "sender": "Server",
+                "type": "error",
+            } in frames, frames
 
-        await tut.send(json.dumps({"message": "unsaved"}))
-        frames: list[dict] = []
-        while not frames or frames[-1]["type"] != "error":
-            frames.append(json.loads(await asyncio.wait_for(tut.recv(), 5)))
-        assert {"message": "tut: unsaved", "sender": "tut", "type": "message"} in frames
-        assert {
-            "message": "not saved to history: storage full, try again later",
-            "sender": "Server",
-            "type": "error",
-        } in frames, frames
+            log = stack.replicas("chat")[0].log()
+            assert "Traceback" not in log and "internal error" not in log
+            assert log.count("history store full") == 1  # once per burst, not per request
+            text = scrape(stack.replicas("chat")[0].metrics_port)
+            name = "switchboard_service_history_unsaved_total"
+            assert sample(text, name, event="message", reason="storage_full") == 1
+            assert sample(text, name, event="join", reason="storage_full") == 1
 
-        log = stack.replicas("chat")[0].log()
-        assert "Traceback" not in log and "internal error" not in log
-        assert log.count("history store full") == 1  # once per burst, not per request
-        text = scrape(stack.replicas("chat")[0].metrics_port)
-        name = "switchboard_service_history_unsaved_total"
-        assert sample(text, name, event="message", reason="storage_full") == 1
-        assert sample(text, name, event="join", reason="storage_full") == 1
-
-        await unfill(stack.nats_url)
         after = await ann.request("publish", "general", text="after")
         assert after["type"] == "ack" and after["payload"]["seq"] == before["payload"]["seq"] + 1
     finally:
