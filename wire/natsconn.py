@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats
@@ -86,3 +86,29 @@ async def _connect(url, name, user, password, connect_timeout, disconnected, rec
         error_cb=error,
         pending_size=64 * 1024 * 1024,
     )
+
+
+class JetStreamUnavailable(RuntimeError):
+    """JetStream never answered a worker's setup (its streams, buckets)."""
+
+
+async def with_jetstream(
+    setup: Callable[[], Awaitable[None]], attempts: int = 50, delay: float = 0.2
+) -> None:
+    """Run ``setup`` (making a worker's streams and buckets), again while JetStream is
+    still starting up, for at most ``attempts`` tries ``delay`` s apart; then stop the
+    worker with an error that says what to check (nats-py's own says only
+    ``ServiceUnavailableError: code=None``)."""
+    for attempt in range(attempts):
+        try:
+            await setup()
+            return
+        except Exception as exc:
+            if attempt == attempts - 1:
+                raise JetStreamUnavailable(
+                    f"JetStream did not answer in {attempts * delay:.0f} s ({exc!r}): is "
+                    "JetStream enabled on the NATS server (nats-server -js, or a jetstream "
+                    "block in its config), and does this account have it?"
+                ) from exc
+            log.warning("waiting for JetStream: %s", exc)
+            await asyncio.sleep(delay)

@@ -82,6 +82,7 @@ from wire.files import (
     header_int,
 )
 from wire.frames import Reply, Request
+from wire.natsconn import with_jetstream
 from wire.subjects import (
     Op,
     Service,
@@ -302,15 +303,7 @@ class FileStore:
 
     # -- setup -------------------------------------------------------------------------
     async def start(self) -> None:
-        for attempt in range(50):  # JetStream may still be starting up
-            try:
-                await self._ensure()
-                break
-            except Exception as exc:
-                if attempt == 49:
-                    raise
-                log.warning("waiting for JetStream: %s", exc)
-                await asyncio.sleep(0.2)
+        await with_jetstream(self._ensure)  # JetStream may still be starting up
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def _ensure(self) -> None:

@@ -17,6 +17,7 @@ from services.chat.rooms import FOLLOW_INTERVAL, RoomStore
 from services.chat.settings import ChatSettings
 from services.runner import Handler
 from wire.metrics import HistoryMetrics
+from wire.natsconn import with_jetstream
 from wire.presence import Heartbeat
 from wire.subjects import Op, presence_sync_subject, presence_wildcard
 
@@ -37,15 +38,7 @@ async def build(
         if settings.recent_bytes
         else None,
     )
-    for attempt in range(50):  # JetStream may still be starting up
-        try:
-            await store.ensure()
-            break
-        except Exception as exc:
-            if attempt == 49:
-                raise
-            log.warning("waiting for JetStream: %s", exc)
-            await asyncio.sleep(0.2)
+    await with_jetstream(store.ensure)  # JetStream may still be starting up
     book = PresenceBook()
     handlers = ChatHandlers(
         nc.publish,

@@ -202,3 +202,24 @@ def test_jetstream_out_of_room_is_storage_full() -> None:
     assert storage_full(exceeded) is not None
     assert storage_full(APIError(code=404, err_code=10059, description="stream not found")) is None
     assert storage_full(TimeoutError()) is None
+
+
+async def test_a_worker_without_jetstream_says_what_to_check() -> None:
+    """nats-py's own error for JetStream off is 'ServiceUnavailableError: code=None'."""
+    from wire.natsconn import JetStreamUnavailable, with_jetstream
+
+    tries = []
+
+    async def setup() -> None:
+        tries.append(1)
+        if len(tries) < 3:
+            raise TimeoutError("starting")
+
+    await with_jetstream(setup, attempts=5, delay=0)
+    assert len(tries) == 3  # again while it starts
+
+    async def never() -> None:
+        raise TimeoutError("nats: no response from stream")
+
+    with pytest.raises(JetStreamUnavailable, match="is JetStream enabled on the NATS server"):
+        await with_jetstream(never, attempts=3, delay=0)
