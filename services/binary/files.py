@@ -780,7 +780,8 @@ class FileStore:
         try:
             future = await self.acks.publish(owned.subject, piece, headers=hdr)
         except Exception as exc:
-            owned.error = WireError(ErrorCode.UNAVAILABLE, f"storage unavailable: {exc}")
+            log.warning("storing a chunk failed: %r", exc, extra={"file": owned.record.file})
+            owned.error = WireError(ErrorCode.UNAVAILABLE, "storage unavailable; try again")
             await self._drop(owned, release=False)
             raise owned.error from None
         task = asyncio.create_task(self._acked(owned, msg, future, owned.received))
@@ -793,13 +794,17 @@ class FileStore:
         except Exception as exc:
             if owned.error is None:
                 log.warning("storing a chunk failed: %r", exc, extra={"file": owned.record.file})
-                owned.error = _full(exc)
-                if owned.error is None:
-                    with contextlib.suppress(Exception):  # other uploads filled the store
-                        owned.error = await self._store_full(owned.record.chunk_size)
-                owned.error = owned.error or WireError(
+                full = _full(exc)
+                # set before the first await: a later chunk's ack must not move the
+                # durable offset past this one meanwhile
+                owned.error = full or WireError(
                     ErrorCode.UNAVAILABLE, "storing failed; send upload again to resume"
                 )
+                if full is None:
+                    with contextlib.suppress(Exception):  # other uploads filled the store
+                        owned.error = await self._store_full(owned.record.chunk_size) or (
+                            owned.error
+                        )
                 await self._drop(owned, release=False)
             await self._respond_error(msg, owned.error, **{h.END: str(owned.durable)})
             return
@@ -1093,13 +1098,16 @@ class FileStore:
 
     async def _forget_at(self, fid: str, revision: int) -> bool:
         """With the store full (no room for a KV delete marker): purge the upload's
-        record if it is still at ``revision``. A commit (:meth:`_fence`) or a claim
-        changing it in between would need room too."""
+        record if it is still at ``revision``; True if it is gone."""
         found = await self._record(fid)
         if found is None or found[1] != revision:
             return False
-        await self._forget(fid)
-        return True
+        # Only entries up to ``revision``, in one step: a commit or claim written since
+        # (once room came back) stays, and the delete answers busy.
+        stream = f"KV_{self.settings.uploads_bucket}"
+        await self.js.purge_stream(stream, subject=self._record_subject(fid), seq=revision + 1)
+        found = await self._record(fid)
+        return found is None
 
     async def _delete_if_stored(self, fid: str, user: str) -> bytes | None:
         """Delete ``fid`` if it is a stored file of ``user``: the answer, else None.

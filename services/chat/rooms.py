@@ -627,8 +627,10 @@ def _retention(config: api.StreamConfig) -> tuple[int, float] | None:
 def _drift(config: api.StreamConfig, wanted: api.StreamConfig) -> list[str]:
     """What of ``wanted`` (the configuration chat creates) the stream's ``config`` lacks
     that rooms depend on: its subjects (appends), republish (live delivery: without it
-    events are stored and acked, never delivered), direct gets (reads) and dedupe window
-    (a re-sent publish stored once). Retention is :meth:`RoomStore.follow`'s own."""
+    events are stored and acked, never delivered) and direct gets (reads). Retention is
+    :meth:`RoomStore.follow`'s own; the dedupe window is left as the stream has it (a
+    replica's own setting: during a rolling change of it, replicas would rewrite the
+    stream in turn)."""
     drift = []
     if wanted.subjects and not set(wanted.subjects) <= set(config.subjects or ()):
         drift.append("subjects")
@@ -639,8 +641,6 @@ def _drift(config: api.StreamConfig, wanted: api.StreamConfig) -> list[str]:
         drift.append("republish")
     if not config.allow_direct:
         drift.append("allow_direct")
-    if abs((config.duplicate_window or 0) - (wanted.duplicate_window or 0)) > 0.001:
-        drift.append("duplicate_window")
     return drift
 
 
@@ -653,7 +653,6 @@ def _repaired(config: api.StreamConfig, wanted: api.StreamConfig) -> api.StreamC
         subjects=subjects,
         republish=wanted.republish,
         allow_direct=True,
-        duplicate_window=wanted.duplicate_window,
     )
 
 

@@ -18,6 +18,7 @@ import orjson
 import pytest
 from nats.errors import NoRespondersError
 from nats.js.errors import (
+    APIError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
     NotFoundError,
@@ -159,3 +160,45 @@ async def test_a_delete_waits_for_an_upload_of_the_same_file() -> None:
     assert orjson.loads(await gone) == {"file": fid, "deleted": "upload"}
     assert len(nc.subscriptions) == 1 and nc.subscriptions[0].closed  # let go of
     assert store.owned == {} and store.kv.data == {} and store._locks == {}
+
+
+async def test_a_chunk_stored_after_a_refused_one_does_not_move_the_durable_offset() -> None:
+    """Chunk 1 refused with an error that is not 'store full' (so the service looks the
+    store up, a round trip), chunk 2 acked meanwhile: chunk 2 must not be answered as
+    stored past the gap, nor the offset moved (found in review: it was)."""
+    from services.binary.files import Owned
+
+    store = object.__new__(FileStore)
+    store.settings = types.SimpleNamespace(store_timeout=5.0)
+    owned = Owned(wf.UploadRecord("f", "u", "n", 20, "0" * 64, 10, "now"), "subject")
+    owned.received, owned.count = 20, 2
+    answers: list[tuple[str, str, dict]] = []
+
+    async def store_full(size: int) -> None:
+        await asyncio.sleep(0.01)  # its stream_info round trip
+
+    async def drop(owned: Owned, release: bool = True) -> None:
+        owned.closed = True
+
+    async def respond(msg: str, payload: bytes = b"", **hdrs: str) -> None:
+        answers.append(("ok", msg, hdrs))
+
+    async def respond_error(msg: str, error: Exception, **hdrs: str) -> None:
+        answers.append(("error", msg, hdrs))
+
+    store._store_full = store_full  # type: ignore[method-assign]
+    store._drop = drop  # type: ignore[method-assign]
+    store._respond = respond  # type: ignore[method-assign]
+    store._respond_error = respond_error  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    first, second = loop.create_future(), loop.create_future()
+    acked = [
+        asyncio.create_task(store._acked(owned, "chunk1", first, 10)),
+        asyncio.create_task(store._acked(owned, "chunk2", second, 15)),
+    ]
+    await asyncio.sleep(0)
+    first.set_exception(APIError(code=503, err_code=10077, description="maximum bytes exceeded"))
+    second.set_result(types.SimpleNamespace(seq=7))
+    await asyncio.gather(*acked)
+    assert owned.durable == 0
+    assert sorted(kind for kind, _, _ in answers) == ["error", "error"], answers
