@@ -194,6 +194,9 @@ class Owned:
     server: asyncio.Task[None] | None = None
     active: float = field(default_factory=time.monotonic)
     error: WireError | None = None  # set once broken: the next claim repairs it
+    # set while the chunk that broke it finds out why (is the store full?): the answers
+    # to the chunks after it wait for that, so the client's first error says it
+    deciding: asyncio.Event | None = None
     closed: bool = False
     deleted: bool = False  # by file_delete: a chunk acknowledged after it commits nothing
     revision: int = 0  # of the upload's record as this replica last wrote it (_claim)
@@ -801,15 +804,17 @@ class FileStore:
                     ErrorCode.UNAVAILABLE, "storing failed; send upload again to resume"
                 )
                 if full is None:
+                    owned.deciding = deciding = asyncio.Event()
                     with contextlib.suppress(Exception):  # other uploads filled the store
                         owned.error = await self._store_full(owned.record.chunk_size) or (
                             owned.error
                         )
+                    deciding.set()
                 await self._drop(owned, release=False)
-            await self._respond_error(msg, owned.error, **{h.END: str(owned.durable)})
+            await self._refuse_chunk(owned, msg)
             return
         if owned.error is not None:  # a chunk before it was refused: stored after a gap
-            await self._respond_error(msg, owned.error, **{h.END: str(owned.durable)})
+            await self._refuse_chunk(owned, msg)
             return
         owned.first = owned.first or ack.seq
         owned.durable = max(owned.durable, end)
@@ -825,6 +830,13 @@ class FileStore:
             await self._respond_error(msg, exc)
             return
         await self._respond(msg, orjson.dumps(info.to_dict()), **{h.END: str(end)})
+
+    async def _refuse_chunk(self, owned: Owned, msg: Msg) -> None:
+        """Answer a chunk of a broken upload with why it broke, once that is known."""
+        if owned.deciding is not None:
+            await owned.deciding.wait()
+        assert owned.error is not None
+        await self._respond_error(msg, owned.error, **{h.END: str(owned.durable)})
 
     # -- commit ------------------------------------------------------------------------
     async def _commit(self, owned: Owned) -> FileInfo:
